@@ -1,0 +1,49 @@
+"""Out-of-line API-mode cffi builder for echo_core's C core (referenced by setup.py's cffi_modules)."""
+
+import os
+import re
+import sys
+
+from cffi import FFI
+
+CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "loadgen.c", "histogram.c"]
+LIBURING_HEADER_DIRS = ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
+
+
+def _cdef_from_header(path):
+    """The header is the single source of the API: drop preprocessor lines but keep integer #defines."""
+    keep = []
+    for line in open(path, encoding="utf-8"):
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if re.match(r"#define\s+\w+\s+-?\d+\b", stripped):
+                keep.append(re.sub(r"/\*.*\*/", "", stripped).strip() + "\n")
+            continue
+        keep.append(line)
+    return "".join(keep)
+
+
+def _check_liburing():
+    if not any(os.path.exists(os.path.join(d, "liburing.h")) for d in LIBURING_HEADER_DIRS):
+        raise SystemExit(
+            "echo_core needs liburing's headers to build: install them with "
+            "'apt-get install liburing-dev' (Debian/Ubuntu) or 'conda install -c conda-forge liburing'."
+        )
+
+
+_check_liburing()
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "echo_core.h")))
+ffibuilder.set_source(
+    "echo_core._native",
+    '#include "echo_core.h"',
+    sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
+    include_dirs=[CSRC],
+    libraries=["uring", "pthread"],
+    define_macros=[("NDEBUG", None), ("_GNU_SOURCE", None)],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

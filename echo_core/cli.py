@@ -1,0 +1,55 @@
+"""Command line: python -m echo_core serve|load|bench|sweep ..."""
+
+import argparse
+import sys
+
+from echo_core import server
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line on stderr and exit status 2, never a usage dump or traceback."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n")
+
+
+def _add_serve_arguments(p):
+    p.add_argument("--impl", required=True, choices=server.IMPLS, help="server implementation")
+    p.add_argument("--host", default="127.0.0.1", help="numeric address to listen on")
+    p.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
+    p.add_argument("--cpu", type=int, default=None, help="pin the server to this CPU")
+    p.add_argument("--stats-file", default=None, help=argparse.SUPPRESS)
+    for name, default in server.DEFAULT_OPTIONS.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, dest=name,
+                       help=f"default {default}")
+
+
+def _serve_command(args):
+    options = {name: getattr(args, name) for name in server.DEFAULT_OPTIONS}
+    stats = server.serve(args.impl, host=args.host, port=args.port, cpu=args.cpu,
+                         stats_path=args.stats_file, on_listening=server.print_listening, **options)
+    print(server.stats_json(stats), flush=True)
+    return 0
+
+
+def build_parser():
+    parser = _Parser(prog="python -m echo_core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_serve_arguments(sub.add_parser("serve", help="run an echo server until SIGINT/SIGTERM"))
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": _serve_command}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

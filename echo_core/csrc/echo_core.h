@@ -1,0 +1,117 @@
+/*
+ * echo_core.h - the C API exposed to Python through cffi.
+ *
+ * Plain structs in, plain structs out; every function returns 0 (or a
+ * non-negative value) on success and a negative errno on failure.  The C
+ * never calls back into Python: Python hands in file descriptors (listen
+ * socket, stop pipe, notify pipe) and memory (stats), and reads results.
+ */
+#ifndef ECHO_CORE_H
+#define ECHO_CORE_H
+
+#include <stdint.h>
+
+/* ---------------------------------------------------------------- servers */
+
+struct ec_server_config {
+	uint32_t buf_size;      /* bytes per receive buffer (both servers) */
+	uint32_t buf_count;     /* io_uring: provided buffers, a power of two */
+	uint32_t ring_entries;  /* io_uring: submission queue entries */
+	uint32_t epoll_budget;  /* epoll: recv/send operations per connection per turn */
+	uint32_t max_conns;     /* connection table size; 0 = soft RLIMIT_NOFILE */
+};
+
+/*
+ * Counters, written only by the server loop and readable at any time from
+ * another process (the struct lives in a shared mapping).  "calls" count
+ * system calls for epoll and submitted operations (SQEs) for io_uring;
+ * wait_calls counts epoll_wait / io_uring_enter.
+ */
+struct ec_server_stats {
+	uint64_t running;             /* 1 while the event loop runs */
+	uint64_t conns_accepted;
+	uint64_t conns_active;
+	uint64_t conns_closed;
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+	uint64_t loop_iterations;
+	uint64_t wait_calls;
+	uint64_t accept_calls;
+	uint64_t recv_calls;
+	uint64_t send_calls;
+	uint64_t short_sends;         /* sends that moved fewer bytes than asked */
+	uint64_t enobufs;             /* io_uring: recvs that found no provided buffer */
+	uint64_t conn_errors;         /* resets and other per-connection errors */
+	uint64_t accept_errors;       /* failed accepts (EMFILE, ENFILE, ...) */
+	uint64_t accept_pauses;       /* times accepting stopped because the table was full */
+	uint64_t backpressure_pauses; /* epoll: times reading stopped because a buffer was full */
+	uint64_t pending_bytes_max;   /* largest per-connection backlog seen (bytes) */
+};
+
+/* Bind and listen (TCP_NODELAY, SO_REUSEADDR, non-blocking). Returns the fd. */
+int ec_listen(const char *host, int port, int backlog, int *bound_port);
+
+/* Raise the soft RLIMIT_NOFILE to the hard limit. Returns the new soft limit. */
+int ec_raise_nofile(void);
+
+/*
+ * Run an echo server on listen_fd until stop_fd becomes readable.
+ * Returns 0 after a clean stop, or a negative errno if set-up failed.
+ * Neither function closes listen_fd or stop_fd.
+ */
+int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
+		   struct ec_server_stats *stats);
+int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
+		   struct ec_server_stats *stats);
+
+/* ------------------------------------------------------- load generator */
+
+#define EC_MODE_STREAM 0   /* write continuously, read echoes as they come */
+#define EC_MODE_RR     1   /* closed loop: write, wait for the whole echo, repeat */
+#define EC_MODE_RATE   2   /* open loop: requests at a fixed schedule, pipelined */
+
+struct ec_load_config {
+	const char *host;         /* numeric IPv4/IPv6 address */
+	int port;
+	int mode;                 /* EC_MODE_* */
+	uint32_t payload;         /* bytes per message (> 0) */
+	uint32_t connections;     /* > 0 */
+	uint32_t threads;         /* worker threads (> 0) */
+	const int *cpus;          /* CPUs to pin worker i to cpus[i % ncpus]; may be NULL */
+	uint32_t ncpus;
+	double warmup_s;          /* run but discard results for this long */
+	double duration_s;        /* measured window (> 0) */
+	double rate;              /* EC_MODE_RATE: total requests per second */
+	uint32_t window;          /* EC_MODE_STREAM: max unechoed bytes per connection; 0 = default */
+	double connect_timeout_s; /* give up on connections not established by then */
+	int notify_fd;            /* -1, or a fd that gets "S\n" at window start and "E\n" at its end */
+	int stop_fd;              /* -1, or a fd whose readability ends the run early */
+};
+
+struct ec_load_result {
+	double duration_s;        /* length of the measured window actually run */
+	uint64_t connected;       /* connections established */
+	uint64_t msgs;            /* messages fully echoed inside the window */
+	uint64_t bytes;           /* echoed bytes received inside the window */
+	uint64_t latency_count;   /* latency samples (rr, rate) */
+	double lat_mean_us;
+	double lat_min_us;
+	double p50_us, p90_us, p99_us, p999_us;
+	double max_us;
+	double fairness;          /* Jain's index over per-connection echoed bytes */
+	uint64_t conn_bytes_min;
+	uint64_t conn_bytes_max;
+	uint64_t mismatches;      /* echoed bytes that differ from what was sent */
+	uint64_t mismatched_conns;
+	uint64_t connect_errors;  /* connections that failed or timed out */
+	uint64_t io_errors;       /* connections reset or closed by the server mid-run */
+	double cpu_user_s;        /* client process CPU inside the window */
+	double cpu_sys_s;
+	uint64_t send_calls;
+	uint64_t recv_calls;
+};
+
+/* Run one load. Returns 0, or a negative errno for bad config or set-up failure. */
+int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res);
+
+#endif

@@ -1,0 +1,499 @@
+/*
+ * server_epoll.c - single-threaded, edge-triggered epoll echo server (RFC 862).
+ *
+ * Every accepted socket is registered once with EPOLLIN|EPOLLOUT|EPOLLRDHUP|
+ * EPOLLET and never modified again, so the hot path makes no epoll_ctl calls.
+ * An edge only says "this socket may have become readable or writable"; we
+ * remember that in per-connection flags until recv/send returns EAGAIN, and a
+ * FIFO run queue decides who does I/O next.  Each connection gets at most
+ * epoll_budget recv/send operations per turn, so one fast client cannot
+ * starve the others, and its fixed buffer bounds what a client that never
+ * reads can make us hold.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "echo_core.h"
+
+#define MAX_EVENTS	512		/* events harvested per epoll_wait */
+#define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
+#define ACCEPT_RETRY_MS	100		/* idle wait before retrying accept after EMFILE and co. */
+#define MAX_SLOTS	(1u << 20)	/* table cap when RLIMIT_NOFILE is huge or infinite */
+
+enum accept_state {
+	ACCEPT_ON,
+	ACCEPT_FULL,	/* conns_active == limit: resume when a connection closes */
+	ACCEPT_ERROR,	/* out of fds or memory: resume on close, or after a quiet wait */
+};
+
+struct conn {
+	char *buf;		/* NULL while the slot is free */
+	uint32_t start, end;	/* the pending echo is buf[start, end) */
+	bool readable;		/* no recv EAGAIN since the last EPOLLIN edge */
+	bool writable;		/* no send EAGAIN since the last EPOLLOUT edge */
+	bool eof;		/* the client shut down its sending side */
+	bool in_queue;
+};
+
+struct server {
+	int epfd, listen_fd, stop_fd;
+	uint32_t buf_size, budget;
+	uint32_t nslots;	/* conns[] is indexed by fd */
+	uint32_t limit;		/* max concurrent connections, <= nslots */
+	struct conn *conns;
+	int *queue;		/* run queue ring of fds; each conn is in it at most once */
+	uint32_t q_head, q_len;
+	bool listen_ready;	/* the listener may have connections we have not accepted */
+	enum accept_state accept_state;
+	struct ec_server_stats *st;
+};
+
+static uint32_t pending(const struct conn *c)
+{
+	return c->end - c->start;
+}
+
+/* Can a recv or send on this connection make progress right now? */
+static bool has_io(const struct server *s, const struct conn *c)
+{
+	uint32_t n = pending(c);
+
+	if (c->writable && n > 0)
+		return true;
+	return c->readable && !c->eof && n < s->buf_size;
+}
+
+static void queue_push(struct server *s, int fd)
+{
+	uint32_t tail = s->q_head + s->q_len;
+
+	if (tail >= s->limit)
+		tail -= s->limit;
+	s->queue[tail] = fd;
+	s->q_len++;
+	s->conns[fd].in_queue = true;
+}
+
+static int queue_pop(struct server *s)
+{
+	int fd = s->queue[s->q_head];
+
+	if (++s->q_head == s->limit)
+		s->q_head = 0;
+	s->q_len--;
+	s->conns[fd].in_queue = false;
+	return fd;
+}
+
+/* Only called for a connection that is not queued (we just popped it). */
+static void close_conn(struct server *s, int fd)
+{
+	struct conn *c = &s->conns[fd];
+
+	/* close() also drops the epoll registration: the fd is never dup'ed. */
+	close(fd);
+	free(c->buf);
+	memset(c, 0, sizeof(*c));
+	s->st->conns_active--;
+	s->st->conns_closed++;
+
+	/*
+	 * The listener is edge-triggered: connections that queued up while we
+	 * were paused raise no new event, so we have to go and look ourselves.
+	 */
+	if (s->accept_state != ACCEPT_ON) {
+		s->accept_state = ACCEPT_ON;
+		s->listen_ready = true;
+	}
+}
+
+/* One recv into the free tail of the buffer. Returns 0 or -errno. */
+static int do_recv(struct server *s, struct conn *c, int fd)
+{
+	uint32_t n;
+	ssize_t r;
+
+	/*
+	 * Slide the backlog down only when it blocks the tail.  That is rare
+	 * (the peer must be slower than us), and it keeps every send a single
+	 * contiguous range, unlike a ring buffer.
+	 */
+	if (c->end == s->buf_size && c->start > 0) {
+		n = pending(c);
+		memmove(c->buf, c->buf + c->start, n);
+		c->start = 0;
+		c->end = n;
+	}
+	do {
+		s->st->recv_calls++;
+		r = recv(fd, c->buf + c->end, s->buf_size - c->end, 0);
+	} while (r < 0 && errno == EINTR);
+
+	if (r > 0) {
+		c->end += (uint32_t)r;
+		s->st->bytes_in += (uint64_t)r;
+		n = pending(c);
+		if (n > s->st->pending_bytes_max)
+			s->st->pending_bytes_max = n;
+		return 0;
+	}
+	if (r == 0) {
+		c->eof = true;
+		return 0;
+	}
+	if (errno == EAGAIN || errno == EWOULDBLOCK) {
+		c->readable = false;
+		return 0;
+	}
+	return -errno;
+}
+
+/* One send of the whole pending range. Returns 0 or -errno. */
+static int do_send(struct server *s, struct conn *c, int fd)
+{
+	uint32_t n = pending(c);
+	ssize_t r;
+
+	do {
+		s->st->send_calls++;
+		/* MSG_NOSIGNAL: a vanished peer is EPIPE for this conn, not SIGPIPE for us. */
+		r = send(fd, c->buf + c->start, n, MSG_NOSIGNAL);
+	} while (r < 0 && errno == EINTR);
+
+	if (r > 0) {
+		if ((uint32_t)r < n)
+			s->st->short_sends++;
+		c->start += (uint32_t)r;
+		s->st->bytes_out += (uint64_t)r;
+		if (c->start == c->end)
+			c->start = c->end = 0;
+		return 0;
+	}
+	if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+		c->writable = false;
+		return 0;
+	}
+	/* send() never returns 0 for n > 0 on TCP; treat it as an error anyway. */
+	return r < 0 ? -errno : -EIO;
+}
+
+/*
+ * Run up to budget recv/send operations on one connection.  A pending echo
+ * is sent before reading more, so every recv is followed straight away by
+ * the send of what it read.  Returns true if the connection was closed.
+ */
+static bool serve_conn(struct server *s, int fd)
+{
+	struct conn *c = &s->conns[fd];
+	uint32_t ops;
+	int ret = 0;
+
+	for (ops = 0; ops < s->budget && !ret; ops++) {
+		if (c->writable && pending(c) > 0)
+			ret = do_send(s, c, fd);
+		else if (c->readable && !c->eof && pending(c) < s->buf_size)
+			ret = do_recv(s, c, fd);
+		else
+			break;
+	}
+	if (ret < 0) {
+		s->st->conn_errors++;
+		close_conn(s, fd);
+		return true;
+	}
+	/* Half-close: the client has read everything once the backlog is gone. */
+	if (c->eof && pending(c) == 0) {
+		close_conn(s, fd);
+		return true;
+	}
+	/*
+	 * Full buffer and the peer is not draining: we stop reading it (it is
+	 * not requeued) until an EPOLLOUT edge lets the backlog move again.
+	 */
+	if (!c->eof && pending(c) == s->buf_size && !c->writable)
+		s->st->backpressure_pauses++;
+	return false;
+}
+
+/* Serve the connections queued at the start of this round, once each. */
+static void run_queue(struct server *s)
+{
+	uint32_t n = s->q_len;
+	int fd;
+
+	while (n--) {
+		fd = queue_pop(s);
+		if (serve_conn(s, fd))
+			continue;
+		if (has_io(s, &s->conns[fd]))
+			queue_push(s, fd);
+	}
+}
+
+static void conn_event(struct server *s, int fd, uint32_t events)
+{
+	struct conn *c;
+
+	if (fd < 0 || (uint32_t)fd >= s->nslots || !s->conns[fd].buf)
+		return;
+	c = &s->conns[fd];
+	/* Hang-ups and errors are reported by the next recv or send: let both run. */
+	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->readable = true;
+	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+		c->writable = true;
+	if (!c->in_queue && has_io(s, c))
+		queue_push(s, fd);
+}
+
+/* Set up a freshly accepted socket. Returns 0 or -errno (caller closes fd). */
+static int add_conn(struct server *s, int fd)
+{
+	struct epoll_event ev = {
+		.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		.data.fd = fd,
+	};
+	struct conn *c;
+	int one = 1, ret;
+
+	if ((uint32_t)fd >= s->nslots)
+		return -EMFILE;
+	c = &s->conns[fd];
+	c->buf = malloc(s->buf_size);
+	if (!c->buf)
+		return -ENOMEM;
+	/*
+	 * Linux copies TCP_NODELAY from the listener, but say it explicitly:
+	 * Nagle plus delayed ACKs would add ~40 ms to every partial echo.  A
+	 * failure here only costs latency, so it is not fatal.
+	 */
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev)) {
+		ret = -errno;
+		free(c->buf);
+		c->buf = NULL;
+		return ret;
+	}
+	s->st->conns_accepted++;
+	s->st->conns_active++;
+	return 0;
+}
+
+static void pause_accept(struct server *s, enum accept_state why)
+{
+	s->accept_state = why;
+	s->st->accept_pauses++;
+}
+
+/* Accept up to ACCEPT_BATCH connections; leaves listen_ready set if there may be more. */
+static void accept_batch(struct server *s)
+{
+	int i, fd;
+
+	for (i = 0; i < ACCEPT_BATCH; i++) {
+		if (s->st->conns_active >= s->limit) {
+			pause_accept(s, ACCEPT_FULL);
+			return;
+		}
+		s->st->accept_calls++;
+		fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd >= 0) {
+			if (add_conn(s, fd) == 0)
+				continue;
+			/* No slot, buffer or watch for it: the client sees a close. */
+			close(fd);
+			s->st->accept_errors++;
+			pause_accept(s, ACCEPT_ERROR);
+			return;
+		}
+		switch (errno) {
+		case EINTR:
+			continue;
+		case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+		case EWOULDBLOCK:
+#endif
+			s->listen_ready = false;
+			return;
+		case EMFILE:
+		case ENFILE:
+		case ENOBUFS:
+		case ENOMEM:
+			s->st->accept_errors++;
+			pause_accept(s, ACCEPT_ERROR);
+			return;
+		case ECONNABORTED:
+		case EPROTO:
+		case EPERM:
+		case ENETDOWN:
+		case ENETUNREACH:
+		case EHOSTDOWN:
+		case EHOSTUNREACH:
+		case ENONET:
+		case ENOPROTOOPT:
+			/* That one connection failed; the next may be fine. */
+			s->st->accept_errors++;
+			continue;
+		default:
+			/*
+			 * Unexpected (e.g. EINVAL: listener shut down).  Wait for
+			 * the next edge rather than spin with a zero timeout.
+			 */
+			s->st->accept_errors++;
+			s->listen_ready = false;
+			return;
+		}
+	}
+}
+
+static int run_loop(struct server *s)
+{
+	struct epoll_event events[MAX_EVENTS];
+	int i, n, fd, timeout;
+
+	for (;;) {
+		timeout = -1;
+		if (s->q_len || (s->listen_ready && s->accept_state == ACCEPT_ON))
+			timeout = 0;
+		else if (s->accept_state == ACCEPT_ERROR)
+			timeout = ACCEPT_RETRY_MS;
+
+		s->st->wait_calls++;
+		n = epoll_wait(s->epfd, events, MAX_EVENTS, timeout);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		s->st->loop_iterations++;
+
+		for (i = 0; i < n; i++) {
+			fd = events[i].data.fd;
+			if (fd == s->stop_fd)
+				return 0;
+			if (fd == s->listen_fd)
+				s->listen_ready = true;
+			else
+				conn_event(s, fd, events[i].events);
+		}
+		/*
+		 * A quiet wait while out of fds or memory: if the shortage is
+		 * elsewhere in the process no close of ours will resume accepting,
+		 * so retry now and then.
+		 */
+		if (n == 0 && timeout == ACCEPT_RETRY_MS) {
+			s->accept_state = ACCEPT_ON;
+			s->listen_ready = true;
+		}
+		if (s->listen_ready && s->accept_state == ACCEPT_ON)
+			accept_batch(s);
+		run_queue(s);
+	}
+}
+
+static void server_free(struct server *s)
+{
+	uint32_t fd;
+
+	if (s->conns) {
+		for (fd = 0; fd < s->nslots; fd++) {
+			if (!s->conns[fd].buf)
+				continue;
+			close((int)fd);
+			free(s->conns[fd].buf);
+			s->st->conns_active--;
+			s->st->conns_closed++;
+		}
+	}
+	free(s->conns);
+	free(s->queue);
+	if (s->epfd >= 0)
+		close(s->epfd);
+}
+
+static int watch(int epfd, int fd, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.fd = fd };
+
+	return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
+}
+
+static int server_init(struct server *s, int listen_fd, int stop_fd,
+		       const struct ec_server_config *cfg, struct ec_server_stats *st)
+{
+	struct rlimit rl;
+	rlim_t slots;
+	int ret;
+
+	memset(s, 0, sizeof(*s));
+	s->epfd = -1;
+	s->listen_fd = listen_fd;
+	s->stop_fd = stop_fd;
+	s->buf_size = cfg->buf_size;
+	s->budget = cfg->epoll_budget;
+	s->st = st;
+	/* Try accepting at once: connections may have queued before we started. */
+	s->listen_ready = true;
+
+	/*
+	 * The table is indexed by fd, so it must cover every fd we can get:
+	 * the soft RLIMIT_NOFILE.  max_conns, when set, caps how many of those
+	 * slots are in use at once.
+	 */
+	if (getrlimit(RLIMIT_NOFILE, &rl))
+		return -errno;
+	slots = rl.rlim_cur;
+	if (slots < cfg->max_conns)
+		slots = cfg->max_conns;
+	if (slots > MAX_SLOTS)
+		slots = MAX_SLOTS;
+	if (slots < 1)
+		slots = 1;
+	s->nslots = (uint32_t)slots;
+	s->limit = cfg->max_conns && cfg->max_conns < s->nslots ? cfg->max_conns : s->nslots;
+
+	s->conns = calloc(s->nslots, sizeof(*s->conns));
+	s->queue = calloc(s->limit, sizeof(*s->queue));
+	if (!s->conns || !s->queue)
+		return -ENOMEM;
+
+	s->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (s->epfd < 0)
+		return -errno;
+	/* The stop pipe stays level-triggered: it must keep reporting until we leave. */
+	ret = watch(s->epfd, stop_fd, EPOLLIN);
+	if (ret)
+		return ret;
+	return watch(s->epfd, listen_fd, EPOLLIN | EPOLLET);
+}
+
+int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
+		   struct ec_server_stats *stats)
+{
+	struct server s;
+	int ret;
+
+	if (!cfg || !stats || listen_fd < 0 || stop_fd < 0 || listen_fd == stop_fd)
+		return -EINVAL;
+	if (!cfg->buf_size || !cfg->epoll_budget)
+		return -EINVAL;
+
+	memset(stats, 0, sizeof(*stats));
+	ret = server_init(&s, listen_fd, stop_fd, cfg, stats);
+	if (!ret) {
+		stats->running = 1;
+		ret = run_loop(&s);
+	}
+	server_free(&s);
+	stats->running = 0;
+	return ret;
+}

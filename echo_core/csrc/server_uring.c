@@ -1,0 +1,431 @@
+/*
+ * server_uring.c - RFC 862 echo server on io_uring.
+ *
+ * One ring, one thread.  Connections arrive through a multishot accept
+ * into direct (fixed) descriptors; each connection has exactly one
+ * operation in flight: a recv that picks a buffer from the provided-buffer
+ * ring, then a send of that buffer (resent until complete), then the next
+ * recv.  One io_uring_enter per loop turn submits and waits.
+ */
+#include <errno.h>
+#include <liburing.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+
+#include "echo_core.h"
+
+#define BUF_GROUP 0
+
+enum op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_CLOSE,
+	OP_STOP,
+};
+
+enum conn_state {
+	CONN_FREE = 0,
+	CONN_RECV,      /* recv in flight */
+	CONN_SEND,      /* send of buffer bid in flight */
+	CONN_STARVED,   /* recv found no buffer; waiting in the starved queue */
+	CONN_CLOSING,   /* close in flight */
+};
+
+struct conn {
+	uint8_t state;
+	uint16_t bid;     /* buffer being echoed while CONN_SEND */
+	uint32_t sent;    /* bytes of that buffer already sent */
+	uint32_t len;     /* bytes in that buffer */
+};
+
+struct server {
+	struct io_uring ring;
+	struct io_uring_buf_ring *br;
+	size_t br_size;
+	unsigned char *bufs;
+	size_t bufs_size;
+	uint32_t buf_size;
+	uint32_t buf_count;
+	uint32_t bufs_free;       /* buffers currently in the provided ring */
+	struct conn *conns;
+	uint32_t max_conns;
+	uint32_t *starved;        /* FIFO of connections waiting for a buffer */
+	uint32_t starved_head, starved_len;
+	int listen_fd;
+	int stop_fd;
+	int accept_armed;
+	int stopping;
+	struct ec_server_stats *stats;
+};
+
+static inline uint64_t make_data(enum op op, uint32_t idx)
+{
+	return (uint64_t)op << 32 | idx;
+}
+
+/* Get an SQE, flushing the submission queue to the kernel when it is full. */
+static struct io_uring_sqe *get_sqe(struct server *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+
+	while (!sqe) {
+		io_uring_submit(&s->ring);
+		s->stats->wait_calls++;
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	return sqe;
+}
+
+static void arm_accept(struct server *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
+	io_uring_sqe_set_data64(sqe, make_data(OP_ACCEPT, 0));
+	s->accept_armed = 1;
+	s->stats->accept_calls++;
+}
+
+static void arm_recv(struct server *s, uint32_t idx)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_recv(sqe, idx, NULL, s->buf_size, 0);
+	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
+	sqe->buf_group = BUF_GROUP;
+	io_uring_sqe_set_data64(sqe, make_data(OP_RECV, idx));
+	s->conns[idx].state = CONN_RECV;
+	s->stats->recv_calls++;
+}
+
+static void arm_send(struct server *s, uint32_t idx)
+{
+	struct conn *c = &s->conns[idx];
+	struct io_uring_sqe *sqe = get_sqe(s);
+	unsigned char *buf = s->bufs + (size_t)c->bid * s->buf_size;
+
+	io_uring_prep_send(sqe, idx, buf + c->sent, c->len - c->sent, MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+	c->state = CONN_SEND;
+	s->stats->send_calls++;
+}
+
+static void arm_close(struct server *s, uint32_t idx)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_close_direct(sqe, idx);
+	io_uring_sqe_set_data64(sqe, make_data(OP_CLOSE, idx));
+	s->conns[idx].state = CONN_CLOSING;
+}
+
+static void recycle_buffer(struct server *s, uint16_t bid)
+{
+	io_uring_buf_ring_add(s->br, s->bufs + (size_t)bid * s->buf_size, s->buf_size, bid,
+			      io_uring_buf_ring_mask(s->buf_count), 0);
+	io_uring_buf_ring_advance(s->br, 1);
+	s->bufs_free++;
+}
+
+static void starve(struct server *s, uint32_t idx)
+{
+	s->starved[(s->starved_head + s->starved_len) % s->max_conns] = idx;
+	s->starved_len++;
+	s->conns[idx].state = CONN_STARVED;
+}
+
+/*
+ * Re-arm every starved connection once buffers are back.  An armed recv
+ * takes a buffer only when data arrives, so arming fewer than all could
+ * leave a connection waiting forever behind idle ones; those that lose the
+ * race again simply return to the back of the queue.
+ */
+static void rearm_starved(struct server *s)
+{
+	uint32_t n = s->starved_len;
+
+	if (!s->bufs_free)
+		return;
+	while (n--) {
+		uint32_t idx = s->starved[s->starved_head];
+
+		s->starved_head = (s->starved_head + 1) % s->max_conns;
+		s->starved_len--;
+		arm_recv(s, idx);
+	}
+}
+
+static void on_accept(struct server *s, struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		s->accept_armed = 0;
+	if (cqe->res < 0) {
+		s->stats->accept_errors++;
+		/*
+		 * ENFILE: the fixed-file table is full.  Accepting resumes when
+		 * a close frees a slot (see on_close); anything else re-arms now.
+		 */
+		if (cqe->res == -ENFILE) {
+			s->stats->accept_pauses++;
+			return;
+		}
+		if (!s->accept_armed && !s->stopping)
+			arm_accept(s);
+		return;
+	}
+	s->stats->conns_accepted++;
+	s->stats->conns_active++;
+	s->conns[cqe->res].sent = 0;
+	arm_recv(s, (uint32_t)cqe->res);
+	if (!s->accept_armed && !s->stopping)
+		arm_accept(s);
+}
+
+static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+{
+	struct conn *c = &s->conns[idx];
+
+	if (cqe->res == -ENOBUFS) {
+		s->stats->enobufs++;
+		starve(s, idx);
+		return;
+	}
+	if (cqe->res <= 0) {
+		/* The kernel may still hand us a buffer on error; give it back. */
+		if (cqe->flags & IORING_CQE_F_BUFFER)
+			recycle_buffer(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		if (cqe->res < 0)
+			s->stats->conn_errors++;
+		/* res == 0 is EOF; everything received was already echoed. */
+		arm_close(s, idx);
+		return;
+	}
+	c->bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	c->len = (uint32_t)cqe->res;
+	c->sent = 0;
+	s->bufs_free--;
+	s->stats->bytes_in += (uint64_t)cqe->res;
+	arm_send(s, idx);
+}
+
+static void on_send(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+{
+	struct conn *c = &s->conns[idx];
+
+	if (cqe->res < 0) {
+		s->stats->conn_errors++;
+		recycle_buffer(s, c->bid);
+		arm_close(s, idx);
+		return;
+	}
+	s->stats->bytes_out += (uint64_t)cqe->res;
+	c->sent += (uint32_t)cqe->res;
+	if (c->sent < c->len) {
+		s->stats->short_sends++;
+		arm_send(s, idx);
+		return;
+	}
+	recycle_buffer(s, c->bid);
+	arm_recv(s, idx);
+}
+
+static void on_close(struct server *s, uint32_t idx)
+{
+	s->conns[idx].state = CONN_FREE;
+	s->stats->conns_active--;
+	s->stats->conns_closed++;
+	if (!s->accept_armed && !s->stopping)
+		arm_accept(s);
+}
+
+static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
+{
+	uint64_t data = io_uring_cqe_get_data64(cqe);
+	uint32_t idx = (uint32_t)data;
+
+	switch ((enum op)(data >> 32)) {
+	case OP_ACCEPT:
+		on_accept(s, cqe);
+		break;
+	case OP_RECV:
+		on_recv(s, idx, cqe);
+		break;
+	case OP_SEND:
+		on_send(s, idx, cqe);
+		break;
+	case OP_CLOSE:
+		on_close(s, idx);
+		break;
+	case OP_STOP:
+		s->stopping = 1;
+		break;
+	}
+}
+
+static int setup_ring(struct server *s, uint32_t entries)
+{
+	struct io_uring_params p;
+	uint32_t cq = 1;
+	int ret;
+
+	/* Room for one completion per connection plus accept and stop. */
+	while (cq < s->max_conns + 64 || cq < 2 * entries)
+		cq <<= 1;
+	memset(&p, 0, sizeof(p));
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+		  IORING_SETUP_CLAMP;
+	p.cq_entries = cq;
+	ret = io_uring_queue_init_params(entries, &s->ring, &p);
+	if (ret == -EINVAL) {
+		/* Kernels before 6.1 refuse DEFER_TASKRUN. */
+		memset(&p, 0, sizeof(p));
+		p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+		p.cq_entries = cq;
+		ret = io_uring_queue_init_params(entries, &s->ring, &p);
+	}
+	if (ret)
+		return ret;
+	/* Saves an fd lookup per io_uring_enter; harmless if refused. */
+	io_uring_register_ring_fd(&s->ring);
+	return 0;
+}
+
+static int setup_buffers(struct server *s)
+{
+	struct io_uring_buf_reg reg;
+	uint32_t i;
+	int ret;
+
+	s->br_size = (size_t)s->buf_count * sizeof(struct io_uring_buf);
+	s->br = mmap(NULL, s->br_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (s->br == MAP_FAILED) {
+		s->br = NULL;
+		return -ENOMEM;
+	}
+	s->bufs_size = (size_t)s->buf_count * s->buf_size;
+	s->bufs = mmap(NULL, s->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (s->bufs == MAP_FAILED) {
+		s->bufs = NULL;
+		return -ENOMEM;
+	}
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (unsigned long)s->br;
+	reg.ring_entries = s->buf_count;
+	reg.bgid = BUF_GROUP;
+	ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	if (ret)
+		return ret;
+	io_uring_buf_ring_init(s->br);
+	for (i = 0; i < s->buf_count; i++)
+		io_uring_buf_ring_add(s->br, s->bufs + (size_t)i * s->buf_size, s->buf_size, i,
+				      io_uring_buf_ring_mask(s->buf_count), i);
+	io_uring_buf_ring_advance(s->br, s->buf_count);
+	s->bufs_free = s->buf_count;
+	return 0;
+}
+
+static uint32_t table_size(const struct ec_server_config *cfg)
+{
+	struct rlimit rl;
+
+	if (cfg->max_conns)
+		return cfg->max_conns;
+	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur > 1 << 20)
+		return 1 << 20;
+	return (uint32_t)rl.rlim_cur;
+}
+
+static int check_config(const struct ec_server_config *cfg)
+{
+	if (!cfg->buf_size || !cfg->ring_entries)
+		return -EINVAL;
+	/* Buffer ids are 16 bits and the ring size must be a power of two. */
+	if (!cfg->buf_count || cfg->buf_count > 32768 || (cfg->buf_count & (cfg->buf_count - 1)))
+		return -EINVAL;
+	return 0;
+}
+
+static void teardown(struct server *s, int ring_up)
+{
+	if (ring_up)
+		io_uring_queue_exit(&s->ring);
+	if (s->bufs)
+		munmap(s->bufs, s->bufs_size);
+	if (s->br)
+		munmap(s->br, s->br_size);
+	free(s->conns);
+	free(s->starved);
+}
+
+static int run_loop(struct server *s)
+{
+	struct io_uring_sqe *sqe;
+
+	sqe = get_sqe(s);
+	io_uring_prep_poll_add(sqe, s->stop_fd, POLLIN);
+	io_uring_sqe_set_data64(sqe, make_data(OP_STOP, 0));
+	arm_accept(s);
+	s->stats->running = 1;
+	while (!s->stopping) {
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		int ret;
+
+		ret = io_uring_submit_and_wait(&s->ring, 1);
+		s->stats->wait_calls++;
+		s->stats->loop_iterations++;
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+			return ret;
+		io_uring_for_each_cqe(&s->ring, head, cqe) {
+			on_cqe(s, cqe);
+			seen++;
+		}
+		io_uring_cq_advance(&s->ring, seen);
+		rearm_starved(s);
+	}
+	return 0;
+}
+
+int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
+		   struct ec_server_stats *stats)
+{
+	struct server s;
+	int ret;
+
+	ret = check_config(cfg);
+	if (ret)
+		return ret;
+	memset(&s, 0, sizeof(s));
+	s.listen_fd = listen_fd;
+	s.stop_fd = stop_fd;
+	s.stats = stats;
+	s.buf_size = cfg->buf_size;
+	s.buf_count = cfg->buf_count;
+	s.max_conns = table_size(cfg);
+	s.conns = calloc(s.max_conns, sizeof(*s.conns));
+	s.starved = calloc(s.max_conns, sizeof(*s.starved));
+	if (!s.conns || !s.starved) {
+		teardown(&s, 0);
+		return -ENOMEM;
+	}
+	ret = setup_ring(&s, cfg->ring_entries);
+	if (ret) {
+		teardown(&s, 0);
+		return ret;
+	}
+	ret = io_uring_register_files_sparse(&s.ring, s.max_conns);
+	if (!ret)
+		ret = setup_buffers(&s);
+	if (!ret)
+		ret = run_loop(&s);
+	stats->running = 0;
+	/* Ring teardown cancels what is in flight and closes every direct descriptor. */
+	teardown(&s, 1);
+	stats->conns_active = 0;
+	return ret;
+}

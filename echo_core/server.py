@@ -1,0 +1,230 @@
+"""Echo servers: run one in this process (serve) or in a pinned child process (Server)."""
+
+import ipaddress
+import json
+import mmap
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from echo_core.native import check, ffi, lib, struct_to_dict
+
+IMPLS = ("uring", "epoll")
+SERVE_FUNCS = {"uring": "ec_uring_serve", "epoll": "ec_epoll_serve"}
+
+#: Tunables and their defaults.  buf_size is the same for both servers so the comparison is fair.
+DEFAULT_OPTIONS = {
+    "buf_size": 16384,      # bytes per receive buffer (io_uring provided buffer / epoll per-connection)
+    "buf_count": 4096,      # io_uring: provided buffers in the ring (power of two, <= 32768)
+    "ring_entries": 4096,   # io_uring: submission queue entries
+    "epoll_budget": 16,     # epoll: recv/send operations per connection per turn
+    "max_conns": 0,         # connection table size; 0 = the process fd limit
+    "backlog": 4096,        # listen backlog
+}
+
+#: How long to retry bind() on EADDRINUSE: a just-stopped io_uring server frees its port a few ms late.
+BIND_RETRY_S = 1.0
+
+
+def validate(impl, host, port, cpu, options):
+    """Check arguments in Python so bad input never reaches C; returns the full option dict."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host must be a numeric IPv4/IPv6 address, got {host!r}") from None
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+    if cpu is not None and cpu not in os.sched_getaffinity(0):
+        raise ValueError(f"cpu {cpu} is not available (available: {sorted(os.sched_getaffinity(0))})")
+    unknown = set(options) - set(DEFAULT_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown server option(s): {', '.join(sorted(unknown))}")
+    merged = {**DEFAULT_OPTIONS, **options}
+    for name, value in merged.items():
+        if not isinstance(value, int) or value < 0 or value > 2**31:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "backlog"):
+        if merged[name] == 0:
+            raise ValueError(f"{name} must be positive")
+    count = merged["buf_count"]
+    if count & (count - 1) or count > 32768:
+        raise ValueError(f"buf_count must be a power of two <= 32768, got {count}")
+    return merged
+
+
+def _listen(host, port, backlog):
+    deadline = time.monotonic() + BIND_RETRY_S
+    bound = ffi.new("int *")
+    while True:
+        fd = lib.ec_listen(host.encode(), port, backlog, bound)
+        if fd != -98 or port == 0 or time.monotonic() > deadline:  # 98 = EADDRINUSE
+            break
+        time.sleep(0.005)
+    if fd == -98:
+        raise OSError(98, f"port {port} on {host} is already in use")
+    check(fd, f"cannot listen on {host}:{port}")
+    return fd, bound[0]
+
+
+def _format_addr(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listening=None, **options):
+    """Run an echo server in this process (main thread) until SIGINT/SIGTERM; return its counters.
+
+    stats_path names a file of ffi.sizeof("struct ec_server_stats") bytes that the counters are
+    mapped into, so another process can read them while the server runs.
+    """
+    opts = validate(impl, host, port, cpu, options)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    check(lib.ec_raise_nofile(), "cannot raise the fd limit")
+    cfg = ffi.new("struct ec_server_config *")
+    for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "max_conns"):
+        setattr(cfg, name, opts[name])
+    if stats_path:
+        with open(stats_path, "r+b") as f:
+            shared = mmap.mmap(f.fileno(), ffi.sizeof("struct ec_server_stats"))
+        stats = ffi.from_buffer("struct ec_server_stats *", shared)
+    else:
+        stats = ffi.new("struct ec_server_stats *")
+    listen_fd, port = _listen(host, port, opts["backlog"])
+    # A signal makes Python's C-level handler write to stop_w, which the C loop watches.
+    stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old_wakeup = signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
+    try:
+        if on_listening:
+            on_listening(host, port)
+        ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop_r, cfg, stats)
+        check(ret, f"{impl} server failed")
+        return struct_to_dict(stats)
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for fd in (listen_fd, stop_r, stop_w):
+            os.close(fd)
+
+
+class Server:
+    """An echo server in its own (optionally CPU-pinned) process.
+
+    >>> with Server("uring", port=0, cpu=1) as srv:
+    ...     srv.port, srv.stats()
+
+    start() returns once the server accepts connections; stop() (or leaving the with-block)
+    sends SIGTERM, waits for a clean exit and returns the final counters.
+    """
+
+    def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, **options):
+        self.options = validate(impl, host, port, cpu, options)
+        self.impl, self.host, self.port, self.cpu = impl, host, port, cpu
+        self.startup_timeout = startup_timeout
+        self.proc = None
+        self.final_stats = None
+        self._stats_file = None
+        self._shared = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def address(self):
+        return self.host, self.port
+
+    def start(self):
+        size = ffi.sizeof("struct ec_server_stats")
+        shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self._stats_file = tempfile.NamedTemporaryFile(prefix="echo_core-stats-", dir=shm_dir)
+        self._stats_file.truncate(size)
+        self._stats_file.flush()
+        self._shared = mmap.mmap(self._stats_file.fileno(), size, prot=mmap.PROT_READ)
+        cmd = [sys.executable, "-m", "echo_core", "serve", "--impl", self.impl, "--host", self.host,
+               "--port", str(self.port), "--stats-file", self._stats_file.name]
+        if self.cpu is not None:
+            cmd += ["--cpu", str(self.cpu)]
+        for name, value in self.options.items():
+            cmd += [f"--{name.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self._read_line(self.startup_timeout)
+        if not line.startswith("listening on "):
+            err = self._fail()
+            raise RuntimeError(f"{self.impl} server did not start: {err or line.strip() or 'no output'}")
+        self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def _read_line(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else ""
+
+    def _fail(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        _, err = self.proc.communicate(timeout=10)
+        self._cleanup()
+        return err.strip().splitlines()[-1] if err.strip() else ""
+
+    def stats(self):
+        """Current counters (a consistent-enough snapshot of plain 64-bit counters)."""
+        if self.final_stats is not None:
+            return dict(self.final_stats)
+        return struct_to_dict(ffi.from_buffer("struct ec_server_stats *", self._shared))
+
+    def cpu_times(self):
+        """(user, system) CPU seconds the server process has used so far, from /proc."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def stop(self, timeout=15.0):
+        if self.proc is None:
+            return self.final_stats
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            self._cleanup()
+            raise RuntimeError(f"{self.impl} server did not stop within {timeout} s; killed") from None
+        code = self.proc.returncode
+        self.final_stats = struct_to_dict(ffi.from_buffer("struct ec_server_stats *", self._shared))
+        self._cleanup()
+        if code != 0:
+            raise RuntimeError(f"{self.impl} server exited with status {code}: {err.strip()}")
+        return dict(self.final_stats)
+
+    def _cleanup(self):
+        self.proc = self.proc if self.proc and self.proc.poll() is None else None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+        if self._stats_file is not None:
+            self._stats_file.close()
+            self._stats_file = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def print_listening(host, port):
+    print(f"listening on {_format_addr(host, port)}", flush=True)
+
+
+def stats_json(stats):
+    return json.dumps(stats, sort_keys=False)

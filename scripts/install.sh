@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install everything echo_core needs on a fresh Debian/Ubuntu machine: the C toolchain, liburing,
+# a virtualenv in .venv, and the package (its C core is compiled by cffi) with its dev extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+    gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd >/dev/null
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/python -c "import echo_core; print('echo_core', echo_core.__version__, 'installed in .venv')"

@@ -1,0 +1,145 @@
+"""The serve CLI and the Python API: start, stop, counters, and clear errors for bad input."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import echo_core
+from echo_client import connect, recv_exact
+
+SERVE = [sys.executable, "-m", "echo_core", "serve"]
+
+
+def _run_cli(args, timeout=20):
+    return subprocess.run(SERVE + args, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_serves_and_exits_cleanly_on_sigterm(impl):
+    proc = subprocess.Popen(SERVE + ["--impl", impl, "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on 127.0.0.1:")
+        port = int(line.rsplit(":", 1)[1])
+        with connect(port) as s:
+            s.sendall(b"hello echo")
+            assert recv_exact(s, 10) == b"hello echo"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    counters = json.loads(out.strip().splitlines()[-1])
+    assert counters["conns_accepted"] == 1
+    assert counters["bytes_in"] == counters["bytes_out"] == 10
+
+
+def test_sigint_also_stops_the_server(impl):
+    proc = subprocess.Popen(SERVE + ["--impl", impl], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().startswith("listening on")
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=15)
+    assert proc.returncode == 0
+
+
+def test_restart_on_the_same_port_waits_for_it(impl):
+    with echo_core.Server(impl, port=0) as first:
+        port = first.port
+    # The previous server's port can stay busy for a few ms; the new one must not fail.
+    with echo_core.Server(impl, port=port) as second:
+        assert second.port == port
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--impl", "kqueue"], "invalid choice"),
+    (["--impl", "uring", "--port", "70000"], "port"),
+    (["--impl", "epoll", "--port", "-1"], "port"),
+    (["--impl", "uring", "--port", "abc"], "invalid int"),
+    (["--impl", "uring", "--buf-size", "0"], "buf_size"),
+    (["--impl", "uring", "--buf-count", "1000"], "power of two"),
+    (["--impl", "epoll", "--host", "localhost.invalid"], "numeric"),
+    (["--impl", "epoll", "--cpu", "4096"], "cpu"),
+])
+def test_cli_bad_arguments_give_one_line_error(args, message):
+    result = _run_cli(args)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], result.stderr
+
+
+def test_cli_port_in_use_is_an_error(impl):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        result = _run_cli(["--impl", impl, "--port", str(blocker.getsockname()[1])])
+    finally:
+        blocker.close()
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "in use" in result.stderr
+
+
+def test_api_counters_while_running_and_at_exit(impl):
+    with echo_core.Server(impl, port=0, cpu=0) as srv:
+        with connect(srv.port) as s:
+            s.sendall(b"x" * 5000)
+            recv_exact(s, 5000)
+            # The echo can reach the client just before the server reaps the send's completion.
+            deadline = time.monotonic() + 5
+            while srv.stats()["bytes_out"] < 5000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            live = srv.stats()
+        assert live["running"] == 1
+        assert live["conns_accepted"] == 1 and live["conns_active"] == 1
+        assert live["bytes_in"] == live["bytes_out"] == 5000
+        assert live["recv_calls"] >= 1 and live["send_calls"] >= 1 and live["wait_calls"] >= 1
+        user, system = srv.cpu_times()
+        assert user >= 0 and system >= 0
+    final = srv.final_stats
+    assert final["running"] == 0 and final["conns_active"] == 0
+    assert final["bytes_out"] == 5000
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(impl="io-uring"), "unknown implementation"),
+    (dict(impl="uring", port=65536), "port"),
+    (dict(impl="uring", port="80"), "port"),
+    (dict(impl="epoll", buf_size=0), "buf_size"),
+    (dict(impl="epoll", buf_size=-5), "buf_size"),
+    (dict(impl="uring", turbo=1), "unknown server option"),
+])
+def test_api_bad_input_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        echo_core.Server(**kwargs)
+
+
+def test_c_sources_compile_without_warnings():
+    csrc = os.path.join(os.path.dirname(echo_core.__file__), "csrc")
+    for name in sorted(os.listdir(csrc)):
+        if name.endswith(".c"):
+            result = subprocess.run(
+                ["gcc", "-fsyntax-only", "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-D_GNU_SOURCE",
+                 "-DNDEBUG", "-I", csrc, os.path.join(csrc, name)], capture_output=True, text=True)
+            assert result.returncode == 0, f"{name}:\n{result.stderr}"
+
+
+def test_missing_liburing_is_a_clear_build_error(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "echo_core_build", os.path.join(os.path.dirname(echo_core.__file__), "_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    monkeypatch.setattr(build, "LIBURING_HEADER_DIRS", ["/nonexistent"])
+    with pytest.raises(SystemExit, match="liburing-dev"):
+        build._check_liburing()

@@ -1,0 +1,209 @@
+"""Both echo servers, over real loopback sockets: exactness, scale, half-close, resets, back-pressure."""
+
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+
+import pytest
+
+from echo_client import (connect, distinct_payload, echo_all, recv_exact, recv_to_eof, rss_kib)
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096, 65536, 1 << 20])
+def test_payload_echoed_exactly(start_server, size):
+    srv = start_server()
+    data = os.urandom(size)
+    with connect(srv.port) as s:
+        (got,) = echo_all([s], [data])
+    assert got == data
+
+
+def test_thousand_concurrent_connections_distinct_data(start_server):
+    srv = start_server()
+    socks = [connect(srv.port) for _ in range(1000)]
+    payloads = [distinct_payload(i, 3000 + i) for i in range(1000)]
+    try:
+        got = echo_all(socks, payloads, timeout=60)
+    finally:
+        for s in socks:
+            s.close()
+    bad = [i for i, (g, p) in enumerate(zip(got, payloads)) if g != p]
+    assert bad == []
+
+
+def test_2500_connections_accepted_and_served(start_server):
+    srv = start_server()
+    socks = []
+    try:
+        for _ in range(2500):
+            socks.append(connect(srv.port))
+        deadline = time.monotonic() + 10
+        while srv.stats()["conns_active"] < 2500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.stats()["conns_active"] == 2500
+        payloads = [distinct_payload(i, 64) for i in range(len(socks))]
+        assert echo_all(socks, payloads, timeout=60) == payloads
+    finally:
+        for s in socks:
+            s.close()
+    stats = srv.stop()
+    assert stats["conns_accepted"] == 2500
+
+
+def test_half_close_returns_all_data_then_eof(start_server):
+    srv = start_server()
+    data = os.urandom(3 << 20)
+    with connect(srv.port) as s:
+        got = bytearray()
+        reader = threading.Thread(target=lambda: got.extend(recv_to_eof(s, timeout=30)))
+        reader.start()
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reader.join(timeout=40)
+        assert not reader.is_alive()
+    assert bytes(got) == data
+
+
+def test_reset_mid_stream_does_not_disturb_others(start_server):
+    srv = start_server()
+    survivor = connect(srv.port)
+    victim = connect(srv.port)
+    victim.sendall(os.urandom(1 << 20))  # the server is mid-echo on it when it resets
+    victim.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    victim.close()
+    for i in range(50):
+        data = distinct_payload(i, 20000)
+        survivor.sendall(data)
+        assert recv_exact(survivor, len(data)) == data
+    survivor.close()
+    stats = srv.stop()
+    assert stats["conns_closed"] == 2
+
+
+def test_client_that_never_reads_is_back_pressured(start_server):
+    srv = start_server()
+    rss_before = rss_kib(srv.pid)
+    hog = connect(srv.port)
+    hog.setblocking(False)
+    block = os.urandom(1 << 16)
+    written, deadline = 0, time.monotonic() + 2.0
+    other = connect(srv.port)
+    while time.monotonic() < deadline:
+        try:
+            written += hog.send(block)
+        except BlockingIOError:
+            time.sleep(0.01)
+    # Meanwhile another connection keeps echoing.
+    for i in range(20):
+        data = distinct_payload(i, 4096)
+        other.sendall(data)
+        assert recv_exact(other, len(data)) == data
+    growth_mib = (rss_kib(srv.pid) - rss_before) / 1024
+    # Loopback moves GB/s: without back-pressure two seconds would push far more than this.
+    assert written < 64 << 20, f"client wrote {written >> 20} MiB into a server it never read from"
+    assert growth_mib < 32, f"server RSS grew {growth_mib:.1f} MiB"
+    hog.close()
+    other.close()
+
+
+@pytest.mark.parametrize("size", [8193, 100000])
+def test_request_response_has_no_nagle_stall(start_server, size):
+    srv = start_server()
+    data = os.urandom(size)
+    rtts = []
+    with connect(srv.port) as s:
+        for _ in range(200):
+            t = time.perf_counter()
+            s.sendall(data)
+            recv_exact(s, size)
+            rtts.append(time.perf_counter() - t)
+    # A Nagle + delayed-ACK stall costs ~40 ms a round trip.
+    assert statistics.median(rtts) < 1e-3
+    assert sorted(rtts)[int(len(rtts) * 0.9)] < 5e-3
+
+
+def test_tiny_buffers_every_streaming_connection_progresses(start_server, impl):
+    srv = start_server(buf_count=2, buf_size=512, epoll_budget=1)
+    socks = [connect(srv.port) for _ in range(40)]
+    payloads = [distinct_payload(i, 200_000) for i in range(40)]
+    try:
+        got = echo_all(socks, payloads, timeout=60)
+    finally:
+        for s in socks:
+            s.close()
+    assert [len(g) for g in got] == [len(p) for p in payloads]
+    assert got == payloads
+    if impl == "uring":
+        assert srv.stats()["enobufs"] > 0, "the buffer ring was meant to run dry"
+
+
+def test_churning_connections_never_see_each_others_bytes(start_server):
+    srv = start_server(buf_count=16, buf_size=1024)
+    stop = time.monotonic() + 3.0
+    failures = []
+
+    def steady(i):
+        with connect(srv.port) as s:
+            n = 0
+            while time.monotonic() < stop:
+                data = distinct_payload(i * 100000 + n, 5000)
+                s.sendall(data)
+                if recv_exact(s, len(data)) != data:
+                    failures.append(f"steady {i} round {n}")
+                    return
+                n += 1
+
+    def churn(i):
+        n = 0
+        while time.monotonic() < stop:
+            s = connect(srv.port)
+            data = distinct_payload(-(i * 100000 + n), 3000)
+            s.sendall(data)
+            if n % 3 == 0:  # reset with data in flight
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif n % 3 == 1:  # half-close and check the whole echo
+                s.shutdown(socket.SHUT_WR)
+                if recv_to_eof(s) != data:
+                    failures.append(f"churn {i} round {n}")
+            s.close()
+            n += 1
+
+    threads = [threading.Thread(target=steady, args=(i,)) for i in range(6)]
+    threads += [threading.Thread(target=churn, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert failures == []
+    assert srv.stats()["conns_accepted"] > 20
+
+
+def test_full_connection_table_keeps_serving_and_recovers(start_server):
+    srv = start_server(max_conns=8)
+    first = [connect(srv.port) for _ in range(8)]
+    payloads = [distinct_payload(i, 1000) for i in range(8)]
+    assert echo_all(first, payloads) == payloads
+    extra = []
+    for _ in range(4):
+        try:
+            extra.append(connect(srv.port))
+        except OSError:
+            pass
+    time.sleep(0.3)
+    assert srv.stats()["conns_active"] == 8
+    assert srv.stats()["accept_pauses"] >= 1
+    # The table is full but the accepted connections still echo.
+    assert echo_all(first, payloads) == payloads
+    for s in first + extra:
+        s.close()
+    deadline = time.monotonic() + 10
+    while srv.stats()["conns_active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = [connect(srv.port) for _ in range(4)]
+    payloads = [distinct_payload(100 + i, 2000) for i in range(4)]
+    assert echo_all(again, payloads, timeout=15) == payloads
+    for s in again:
+        s.close()
