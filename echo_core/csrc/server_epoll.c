@@ -11,6 +11,7 @@
  * reads can make us hold.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdbool.h>
@@ -49,6 +50,7 @@ struct server {
 	uint32_t buf_size, budget;
 	uint32_t nslots;	/* conns[] is indexed by fd */
 	uint32_t limit;		/* max concurrent connections, <= nslots */
+	uint32_t nconns;	/* open connections (stats are for others to read) */
 	struct conn *conns;
 	int *queue;		/* run queue ring of fds; each conn is in it at most once */
 	uint32_t q_head, q_len;
@@ -99,11 +101,16 @@ static void close_conn(struct server *s, int fd)
 {
 	struct conn *c = &s->conns[fd];
 
-	/* close() also drops the epoll registration: the fd is never dup'ed. */
+	/*
+	 * close() drops the epoll registration.  If a fork elsewhere in the
+	 * process still holds the file, a stale event for a reused fd only sets
+	 * hint flags, which the next EAGAIN clears.
+	 */
 	close(fd);
 	free(c->buf);
 	memset(c, 0, sizeof(*c));
-	s->st->conns_active--;
+	s->nconns--;
+	s->st->conns_active = s->nconns;
 	s->st->conns_closed++;
 
 	/*
@@ -283,8 +290,9 @@ static int add_conn(struct server *s, int fd)
 		c->buf = NULL;
 		return ret;
 	}
+	s->nconns++;
 	s->st->conns_accepted++;
-	s->st->conns_active++;
+	s->st->conns_active = s->nconns;
 	return 0;
 }
 
@@ -300,7 +308,7 @@ static void accept_batch(struct server *s)
 	int i, fd;
 
 	for (i = 0; i < ACCEPT_BATCH; i++) {
-		if (s->st->conns_active >= s->limit) {
+		if (s->nconns >= s->limit) {
 			pause_accept(s, ACCEPT_FULL);
 			return;
 		}
@@ -319,9 +327,6 @@ static void accept_batch(struct server *s)
 		case EINTR:
 			continue;
 		case EAGAIN:
-#if EWOULDBLOCK != EAGAIN
-		case EWOULDBLOCK:
-#endif
 			s->listen_ready = false;
 			return;
 		case EMFILE:
@@ -336,18 +341,12 @@ static void accept_batch(struct server *s)
 		case EPERM:
 		case ENETDOWN:
 		case ENETUNREACH:
-		case EHOSTDOWN:
 		case EHOSTUNREACH:
-		case ENONET:
-		case ENOPROTOOPT:
 			/* That one connection failed; the next may be fine. */
 			s->st->accept_errors++;
 			continue;
 		default:
-			/*
-			 * Unexpected (e.g. EINVAL: listener shut down).  Wait for
-			 * the next edge rather than spin with a zero timeout.
-			 */
+			/* e.g. EINVAL (listener shut down): wait for an edge, do not spin. */
 			s->st->accept_errors++;
 			s->listen_ready = false;
 			return;
@@ -404,16 +403,14 @@ static void server_free(struct server *s)
 {
 	uint32_t fd;
 
-	if (s->conns) {
-		for (fd = 0; fd < s->nslots; fd++) {
-			if (!s->conns[fd].buf)
-				continue;
-			close((int)fd);
-			free(s->conns[fd].buf);
-			s->st->conns_active--;
-			s->st->conns_closed++;
-		}
+	for (fd = 0; s->conns && fd < s->nslots; fd++) {
+		if (!s->conns[fd].buf)
+			continue;
+		close((int)fd);
+		free(s->conns[fd].buf);
+		s->st->conns_closed++;
 	}
+	s->st->conns_active = 0;
 	free(s->conns);
 	free(s->queue);
 	if (s->epfd >= 0)
@@ -480,11 +477,17 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 		   struct ec_server_stats *stats)
 {
 	struct server s;
-	int ret;
+	int ret, flags;
 
 	if (!cfg || !stats || listen_fd < 0 || stop_fd < 0 || listen_fd == stop_fd)
 		return -EINVAL;
 	if (!cfg->buf_size || !cfg->epoll_budget)
+		return -EINVAL;
+	/* accept4() on a blocking listener would hang the loop and ignore stop_fd. */
+	flags = fcntl(listen_fd, F_GETFL);
+	if (flags < 0)
+		return -errno;
+	if (!(flags & O_NONBLOCK))
 		return -EINVAL;
 
 	memset(stats, 0, sizeof(*stats));
