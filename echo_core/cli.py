@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from echo_core import server
+from echo_core import load, server
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,12 +36,13 @@ def build_parser():
     parser = _Parser(prog="python -m echo_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_serve_arguments(sub.add_parser("serve", help="run an echo server until SIGINT/SIGTERM"))
+    load.add_load_arguments(sub.add_parser("load", help="run the load generator against a server"))
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve_command}
+    handlers = {"serve": _serve_command, "load": load.load_command}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:

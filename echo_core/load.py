@@ -1,0 +1,451 @@
+"""The load generator: Python face of echo_core/csrc/loadgen.c.
+
+``run_load`` validates its arguments, hands one ``struct ec_load_config`` to
+``ec_load_run`` (which runs with the GIL released) and returns one flat dict
+of results.  ``add_load_arguments`` / ``load_command`` are the CLI glue used
+by ``python -m echo_core load``.
+
+Load only ever goes to a loopback address (127.0.0.0/8 or ::1): this tool
+opens thousands of connections and pushes gigabytes per second, which is
+fine on loopback and rude anywhere else.
+"""
+
+import ipaddress
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+
+MODES = {"stream": 0, "rr": 1, "rate": 2}
+
+MAX_CONNECTIONS = 1 << 20
+MAX_THREADS = 1024
+MAX_U32 = (1 << 32) - 1
+MAX_SECONDS = 1e7
+FD_HEADROOM = 32  # descriptors left for Python, pipes, epoll instances
+
+LATENCY_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "min_us")
+
+
+def _native():
+    # Imported lazily so that the CLI can print argument errors even when the
+    # extension is not built yet.
+    from echo_core._native import ffi, lib
+
+    return ffi, lib
+
+
+# ------------------------------------------------------------- validation
+
+
+def _int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            as_int = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if as_int != value:
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        value = as_int
+    if value < lo or value > hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+def _seconds(name, value, allow_zero):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > MAX_SECONDS:
+        need = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {need} and finite, got {value}")
+    return value
+
+
+def check_host(host):
+    """Return host as a canonical loopback literal, or raise ValueError."""
+    try:
+        addr = ipaddress.ip_address(str(host))
+    except ValueError:
+        raise ValueError(
+            f"host must be a numeric loopback address (127.0.0.0/8 or ::1), got {host!r}"
+        ) from None
+    if getattr(addr, "scope_id", None):
+        raise ValueError(f"host must not carry a scope id, got {host!r}")
+    if not addr.is_loopback:
+        raise ValueError(
+            f"host {host!r} is not loopback: load only goes to 127.0.0.0/8 or ::1"
+        )
+    return str(addr)
+
+
+def parse_cpus(cpus):
+    """None, an int, "0", "0,1", "0-3" or an iterable of ints -> list of ints or None."""
+    if cpus is None or cpus == "":
+        return None
+    if isinstance(cpus, int) and not isinstance(cpus, bool):
+        items = [cpus]
+    elif isinstance(cpus, str):
+        items = []
+        for part in cpus.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    lo, hi = (int(x) for x in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    items.extend(range(lo, hi + 1))
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise ValueError(f'cpu list must look like "0", "0,1" or "0-3", got {cpus!r}') from None
+    else:
+        items = list(cpus)
+    allowed = os.sched_getaffinity(0)
+    out = []
+    for cpu in items:
+        cpu = _int("cpu", cpu, 0, 1 << 16)
+        if cpu not in allowed:
+            raise ValueError(f"cpu {cpu} is not available to this process (allowed: {sorted(allowed)})")
+        out.append(cpu)
+    return out or None
+
+
+def _check_fd_limit(connections):
+    # The C side raises the soft limit to the hard one; beyond that, connects would fail one by one.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and connections > hard - FD_HEADROOM:
+        raise ValueError(
+            f"connections={connections} does not fit the open-file limit ({hard}, minus {FD_HEADROOM} "
+            "for everything else); raise it with 'ulimit -Hn'"
+        )
+
+
+# ------------------------------------------------------------ stop on ^C
+
+
+class _StopOnSignal:
+    """Let ^C end a run early.
+
+    The C loop cannot run Python handlers, but CPython's C-level signal
+    handler writes to the fd given to signal.set_wakeup_fd.  We hand the read
+    end of such a pipe to ec_load_run as stop_fd, and swap in a SIGINT handler
+    that only records the signal so that KeyboardInterrupt is raised after
+    cleanup, not in the middle of it.  Only possible on the main thread.
+    """
+
+    def __init__(self):
+        self.fd = -1
+        self._write = -1
+        self._old_wakeup = -1
+        self._old_int = None
+        self._active = False
+        self.signals = b""
+        self.got_sigint = False
+
+    def _on_sigint(self, signum, frame):
+        self.got_sigint = True
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        self.fd, self._write, self._active = read_fd, write_fd, True
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old_int = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if not self._active:
+            return False
+        if self._old_int is not None:
+            signal.signal(signal.SIGINT, self._old_int)
+        signal.set_wakeup_fd(self._old_wakeup)
+        try:
+            self.signals = os.read(self.fd, 4096)
+        except BlockingIOError:
+            self.signals = b""
+        # Whoever owned the wakeup fd before (asyncio, say) still gets its signals.
+        if self._old_wakeup >= 0 and self.signals:
+            try:
+                os.write(self._old_wakeup, self.signals)
+            except OSError:
+                pass
+        os.close(self.fd)
+        os.close(self._write)
+        if self.got_sigint and exc[0] is None:
+            raise KeyboardInterrupt
+        return False
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_load(
+    host="127.0.0.1",
+    port=None,
+    mode="rr",
+    payload=512,
+    connections=1,
+    duration=1.0,
+    warmup=0.0,
+    rate=None,
+    threads=1,
+    cpus=None,
+    window=0,
+    connect_timeout=10.0,
+    notify_fd=-1,
+):
+    """Run one load against an echo server on host:port and return a flat dict.
+
+    mode: "stream" (write continuously, at most `window` unechoed bytes per
+    connection), "rr" (closed loop: one request in flight per connection) or
+    "rate" (open loop: `rate` requests/s in total, pipelined, latency from the
+    scheduled send time).  Results cover only the measured window
+    [warmup, warmup + duration] after all connections are up.
+
+    Raises ValueError for bad arguments, ConnectionError if no connection
+    could be established, OSError for other set-up failures.  ^C (on the
+    main thread) ends the run early and raises KeyboardInterrupt.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    host = check_host(host)
+    if port is None:
+        raise ValueError("port is required")
+    port = _int("port", port, 1, 65535)
+    payload = _int("payload", payload, 1, MAX_U32)
+    connections = _int("connections", connections, 1, MAX_CONNECTIONS)
+    threads = _int("threads", threads, 1, MAX_THREADS)
+    duration = _seconds("duration", duration, allow_zero=False)
+    warmup = _seconds("warmup", warmup, allow_zero=True)
+    connect_timeout = _seconds("connect_timeout", connect_timeout, allow_zero=False)
+    window = _int("window", window or 0, 0, MAX_U32)
+    notify_fd = _int("notify_fd", notify_fd, -1, 1 << 30)
+    if mode == "rate":
+        if rate is None:
+            raise ValueError('mode "rate" needs rate (requests per second)')
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise ValueError(f"rate must be a number, got {rate!r}") from None
+        if not (math.isfinite(rate) and 0 < rate <= 1e9):
+            raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+    else:
+        rate = None
+    cpu_list = parse_cpus(cpus)
+    _check_fd_limit(connections)
+
+    ffi, lib = _native()
+    cfg = ffi.new("struct ec_load_config *")
+    res = ffi.new("struct ec_load_result *")
+    # These cdata own the memory cfg points into: keep them referenced until the call returns.
+    host_c = ffi.new("char[]", host.encode("ascii"))
+    cpus_c = ffi.new("int[]", cpu_list) if cpu_list else ffi.NULL
+    cfg.host = host_c
+    cfg.port = port
+    cfg.mode = MODES[mode]
+    cfg.payload = payload
+    cfg.connections = connections
+    cfg.threads = threads
+    cfg.cpus = cpus_c
+    cfg.ncpus = len(cpu_list) if cpu_list else 0
+    cfg.warmup_s = warmup
+    cfg.duration_s = duration
+    cfg.rate = rate or 0.0
+    cfg.window = window
+    cfg.connect_timeout_s = connect_timeout
+    cfg.notify_fd = notify_fd
+
+    with _StopOnSignal() as stop:
+        cfg.stop_fd = stop.fd
+        rc = lib.ec_load_run(cfg, res)
+    del host_c, cpus_c
+
+    if rc < 0:
+        raise OSError(-rc, f"ec_load_run: {os.strerror(-rc)}")
+    if res.connected == 0:
+        raise ConnectionError(
+            f"could not connect to {host}:{port}: all {res.connect_errors} connection attempts failed"
+        )
+    return _result_dict(res, mode, host, port, payload, connections, threads, warmup, rate,
+                        cpu_list, window, bool(stop.signals))
+
+
+def _result_dict(res, mode, host, port, payload, connections, threads, warmup, rate, cpus, window,
+                 interrupted):
+    nan = float("nan")
+    duration = res.duration_s
+    cpu = res.cpu_user_s + res.cpu_sys_s
+    stream = mode == "stream"
+    d = {
+        "mode": mode,
+        "host": host,
+        "port": port,
+        "payload": payload,
+        "connections": connections,
+        "threads": threads,
+        "cpus": ",".join(map(str, cpus)) if cpus else "",
+        "window": window,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "rate": rate if rate is not None else nan,
+        "msgs_per_s": res.msgs / duration if duration > 0 else nan,
+        "bytes_per_s": res.bytes / duration if duration > 0 else nan,
+        "messages": res.msgs,
+        "bytes": res.bytes,
+        "p50_us": res.p50_us,
+        "p90_us": res.p90_us,
+        "p99_us": res.p99_us,
+        "p999_us": res.p999_us,
+        "max_us": res.max_us,
+        "mean_us": res.lat_mean_us,
+        "min_us": res.lat_min_us,
+        "latency_samples": res.latency_count,
+        "fairness": res.fairness,
+        "conn_bytes_min": res.conn_bytes_min,
+        "conn_bytes_max": res.conn_bytes_max,
+        "mismatches": res.mismatches,
+        "mismatched_conns": res.mismatched_conns,
+        "connected": res.connected,
+        "connect_errors": res.connect_errors,
+        "io_errors": res.io_errors,
+        "errors": res.connect_errors + res.io_errors,
+        "client_cpu_user_s": res.cpu_user_s,
+        "client_cpu_sys_s": res.cpu_sys_s,
+        "client_cpu_s": cpu,
+        "cpu_us_per_msg": cpu / res.msgs * 1e6 if res.msgs else nan,
+        "send_calls": res.send_calls,
+        "recv_calls": res.recv_calls,
+        "interrupted": interrupted,
+    }
+    if stream:
+        for key in LATENCY_KEYS:
+            d[key] = nan
+    return d
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def _size(text):
+    """'512', '16K', '16KiB', '1M' -> bytes."""
+    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(s[-1:], 1)
+    if mult > 1:
+        s = s[:-1]
+    try:
+        return int(s) * mult
+    except ValueError:
+        raise ValueError(f"expected a byte count like 512, 16K or 1M, got {text!r}") from None
+
+
+def _number(name, text, kind):
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"--{name} expects a number, got {text!r}") from None
+
+
+def add_load_arguments(parser):
+    """Add the load generator's options to an argparse parser (or sub-parser)."""
+    # Numbers are parsed in load_command so bad values give one clear line, not a usage dump.
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address of the server (default 127.0.0.1)")
+    parser.add_argument("--port", required=True, help="server port")
+    parser.add_argument("--mode", choices=tuple(MODES), default="rr",
+                        help="stream: continuous writes; rr: closed loop; rate: open loop at --rate (default rr)")
+    parser.add_argument("--payload", default="512", metavar="BYTES", help="bytes per message, e.g. 512 or 16K (default 512)")
+    parser.add_argument("--connections", default="1", metavar="N", help="connections (default 1)")
+    parser.add_argument("--duration", default="1.0", metavar="S", help="measured seconds (default 1)")
+    parser.add_argument("--warmup", default="0", metavar="S", help="seconds run before measuring (default 0)")
+    parser.add_argument("--rate", default=None, metavar="R", help="rate mode: total requests per second")
+    parser.add_argument("--threads", default="1", metavar="T", help="client worker threads (default 1)")
+    parser.add_argument("--cpu", default=None, metavar="LIST", help='pin worker i to the i-th CPU of LIST, e.g. "0" or "0,1"')
+    parser.add_argument("--window", default="0", metavar="BYTES",
+                        help="stream: max unechoed bytes per connection (default max(4*payload, 256K))")
+    parser.add_argument("--connect-timeout", default="10", metavar="S", help="connect phase limit (default 10)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--notify-fd", default="-1", metavar="FD", help='write "S\\n" / "E\\n" at window start / end')
+    return parser
+
+
+def _kwargs_from_args(args):
+    return dict(
+        host=args.host,
+        port=_number("port", args.port, int),
+        mode=args.mode,
+        payload=_size(args.payload),
+        connections=_number("connections", args.connections, int),
+        duration=_number("duration", args.duration, float),
+        warmup=_number("warmup", args.warmup, float),
+        rate=None if args.rate is None else _number("rate", args.rate, float),
+        threads=_number("threads", args.threads, int),
+        cpus=args.cpu,
+        window=_size(args.window),
+        connect_timeout=_number("connect-timeout", getattr(args, "connect_timeout", "10"), float),
+        notify_fd=_number("notify-fd", args.notify_fd, int),
+    )
+
+
+def _json_safe(d):
+    # Strict JSON has no NaN: emit null instead.
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def format_summary(r):
+    lines = [
+        f"{r['mode']} to {r['host']}:{r['port']}: payload {r['payload']} B, {r['connected']}/{r['connections']} "
+        f"connections, {r['threads']} thread(s), {r['duration_s']:.3f} s measured after {r['warmup_s']:g} s warm-up",
+        f"  throughput  {r['msgs_per_s']:,.0f} msg/s  {r['bytes_per_s'] / 1e6:,.1f} MB/s  "
+        f"({r['messages']:,} messages, {r['bytes']:,} bytes)",
+    ]
+    if r["mode"] != "stream":
+        lines.append(
+            f"  latency us  p50 {r['p50_us']:.1f}  p90 {r['p90_us']:.1f}  p99 {r['p99_us']:.1f}  "
+            f"p99.9 {r['p999_us']:.1f}  max {r['max_us']:.1f}  mean {r['mean_us']:.1f}  "
+            f"({r['latency_samples']:,} samples)"
+        )
+    lines += [
+        f"  fairness    {r['fairness']:.4f}  (per-connection bytes {r['conn_bytes_min']:,} .. {r['conn_bytes_max']:,})",
+        f"  client cpu  {r['client_cpu_s']:.3f} s ({r['client_cpu_user_s']:.3f} user, {r['client_cpu_sys_s']:.3f} sys), "
+        f"{r['cpu_us_per_msg']:.2f} us/msg, {r['send_calls']:,} sends, {r['recv_calls']:,} recvs",
+        f"  errors      {r['mismatches']:,} mismatched bytes on {r['mismatched_conns']} connection(s), "
+        f"{r['connect_errors']} connect errors, {r['io_errors']} io errors",
+    ]
+    if r["interrupted"]:
+        lines.append("  (interrupted: the window was cut short)")
+    return "\n".join(lines)
+
+
+def load_command(args):
+    """Run `echo_core load` from parsed arguments; returns the exit status.
+
+    0: clean run; 1: mismatches, connection errors or a failed run;
+    2: bad input; 130: interrupted by ^C.
+    """
+    try:
+        result = run_load(**_kwargs_from_args(args))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ConnectionError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(_json_safe(result)), flush=True)
+    else:
+        print(format_summary(result), flush=True)
+    return 1 if result["mismatches"] or result["errors"] else 0

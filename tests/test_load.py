@@ -1,0 +1,630 @@
+"""Tests for the load generator (echo_core/load.py + csrc/loadgen.c).
+
+Real sockets on 127.0.0.1 only.  Small in-test servers play a correct echo
+server and a set of faulty ones (a flipped, dropped, duplicated or swapped
+byte, bytes from another connection, a connection that never echoes, slow
+and stalling servers, servers that close connections); the load generator
+must see every fault.  Every run is bounded by its duration.
+"""
+
+import errno
+import json
+import math
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import echo_core
+from echo_core.load import run_load
+
+FAULT_AT = 1000  # stream offset of the faulty byte: inside the 2nd rr request of 512 B
+
+
+# ------------------------------------------------------------ test servers
+
+
+def echo_handler(conn, index):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        conn.sendall(data)
+
+
+class ThreadedServer:
+    """Echo server on 127.0.0.1 (or ::1), one thread per connection.
+
+    handler(conn, index) serves one connection; index counts accepted
+    connections from 0.
+    """
+
+    def __init__(self, handler=echo_handler, host="127.0.0.1"):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.handler = handler
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            index = self.accepted
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn, index), daemon=True).start()
+
+    def _serve(self, conn, index):
+        try:
+            self.handler(conn, index)
+        except OSError:
+            pass  # the load generator resets its connections when done
+        finally:
+            conn.close()
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
+        self.sock.close()
+        self._thread.join(2)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class SelectorServer:
+    """Single-threaded non-blocking echo server for many connections."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ, "listen")
+        sel.register(self._stop_r, selectors.EVENT_READ, "stop")
+        pending = {}
+        while True:
+            for key, events in sel.select(1.0):
+                if key.data == "stop":
+                    for s in list(pending):
+                        s.close()
+                    sel.close()
+                    return
+                if key.data == "listen":
+                    while True:
+                        try:
+                            conn, _ = self.sock.accept()
+                        except BlockingIOError:
+                            break
+                        conn.setblocking(False)
+                        pending[conn] = b""
+                        sel.register(conn, selectors.EVENT_READ, "conn")
+                    continue
+                conn = key.fileobj
+                try:
+                    if events & selectors.EVENT_READ:
+                        data = conn.recv(65536)
+                        if not data:
+                            raise ConnectionResetError
+                        pending[conn] += data
+                    if pending[conn]:
+                        sent = conn.send(pending[conn])
+                        pending[conn] = pending[conn][sent:]
+                    sel.modify(conn, selectors.EVENT_READ | (selectors.EVENT_WRITE if pending[conn] else 0), "conn")
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:
+                    sel.unregister(conn)
+                    del pending[conn]
+                    conn.close()
+
+    def close(self):
+        self._stop_w.send(b"x")
+        self._thread.join(5)
+        self.sock.close()
+        self._stop_r.close()
+        self._stop_w.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def fault_handler(kind, at=FAULT_AT):
+    """Echo, but corrupt connection 0's stream once at offset `at`."""
+
+    def handler(conn, index):
+        if index != 0:
+            return echo_handler(conn, index)
+        where, off, carry, done = at, 0, b"", False
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            inp = carry + data
+            buf, carry = bytearray(inp), b""
+            i = where - off
+            if not done and 0 <= i < len(buf):
+                if kind == "flip":
+                    buf[i] ^= 0x40
+                    done = True
+                elif kind == "drop":
+                    del buf[i]
+                    done = True
+                elif kind == "dup":
+                    buf.insert(i, buf[i])
+                    done = True
+                elif kind == "swap":
+                    if i + 1 == len(buf):
+                        carry = bytes(buf[i:])  # wait for the byte after it
+                        del buf[i:]
+                    elif buf[i] == buf[i + 1]:
+                        where += 1  # swapping equal bytes changes nothing: try the next pair
+                    else:
+                        buf[i], buf[i + 1] = buf[i + 1], buf[i]
+                        done = True
+            off += len(inp) - len(carry)
+            conn.sendall(buf)
+
+    return handler
+
+
+def cross_handler():
+    """Connection 1 gets connection 0's bytes (same offsets) instead of its own first chunk."""
+    seen = bytearray()
+    cond = threading.Condition()
+
+    def handler(conn, index):
+        if index == 0:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                with cond:
+                    if len(seen) < 65536:
+                        seen.extend(data)
+                        cond.notify_all()
+                conn.sendall(data)
+        if index == 1:
+            data = conn.recv(65536)
+            with cond:
+                cond.wait_for(lambda: len(seen) >= len(data), timeout=2)
+                other = bytes(seen[: len(data)])
+            conn.sendall(other if len(other) == len(data) else bytes(len(data)))
+        echo_handler(conn, index)
+
+    return handler
+
+
+def blackhole_handler(conn, index):
+    """Connection 0 reads but never echoes; the rest are fine."""
+    if index != 0:
+        return echo_handler(conn, index)
+    while conn.recv(65536):
+        pass
+
+
+def flood_handler(conn, index):
+    """Ignores the client and sends garbage as fast as it can."""
+    junk = bytes(range(256)) * 256
+    while True:
+        conn.sendall(junk)
+
+
+def delay_handler(conn, index):
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return
+        time.sleep(0.005)
+        conn.sendall(data)
+
+
+def stall_once_handler(after=0.5, stall=0.2):
+    def handler(conn, index):
+        start, stalled = time.monotonic(), False
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if not stalled and time.monotonic() - start >= after:
+                time.sleep(stall)
+                stalled = True
+            conn.sendall(data)
+
+    return handler
+
+
+def close_odd_handler(conn, index):
+    """Odd connections are closed by the server after 0.1 s."""
+    if index % 2 == 0:
+        return echo_handler(conn, index)
+    conn.settimeout(0.05)
+    end = time.monotonic() + 0.1
+    while time.monotonic() < end:
+        try:
+            data = conn.recv(65536)
+        except socket.timeout:
+            continue
+        if not data:
+            return
+        conn.sendall(data)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "echo_core", "load", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ------------------------------------------------------------ correct runs
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
+def test_correct_server(mode):
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=4, duration=0.5,
+                     warmup=0.1, rate=2000 if mode == "rate" else None)
+    assert r["mismatches"] == 0 and r["mismatched_conns"] == 0
+    assert r["errors"] == 0 and r["connected"] == 4
+    assert r["messages"] > 0 and r["bytes"] >= r["messages"] * 512
+    assert r["msgs_per_s"] > 0 and r["bytes_per_s"] > 0
+    assert abs(r["duration_s"] - 0.5) < 0.01
+    assert 0 < r["fairness"] <= 1.0 + 1e-9
+    assert 0 < r["conn_bytes_min"] <= r["conn_bytes_max"]
+    assert r["send_calls"] > 0 and r["recv_calls"] > 0
+    assert r["client_cpu_s"] == pytest.approx(r["client_cpu_user_s"] + r["client_cpu_sys_s"])
+    if mode == "stream":
+        assert all(math.isnan(r[k]) for k in ("p50_us", "p99_us", "p999_us", "max_us", "mean_us"))
+    else:
+        assert r["latency_samples"] > 0
+        assert 0 < r["min_us"] <= r["p50_us"] <= r["p90_us"] <= r["p99_us"] <= r["p999_us"] <= r["max_us"]
+        assert r["min_us"] <= r["mean_us"] <= r["max_us"]
+
+
+def test_result_keys():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, duration=0.2)
+    for key in ("mode", "payload", "connections", "threads", "duration_s", "warmup_s", "rate",
+                "msgs_per_s", "bytes_per_s", "messages", "bytes", "p50_us", "p90_us", "p99_us",
+                "p999_us", "max_us", "mean_us", "min_us", "latency_samples", "fairness",
+                "conn_bytes_min", "conn_bytes_max", "mismatches", "mismatched_conns", "connected",
+                "connect_errors", "io_errors", "errors", "client_cpu_user_s", "client_cpu_sys_s",
+                "client_cpu_s", "send_calls", "recv_calls"):
+        assert key in r, key
+
+
+def test_ipv6_loopback():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        srv = ThreadedServer(host="::1")
+    except OSError:
+        pytest.skip("::1 not configured")
+    with srv:
+        r = run_load(host="::1", port=srv.port, mode="rr", connections=2, duration=0.3)
+    assert r["mismatches"] == 0 and r["messages"] > 0
+
+
+def test_many_connections_two_threads():
+    with SelectorServer() as srv:
+        r = run_load(port=srv.port, mode="rr", payload=64, connections=1000, threads=2,
+                     duration=1.0, cpus=sorted(os.sched_getaffinity(0))[:2], connect_timeout=10)
+    assert r["connected"] == 1000 and r["errors"] == 0
+    assert r["mismatches"] == 0
+    assert r["messages"] > 1000
+    assert r["conn_bytes_min"] > 0  # every connection made progress
+
+
+def test_large_rr_payload_does_not_deadlock():
+    # 4 MiB requests are far bigger than the socket buffers: the client must read while writing.
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", payload=4 << 20, connections=2, duration=1.0)
+    assert r["mismatches"] == 0 and r["errors"] == 0
+    assert r["messages"] >= 1
+
+
+def test_stream_window_bounds_inflight():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="stream", payload=100, connections=1, duration=0.3, window=1000)
+    assert r["mismatches"] == 0 and r["messages"] > 0
+
+
+def test_rate_is_kept():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rate", payload=64, connections=4, duration=1.0,
+                     warmup=0.2, rate=2000)
+    assert r["mismatches"] == 0
+    assert r["messages"] == pytest.approx(2000, rel=0.05)
+    assert r["latency_samples"] == pytest.approx(2000, rel=0.05)
+
+
+def test_notify_fd_marks_window():
+    read_fd, write_fd = os.pipe()
+    try:
+        with ThreadedServer() as srv:
+            run_load(port=srv.port, duration=0.2, warmup=0.1, notify_fd=write_fd)
+        assert os.read(read_fd, 100) == b"S\nE\n"
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr"])
+@pytest.mark.parametrize("kind", ["flip", "drop", "dup", "swap"])
+def test_corrupting_server_is_caught(kind, mode):
+    with ThreadedServer(fault_handler(kind)) as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.4)
+    assert r["mismatches"] > 0, r
+    assert r["mismatched_conns"] == 1
+
+
+def test_flip_one_byte_counts_one_byte():
+    with ThreadedServer(fault_handler("flip")) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=1, duration=0.3)
+    assert r["mismatches"] == 1 and r["mismatched_conns"] == 1
+
+
+def test_bytes_from_another_connection_are_caught():
+    with ThreadedServer(cross_handler()) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3)
+    assert r["mismatches"] > 0 and r["mismatched_conns"] >= 1
+
+
+def test_lost_bytes_are_caught():
+    # Connection 0 never gets an echo: the drain after the window finds its bytes missing.
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3)
+    assert r["mismatches"] >= 512 and r["mismatched_conns"] == 1
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
+def test_flooding_server_cannot_hold_the_run(mode):
+    with ThreadedServer(flood_handler) as srv:
+        start = time.monotonic()
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.5,
+                     rate=1000 if mode == "rate" else None)
+        elapsed = time.monotonic() - start
+    assert elapsed < 2.0
+    assert abs(r["duration_s"] - 0.5) < 0.01
+    assert r["mismatches"] > 0 and r["mismatched_conns"] == 2
+
+
+def test_flip_cli_exits_nonzero():
+    with ThreadedServer(fault_handler("flip")) as srv:
+        p = cli("--port", str(srv.port), "--mode", "rr", "--payload", "512", "--duration", "0.3", "--json")
+    assert p.returncode != 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["mismatches"] > 0
+
+
+def test_cli_clean_run_prints_strict_json():
+    with ThreadedServer() as srv:
+        p = cli("--port", str(srv.port), "--mode", "stream", "--payload", "1K", "--duration", "0.3", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert out["mismatches"] == 0 and out["messages"] > 0 and out["p50_us"] is None
+
+
+def test_cli_summary_and_bad_input():
+    with ThreadedServer() as srv:
+        p = cli("--port", str(srv.port), "--duration", "0.2")
+        assert p.returncode == 0 and "latency" in p.stdout
+        bad = cli("--port", str(srv.port), "--payload", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
+    assert "Traceback" not in bad.stderr
+
+
+def test_server_closing_connections_counts_io_errors():
+    with ThreadedServer(close_odd_handler) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=4, duration=0.5)
+    assert r["io_errors"] == 2 and r["errors"] == 2
+    assert r["connected"] == 4 and r["messages"] > 0
+    assert r["mismatches"] == 0
+
+
+# --------------------------------------------------------------- latency
+
+
+def test_slow_server_latency():
+    with ThreadedServer(delay_handler) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=1, duration=0.5)
+    assert r["p50_us"] >= 5000
+    assert r["min_us"] >= 5000
+
+
+def test_stall_open_loop_sees_it_closed_loop_hides_it():
+    # One 200 ms stall, 0.5 s into the window.  Open loop keeps its schedule, so the
+    # ~400 requests due during the stall (20% of 2000) all wait; closed loop records
+    # a single slow round trip among tens of thousands.
+    settings = dict(payload=64, connections=1, duration=2.0)
+    with ThreadedServer(stall_once_handler()) as srv:
+        rate = run_load(port=srv.port, mode="rate", rate=1000, **settings)
+        rr = run_load(port=srv.port, mode="rr", **settings)
+    assert rate["mismatches"] == 0 and rr["mismatches"] == 0
+    assert rate["max_us"] >= 200_000
+    assert rate["p999_us"] >= 150_000
+    assert rate["p99_us"] >= 100_000
+    assert rr["max_us"] >= 200_000  # the stall is there...
+    assert rr["latency_samples"] > 2000
+    assert rr["p999_us"] < 100_000  # ...but hidden in the percentiles
+    assert rr["p99_us"] < 50_000
+
+
+# -------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(payload=0),
+        dict(payload=-1),
+        dict(connections=0),
+        dict(connections=100_000),
+        dict(duration=-1),
+        dict(duration=0),
+        dict(duration=float("nan")),
+        dict(warmup=-0.5),
+        dict(mode="bogus"),
+        dict(mode="rate"),
+        dict(mode="rate", rate=0),
+        dict(mode="rate", rate=-5),
+        dict(threads=0),
+        dict(port=0),
+        dict(port=70000),
+        dict(port=None),
+        dict(host="10.1.2.3"),
+        dict(host="0.0.0.0"),
+        dict(host="192.168.0.1"),
+        dict(host="example.com"),
+        dict(host="localhost"),
+        dict(host="2001:db8::1"),
+        dict(cpus="zero"),
+        dict(cpus=[4096]),
+    ],
+)
+def test_bad_input_raises_value_error(kwargs):
+    args = dict(port=9, duration=0.1)
+    args.update(kwargs)
+    start = time.monotonic()
+    with pytest.raises(ValueError):
+        run_load(**args)
+    assert time.monotonic() - start < 1
+
+
+def test_unreachable_port_raises_connection_error_quickly():
+    start = time.monotonic()
+    with pytest.raises(ConnectionError):
+        run_load(port=free_port(), connections=50, duration=5.0)
+    assert time.monotonic() - start < 3
+
+
+def test_cli_unreachable_port():
+    p = cli("--port", str(free_port()), "--duration", "5")
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: ") and "Traceback" not in p.stderr
+
+
+def test_c_layer_rejects_bad_config():
+    from echo_core._native import ffi, lib
+
+    host = ffi.new("char[]", b"127.0.0.1")
+
+    def run(**overrides):
+        cfg = ffi.new("struct ec_load_config *")
+        cfg.host = host
+        cfg.port = 9
+        cfg.mode = lib.EC_MODE_RR
+        cfg.payload = 64
+        cfg.connections = 1
+        cfg.threads = 1
+        cfg.duration_s = 0.1
+        cfg.notify_fd = -1
+        cfg.stop_fd = -1
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        res = ffi.new("struct ec_load_result *")
+        return lib.ec_load_run(cfg, res)
+
+    assert run(payload=0) == -errno.EINVAL
+    assert run(connections=0) == -errno.EINVAL
+    assert run(threads=0) == -errno.EINVAL
+    assert run(duration_s=0) == -errno.EINVAL
+    assert run(duration_s=float("nan")) == -errno.EINVAL
+    assert run(warmup_s=-1) == -errno.EINVAL
+    assert run(mode=7) == -errno.EINVAL
+    assert run(mode=lib.EC_MODE_RATE, rate=0) == -errno.EINVAL
+    assert run(port=0) == -errno.EINVAL
+    assert run(port=65536) == -errno.EINVAL
+    bad_host = ffi.new("char[]", b"localhost")
+    assert run(host=bad_host) == -errno.EINVAL
+    assert run(host=ffi.NULL) == -errno.EINVAL
+
+
+def test_sigint_ends_cli_run_early():
+    read_fd, write_fd = os.pipe()
+    with ThreadedServer() as srv:
+        start = time.monotonic()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "echo_core", "load", "--port", str(srv.port), "--duration", "30",
+             "--notify-fd", str(write_fd)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,),
+        )
+        os.close(write_fd)
+        try:
+            # Interrupt once the measured window has started ("S\n" on the notify pipe).
+            assert os.read(read_fd, 2) == b"S\n"
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+            os.close(read_fd)
+    assert time.monotonic() - start < 15
+    assert p.returncode == 130, err
+    assert "Traceback" not in err
+
+
+def test_run_from_a_thread():
+    # Off the main thread there is no ^C hook; the run must work all the same.
+    results = []
+    with ThreadedServer() as srv:
+        t = threading.Thread(target=lambda: results.append(run_load(port=srv.port, duration=0.2)))
+        t.start()
+        t.join(10)
+    assert results and results[0]["messages"] > 0 and results[0]["mismatches"] == 0
+
+
+# --------------------------------------------------- the project's servers
+
+
+@pytest.mark.parametrize("impl", ["uring", "epoll"])
+def test_ten_thousand_connections_against_project_server(impl):
+    with echo_core.Server(impl, port=0, cpu=1) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=64, connections=10000, duration=1.0,
+                     cpus=[0], connect_timeout=20)
+    assert r["connected"] == 10000
+    assert r["mismatches"] == 0
+    assert r["errors"] == 0
+    assert r["messages"] > 10000
