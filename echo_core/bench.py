@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+from echo_core.load import check_load_args
 from echo_core.server import Server
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
@@ -71,6 +72,9 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, ra
     server_cpu = auto_server if server_cpu is None else server_cpu
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     threads = threads or len(client_cpus)
+    # Refuse bad load arguments before a server is started (port 1 stands for the one it will pick).
+    check_load_args(host, 1, mode, payload, connections, threads, duration, warmup, window=window,
+                    rate=rate, cpus=client_cpus)
     with Server(impl, host=host, port=0, cpu=server_cpu, **(server_options or {})) as srv:
         notify_r, notify_w = os.pipe()
         cmd = _load_command(srv.port, host, mode, payload, connections, duration, warmup, rate, threads,
@@ -112,7 +116,8 @@ def _parse_record(out, err, code):
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"load generator failed (exit {code}): {err.strip() or out.strip()}")
-    return json.loads(lines[-1])
+    # The CLI writes NaN (no latency in stream mode, no rate outside rate mode) as JSON null.
+    return {k: float("nan") if v is None else v for k, v in json.loads(lines[-1]).items()}
 
 
 def _make_row(impl, srv, record, marks, server_cpu, client_cpus):

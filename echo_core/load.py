@@ -191,6 +191,40 @@ class _StopOnSignal:
 # ---------------------------------------------------------------- running
 
 
+def check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
+                    connect_timeout=10.0, window=0, rate=None, cpus=None):
+    """Validate and normalise run_load's arguments; raises ValueError with a clear message."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    host = check_host(host)
+    if port is None:
+        raise ValueError("port is required")
+    port = _int("port", port, 1, 65535)
+    payload = _int("payload", payload, 1, MAX_U32)
+    connections = _int("connections", connections, 1, MAX_CONNECTIONS)
+    threads = _int("threads", threads, 1, MAX_THREADS)
+    duration = _seconds("duration", duration, allow_zero=False)
+    warmup = _seconds("warmup", warmup, allow_zero=True)
+    connect_timeout = _seconds("connect_timeout", connect_timeout, allow_zero=False)
+    window = _int("window", window or 0, 0, MAX_U32)
+    if mode == "rate":
+        if rate is None:
+            raise ValueError('mode "rate" needs rate (requests per second)')
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise ValueError(f"rate must be a number, got {rate!r}") from None
+        if not (math.isfinite(rate) and 0 < rate <= 1e9):
+            raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+    else:
+        rate = None
+    cpu_list = parse_cpus(cpus)
+    _check_fd_limit(connections)
+
+    return (host, port, mode, payload, connections, threads, duration, warmup, connect_timeout, window,
+            rate, cpu_list)
+
+
 def run_load(
     host="127.0.0.1",
     port=None,
@@ -218,33 +252,10 @@ def run_load(
     could be established, OSError for other set-up failures.  ^C (on the
     main thread) ends the run early and raises KeyboardInterrupt.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    host = check_host(host)
-    if port is None:
-        raise ValueError("port is required")
-    port = _int("port", port, 1, 65535)
-    payload = _int("payload", payload, 1, MAX_U32)
-    connections = _int("connections", connections, 1, MAX_CONNECTIONS)
-    threads = _int("threads", threads, 1, MAX_THREADS)
-    duration = _seconds("duration", duration, allow_zero=False)
-    warmup = _seconds("warmup", warmup, allow_zero=True)
-    connect_timeout = _seconds("connect_timeout", connect_timeout, allow_zero=False)
-    window = _int("window", window or 0, 0, MAX_U32)
+    (host, port, mode, payload, connections, threads, duration, warmup, connect_timeout, window,
+     rate, cpu_list) = check_load_args(host, port, mode, payload, connections, threads, duration,
+                                       warmup, connect_timeout, window, rate, cpus)
     notify_fd = _int("notify_fd", notify_fd, -1, 1 << 30)
-    if mode == "rate":
-        if rate is None:
-            raise ValueError('mode "rate" needs rate (requests per second)')
-        try:
-            rate = float(rate)
-        except (TypeError, ValueError):
-            raise ValueError(f"rate must be a number, got {rate!r}") from None
-        if not (math.isfinite(rate) and 0 < rate <= 1e9):
-            raise ValueError(f"rate must be > 0 requests/s, got {rate}")
-    else:
-        rate = None
-    cpu_list = parse_cpus(cpus)
-    _check_fd_limit(connections)
 
     ffi, lib = _native()
     cfg = ffi.new("struct ec_load_config *")

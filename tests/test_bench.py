@@ -1,0 +1,50 @@
+"""run_benchmark: a pinned server and a pinned load process give one row with both sides' CPU."""
+
+import math
+
+import pytest
+
+from echo_core.bench import SATURATED, bottleneck, run_benchmark
+
+ROW_KEYS = {"impl", "mode", "payload", "connections", "duration_s", "msgs_per_s", "bytes_per_s",
+            "p50_us", "p99_us", "p999_us", "max_us", "fairness", "mismatches", "errors",
+            "client_cpu_s", "server_cpu_s", "server_cpu_user_s", "server_cpu_sys_s", "server_util",
+            "client_util", "bottleneck", "server_syscalls_per_msg", "server_ops_per_msg",
+            "server_cpu_us_per_msg", "server_loop_iterations", "server_wait_calls", "server_enobufs"}
+
+
+@pytest.mark.parametrize("mode", ["rr", "stream"])
+def test_run_benchmark_row(impl, mode):
+    row = run_benchmark(impl, mode, 2048, 4, duration=0.6, warmup=0.2)
+    assert ROW_KEYS <= set(row)
+    assert row["impl"] == impl and row["mode"] == mode
+    assert row["mismatches"] == 0 and row["errors"] == 0
+    assert row["messages"] > 100
+    # The server's counters and CPU cover the same window as the client's record.
+    assert row["server_bytes_out"] > 0 and row["server_cpu_s"] > 0
+    assert 0.5 < row["server_bytes_out"] / row["bytes"] < 2.0
+    assert 0 < row["server_util"] <= 1.1 and 0 < row["client_util"] <= 1.1
+    assert row["bottleneck"] in {"server", "client", "both", "none"}
+    if impl == "uring":  # io_uring batches: far fewer system calls than operations
+        assert row["server_syscalls_per_msg"] < row["server_ops_per_msg"]
+    else:
+        assert row["server_syscalls_per_msg"] >= row["server_ops_per_msg"]
+    if mode == "rr":
+        assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
+    else:
+        assert math.isnan(row["p50_us"])
+
+
+def test_bottleneck_names_the_saturated_side():
+    busy, idle = SATURATED + 0.05, SATURATED - 0.3
+    assert bottleneck(busy, idle) == "server"
+    assert bottleneck(idle, busy) == "client"
+    assert bottleneck(busy, busy) == "both"
+    assert bottleneck(idle, idle) == "none"
+
+
+def test_run_benchmark_rejects_bad_input():
+    with pytest.raises(ValueError):
+        run_benchmark("uring", "rr", 0, 1, duration=0.2)
+    with pytest.raises(ValueError):
+        run_benchmark("nope", "rr", 64, 1, duration=0.2)
