@@ -42,6 +42,7 @@
 
 #include "echo_core.h"
 #include "histogram.h"
+#include "net.h"
 
 #define NS_PER_S 1000000000ull
 #define NS_PER_MS 1000000ull
@@ -162,27 +163,6 @@ static double tv_s(const struct timeval *tv)
 }
 
 /* ------------------------------------------------------------ config */
-
-static int fill_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
-{
-	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
-	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-
-	memset(ss, 0, sizeof(*ss));
-	if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
-		in4->sin_family = AF_INET;
-		in4->sin_port = htons((uint16_t)port);
-		*len = sizeof(*in4);
-		return 0;
-	}
-	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
-		in6->sin6_family = AF_INET6;
-		in6->sin6_port = htons((uint16_t)port);
-		*len = sizeof(*in6);
-		return 0;
-	}
-	return -EINVAL;
-}
 
 static int fd_ok(int fd)
 {
@@ -1086,7 +1066,7 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res)
 	ret = validate(cfg);
 	if (ret)
 		return ret;
-	ret = fill_addr(cfg->host, cfg->port, &ss, &alen);
+	ret = ec_sockaddr(cfg->host, cfg->port, &ss, &alen);
 	if (ret)
 		return ret;
 	ec_raise_nofile();

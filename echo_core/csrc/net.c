@@ -9,8 +9,9 @@
 #include <unistd.h>
 
 #include "echo_core.h"
+#include "net.h"
 
-static int fill_addr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
+int ec_sockaddr(const char *host, int port, struct sockaddr_storage *ss, socklen_t *len)
 {
 	struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
@@ -39,7 +40,7 @@ int ec_listen(const char *host, int port, int backlog, int *bound_port)
 
 	if (port < 0 || port > 65535 || backlog <= 0)
 		return -EINVAL;
-	ret = fill_addr(host, port, &ss, &len);
+	ret = ec_sockaddr(host, port, &ss, &len);
 	if (ret)
 		return ret;
 	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
