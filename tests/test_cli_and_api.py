@@ -58,6 +58,13 @@ def test_restart_on_the_same_port_waits_for_it(impl):
         assert second.port == port
 
 
+def test_ipv6_loopback(impl):
+    with echo_core.Server(impl, host="::1", port=0) as srv:
+        with socket.create_connection(("::1", srv.port), timeout=10) as s:
+            s.sendall(b"six")
+            assert recv_exact(s, 3) == b"six"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--impl", "kqueue"], "invalid choice"),
     (["--impl", "uring", "--port", "70000"], "port"),

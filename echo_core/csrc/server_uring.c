@@ -210,6 +210,8 @@ static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 	c->sent = 0;
 	s->bufs_free--;
 	s->stats->bytes_in += (uint64_t)cqe->res;
+	if (c->len > s->stats->pending_bytes_max)
+		s->stats->pending_bytes_max = c->len;
 	arm_send(s, idx);
 }
 
