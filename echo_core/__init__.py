@@ -4,7 +4,12 @@ Two equally robust RFC 862 echo servers in C (io_uring and epoll), C load genera
 every echoed byte, and Python orchestration that turns runs into tidy tables and charts.
 """
 
+from echo_core.bench import run_benchmark
+from echo_core.load import run_load
+from echo_core.machine import machine_info
 from echo_core.server import IMPLS, Server, serve
+from echo_core.sweeps import GRIDS, ratios, summarize, sweep, sweep_grid
 
 __version__ = "0.1.0"
-__all__ = ["IMPLS", "Server", "serve", "__version__"]
+__all__ = ["GRIDS", "IMPLS", "Server", "machine_info", "ratios", "run_benchmark", "run_load", "serve",
+           "summarize", "sweep", "sweep_grid", "__version__"]

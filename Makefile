@@ -1,0 +1,32 @@
+# echo_core: common tasks.  Override the interpreter with PYTHON=..., e.g. `make test PYTHON=python3`.
+#
+#   make sweep    the quick grid (~2-3 minutes) into $(DATA)/: CSV, metadata JSON, charts (PNG)
+#   make seed     the seed study's full grid into $(DATA)/ (~25 minutes)
+#   make report   execute notebooks/report.ipynb on every result set in $(DATA)/ and render
+#                 $(REPORTS)/report.html (standalone, code hidden)
+#   make test     the test suite
+
+PYTHON ?= .venv/bin/python
+DATA ?= data
+REPORTS ?= reports
+
+.PHONY: help sweep seed report test
+
+help:
+	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+
+sweep:
+	$(PYTHON) -m echo_core sweep --grid quick --output-dir $(DATA)
+
+seed:
+	$(PYTHON) -m echo_core sweep --grid seed --output-dir $(DATA)
+
+report:
+	@mkdir -p $(REPORTS)
+	$(PYTHON) -m papermill --kernel python3 notebooks/report.ipynb $(REPORTS)/report.ipynb \
+		-p results_dir "$(abspath $(DATA))" -p output_dir "$(abspath $(REPORTS))"
+	$(PYTHON) -m nbconvert --to html --no-input --output report $(REPORTS)/report.ipynb
+	@echo "report: $(REPORTS)/report.html"
+
+test:
+	$(PYTHON) -m pytest -q

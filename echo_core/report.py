@@ -1,0 +1,368 @@
+"""Charts and tables of sweep results: one way to draw each, shared by the CLI and the notebooks.
+
+Every plot_* function takes a sweep DataFrame (one row per run, as written by echo_core.sweeps) and
+returns a matplotlib Figure; failed runs are left out.  Bands and error bars are the bootstrap 95 %
+CI of the median over the repeats, the same statistic echo_core.sweeps.summarize() reports.
+
+    >>> figs = save_charts(df, "data", "sweep-20250101-120000")   # PNGs beside the CSV
+"""
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+
+from echo_core.sweeps import IMPL_LABELS, ok_rows, ratios, summarize
+
+#: Chart name -> function, in the order save_charts() draws them.
+CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap")
+#: Colours per implementation (same in every chart).
+PALETTE = {"io_uring": "#d95f02", "epoll": "#1b9e77"}
+MODE_LABELS = {"rr": "request-response (rr)", "stream": "streaming", "rate": "fixed rate"}
+HEATMAP_TITLE = "io_uring / epoll throughput ratio"
+
+
+def in_notebook():
+    """True inside a Jupyter (ipykernel) kernel."""
+    ipython = sys.modules.get("IPython")
+    try:
+        return bool(ipython and ipython.get_ipython() and "IPKernelApp" in ipython.get_ipython().config)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def use_headless_backend():
+    """Switch matplotlib to Agg unless running in a notebook (or MPLBACKEND says otherwise)."""
+    if not in_notebook() and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+
+
+def _plt():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _sns():
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    return sns
+
+
+def _prepare(df):
+    data = ok_rows(df).copy()
+    data["implementation"] = data["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    data["payload_label"] = data["payload"].map(_bytes_label)
+    return data
+
+
+def _bytes_label(n):
+    n = int(n)
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n // 1024} KiB"
+    return f"{n} B"
+
+
+def _rate_label(value, _pos=None):
+    if not np.isfinite(value):
+        return ""
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:g}{unit}"
+    return f"{value:g}"
+
+
+def _log_x(ax, values):
+    values = sorted(set(int(v) for v in values))
+    if len(values) > 1 and values[-1] / max(values[0], 1) >= 8:
+        ax.set_xscale("log")
+    ax.set_xticks(values)
+    ax.set_xticklabels([str(v) for v in values])
+    ax.minorticks_off()
+
+
+def _empty(title):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.text(0.5, 0.5, "no successful runs to draw", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    fig.suptitle(title)
+    return fig
+
+
+def _facets(data, y, title, ylabel, modes=None, style=None, log_y=False):
+    sns, plt = _sns(), _plt()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    modes = modes or [m for m in ("rr", "stream", "rate") if m in set(data["mode"])]
+    data = data[data["mode"].isin(modes)] if "mode" in data.columns else data
+    payloads = sorted(set(data["payload"]))
+    if data.empty or y not in data.columns or data[y].notna().sum() == 0:
+        return _empty(title)
+    grid = sns.relplot(data=data, kind="line", x="connections", y=y, hue="implementation", style=style,
+                       col="mode", col_order=modes, row="payload", row_order=payloads,
+                       estimator="median", errorbar=("ci", 95), seed=0, marker="o", markersize=6,
+                       palette=PALETTE, hue_order=[k for k in PALETTE if k in set(data["implementation"])],
+                       height=3.2 if len(modes) > 1 else 3.4, aspect=1.45 if len(modes) > 1 else 2.3, facet_kws={"sharey": False, "sharex": True, "margin_titles": False})
+    for (payload, mode), ax in grid.axes_dict.items():
+        ax.set_title(f"{MODE_LABELS.get(mode, mode)}, payload {_bytes_label(payload)}", fontsize=10)
+        _log_x(ax, data["connections"])
+        if log_y:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(_rate_label))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_formatter(FuncFormatter(_rate_label))
+    grid.set_axis_labels("concurrent connections", ylabel)
+    fig = grid.figure
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.95 / height))  # keep ~1 inch on top for the title and legend
+    if grid.legend is not None:
+        entries = len(grid.legend.get_texts())
+        sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 1 - 0.42 / height), ncol=entries,
+                        frameon=False, title=None)
+    fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=13)
+    return grid.figure
+
+
+def plot_throughput(df, metric="msgs_per_s"):
+    """Throughput vs connections: one panel per (payload, mode), one line per implementation."""
+    label = {"msgs_per_s": "echoed messages / s", "bytes_per_s": "echoed bytes / s"}.get(metric, metric)
+    return _facets(_prepare(df), metric, "Throughput vs connections (median of repeats, 95 % CI band)", label)
+
+
+def plot_latency(df):
+    """Request-response latency percentiles (p50, p99) vs connections, log scale."""
+    data = _prepare(df)
+    data = data[data["mode"] == "rr"]
+    cols = [c for c in ("p50_us", "p99_us") if c in data.columns]
+    if data.empty or not cols:
+        return _empty("Request-response latency")
+    long = data.melt(id_vars=["implementation", "mode", "payload", "connections", "repeat"], value_vars=cols,
+                     var_name="percentile", value_name="latency_us")
+    long["percentile"] = long["percentile"].str.replace("_us", "", regex=False)
+    return _facets(long, "latency_us", "Request-response latency percentiles (median of repeats, 95 % CI band)",
+                   "round-trip latency (µs, log)", modes=["rr"], style="percentile", log_y=True)
+
+
+def plot_server_cpu(df):
+    """Server CPU time per echoed message vs connections."""
+    return _facets(_prepare(df), "server_cpu_us_per_msg", "Server CPU per message (median of repeats, 95 % CI band)",
+                   "server CPU (µs / message)")
+
+
+def plot_ratio(df):
+    """io_uring/epoll ratio of median msgs/s vs connections, one line per payload, per mode."""
+    plt, _ = _plt(), _sns()
+    r = ratios(df)
+    r = r[np.isfinite(r["ratio"])] if not r.empty else r
+    if r.empty:
+        return _empty("io_uring / epoll throughput ratio")
+    modes = [m for m in ("rr", "stream", "rate") if m in set(r["mode"])]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False, sharey=True)
+    payloads = sorted(set(r["payload"]))
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(payloads)))
+    log_x = r["connections"].max() / max(r["connections"].min(), 1) >= 8
+    for ax, mode in zip(axes[0], modes):
+        sub = r[r["mode"] == mode]
+        for i, (color, payload) in enumerate(zip(colors, payloads)):
+            p = sub[sub["payload"] == payload].sort_values("connections")
+            if p.empty:
+                continue
+            # dodge the payloads sideways a little so their error bars do not hide each other
+            shift = (i - (len(payloads) - 1) / 2) * 0.04
+            x = p["connections"] * (1 + shift) if log_x else p["connections"] + shift * p["connections"].max()
+            low = (p["ratio"] - p["ratio_ci_low"]).clip(lower=0).fillna(0)
+            high = (p["ratio_ci_high"] - p["ratio"]).clip(lower=0).fillna(0)
+            ax.errorbar(x, p["ratio"], yerr=[low, high], marker="o", capsize=3, color=color,
+                        label=_bytes_label(payload))
+        ax.axhline(1.0, color="0.3", lw=1, ls="--")
+        ax.set_title(MODE_LABELS.get(mode, mode), fontsize=10)
+        ax.set_xlabel("concurrent connections")
+        _log_x(ax, r["connections"])
+    axes[0][0].set_ylabel("io_uring / epoll (median msgs/s)\n> 1: io_uring faster")
+    axes[0][-1].legend(title="payload", fontsize=8, title_fontsize=9, loc="best")
+    fig.suptitle(f"{HEATMAP_TITLE} (95 % bootstrap CI)", fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+def plot_ratio_heatmap(df):
+    """The seed study's question at a glance: payload x connections heatmap of the ratio, per mode."""
+    plt, sns = _plt(), _sns()
+    from matplotlib.colors import LogNorm
+
+    r = ratios(df)
+    r = r[np.isfinite(r["ratio"])] if not r.empty else r
+    if r.empty:
+        return _empty(HEATMAP_TITLE)
+    modes = [m for m in ("rr", "stream", "rate") if m in set(r["mode"])]
+    n_pay, n_conn = r["payload"].nunique(), r["connections"].nunique()
+    fig, axes = plt.subplots(1, len(modes), figsize=(max(4.5, 0.9 * n_conn + 2.5) * len(modes), 0.55 * n_pay + 2.2),
+                             squeeze=False)
+    spread = math.exp(max(math.log(1.25), float(np.nanmax(np.abs(np.log(r["ratio"]))))))
+    norm = LogNorm(vmin=1 / spread, vmax=spread)  # symmetric around 1: 0.5 and 2 are equally far
+    for ax, mode in zip(axes[0], modes):
+        table = r[r["mode"] == mode].pivot(index="payload", columns="connections", values="ratio").sort_index(ascending=False)
+        table.index = [_bytes_label(p) for p in table.index]
+        last = ax is axes[0][-1]
+        sns.heatmap(table, ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", norm=norm, linewidths=0.5, cbar=last,
+                    cbar_kws={"label": "io_uring / epoll\n(> 1: io_uring faster)"} if last else None)
+        if last:
+            cbar = ax.collections[0].colorbar
+            ticks = [t for t in (0.25, 0.33, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 3, 4)
+                     if 1 / spread <= t <= spread]
+            cbar.set_ticks(ticks)
+            cbar.set_ticklabels([f"{t:g}" for t in ticks])
+            cbar.minorticks_off()
+        ax.set_title(MODE_LABELS.get(mode, mode), fontsize=10)
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel("payload")
+        ax.tick_params(axis="y", rotation=0)
+    fig.suptitle(f"{HEATMAP_TITLE} (median msgs/s)", fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+CHARTS = {"throughput": plot_throughput, "latency": plot_latency, "server-cpu": plot_server_cpu,
+          "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap}
+
+
+def chart_path(output_dir, name, chart):
+    return Path(output_dir) / f"{name}-{chart}.png"
+
+
+def draw(chart, df, output_dir=None, name=None, close=False, dpi=120):
+    """Draw one chart (a key of CHARTS); save it as <output_dir>/<name>-<chart>.png if output_dir is given."""
+    fig = CHARTS[chart](df)
+    if output_dir is not None:
+        path = chart_path(output_dir, name or "sweep", chart)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    if close:
+        _plt().close(fig)
+    return fig
+
+
+def save_charts(df, output_dir, name, charts=CHART_NAMES, close=True):
+    """Draw and save every chart; returns {chart: path}.  close=False keeps the figures (notebooks)."""
+    paths = {}
+    for chart in charts:
+        draw(chart, df, output_dir=output_dir, name=name, close=close)
+        paths[chart] = chart_path(output_dir, name, chart)
+    return paths
+
+
+# --------------------------------------------------------------------------- tables
+
+def _fmt(value, digits=3):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if abs(value) >= 1000:
+        return _rate_label(float(f"{value:.{digits}g}"))
+    return f"{value:.{digits}g}"
+
+
+def median_table(df, metric="msgs_per_s"):
+    """Cells as rows (mode, payload, connections), implementations as columns: 'median [CI low, high]'."""
+    s = summarize(df, metrics=[metric])
+    if s.empty:
+        return pd.DataFrame()
+    s["value"] = [f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else _fmt(m)
+                  for m, lo, hi in zip(s[f"{metric}_median"], s[f"{metric}_ci_low"], s[f"{metric}_ci_high"])]
+    s["implementation"] = s["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    table = s.pivot(index=["mode", "payload", "connections"], columns="implementation", values="value")
+    table.columns.name = None
+    return table
+
+
+def bottleneck_table(df):
+    """Per cell and implementation: which side ran out of CPU (most frequent verdict, with agreement)."""
+    s = summarize(df, metrics=[])
+    if s.empty or "bottleneck" not in s.columns:
+        return pd.DataFrame()
+    s["implementation"] = s["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    s["verdict"] = [f"{b} ({share:.0%})" if isinstance(b, str) else "–"
+                    for b, share in zip(s["bottleneck"], s["bottleneck_share"])]
+    table = s.pivot(index=["mode", "payload", "connections"], columns="implementation", values="verdict")
+    table.columns.name = None
+    return table
+
+
+def ratio_table(df):
+    """The ratio per cell with its CI and the server-CPU ratio, ready to display."""
+    r = ratios(df)
+    if r.empty:
+        return r
+    cols = ["mode", "payload", "connections", "uring", "epoll", "ratio", "ratio_ci_low", "ratio_ci_high"]
+    cols += ["cpu_ratio"] if "cpu_ratio" in r.columns else []
+    out = r[cols].rename(columns={"uring": "io_uring msgs/s", "epoll": "epoll msgs/s",
+                                  "ratio_ci_low": "95 % CI low", "ratio_ci_high": "95 % CI high",
+                                  "cpu_ratio": "server CPU/msg ratio"})
+    return out.set_index(["mode", "payload", "connections"])
+
+
+def seed_ratios(path):
+    """The seed study's io_uring/epoll ratio of responses per second per (mode, payload, connections)."""
+    seed = pd.read_csv(path)
+    seed["mode"] = seed["mode"].replace({"req-res": "rr"})
+    seed["impl"] = seed["impl"].replace({"io_uring": "uring"})
+    wide = seed.pivot_table(index=["mode", "payload", "conns"], columns="impl", values="res_per_s")
+    out = (wide["uring"] / wide["epoll"]).rename("seed ratio").reset_index()
+    return out.rename(columns={"conns": "connections"})
+
+
+def seed_comparison(df, path):
+    """Our ratio (with CI) beside the seed study's, for the cells both measured."""
+    ours = ratios(df)
+    if ours.empty:
+        return ours
+    ours = ours[["mode", "payload", "connections", "ratio", "ratio_ci_low", "ratio_ci_high"]]
+    merged = ours.merge(seed_ratios(path), on=["mode", "payload", "connections"], how="inner")
+    merged = merged.rename(columns={"ratio": "our ratio", "ratio_ci_low": "95 % CI low",
+                                    "ratio_ci_high": "95 % CI high"})
+    return merged.set_index(["mode", "payload", "connections"])
+
+
+def machine_table(metas):
+    """One column per result set: the machine facts a reader needs to judge the numbers."""
+    rows = {}
+    for name, meta in metas.items():
+        m = meta.get("machine", {}) if meta else {}
+        p = meta.get("parameters", {}) if meta else {}
+        io = m.get("io_uring", {}) or {}
+        lib = m.get("liburing", {}) or {}
+        cpu = m.get("cpu", {}) or {}
+        vulns = (m.get("mitigations", {}) or {}).get("vulnerabilities", {}) or {}
+        steal = meta.get("cpu_steal_fraction") if meta else None
+        rows[name] = {
+            "status": meta.get("status") if meta else None,
+            "started": meta.get("started_at") if meta else None,
+            "elapsed (s)": meta.get("elapsed_s") if meta else None,
+            "runs (failed)": f"{meta.get('rows')} ({meta.get('failed_runs')})" if meta else None,
+            "grid": p.get("grid"),
+            "duration / warmup / repeats": f"{p.get('duration')} s / {p.get('warmup')} s / {p.get('repeats')}",
+            "kernel": (m.get("kernel") or {}).get("release"),
+            "OS": m.get("os"),
+            "CPU": f"{cpu.get('model')} x{cpu.get('count')} (affinity {cpu.get('affinity')})",
+            "virtualised": cpu.get("hypervisor"),
+            "CPU steal during sweep": f"{steal:.1%}" if isinstance(steal, (int, float)) else None,
+            "liburing": lib.get("version") or lib.get("package_version"),
+            "io_uring permitted": io.get("setup_permitted"),
+            "io_uring features": io.get("features_mask"),
+            "DEFER_TASKRUN accepted": (io.get("setup_flags_accepted") or {}).get("SINGLE_ISSUER|DEFER_TASKRUN"),
+            "mitigations (cmdline)": (m.get("mitigations") or {}).get("cmdline_mitigations"),
+            "vulnerable / mitigated entries": f"{sum('Vulnerable' in str(v) for v in vulns.values())} / "
+                                              f"{sum('Mitigation' in str(v) for v in vulns.values())}",
+            "Python": (m.get("python") or {}).get("version"),
+            "echo_core": (m.get("packages") or {}).get("echo_core"),
+            "git commit": (m.get("git_commit") or "")[:12] or None,
+        }
+    return pd.DataFrame(rows)
