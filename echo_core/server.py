@@ -18,7 +18,7 @@ SERVE_FUNCS = {"uring": "ec_uring_serve", "epoll": "ec_epoll_serve"}
 
 #: Tunables and their defaults.  buf_size is the same for both servers so the comparison is fair.
 DEFAULT_OPTIONS = {
-    "buf_size": 16384,      # bytes per receive buffer (io_uring provided buffer / epoll per-connection)
+    "buf_size": 65536,      # bytes per receive buffer (io_uring provided buffer / epoll per-connection)
     "buf_count": 4096,      # io_uring: provided buffers in the ring (power of two, <= 32768)
     "ring_entries": 4096,   # io_uring: submission queue entries
     "epoll_budget": 16,     # epoll: recv/send operations per connection per turn

@@ -41,7 +41,8 @@ struct conn {
 	uint32_t start, end;	/* the pending echo is buf[start, end) */
 	bool readable;		/* no recv EAGAIN since the last EPOLLIN edge */
 	bool writable;		/* no send EAGAIN since the last EPOLLOUT edge */
-	bool eof;		/* the client shut down its sending side */
+	bool eof;		/* recv returned 0: the client shut down its sending side */
+	bool hup;		/* an RDHUP/HUP/ERR edge came: EOF or an error is waiting */
 	bool in_queue;
 };
 
@@ -126,7 +127,7 @@ static void close_conn(struct server *s, int fd)
 /* One recv into the free tail of the buffer. Returns 0 or -errno. */
 static int do_recv(struct server *s, struct conn *c, int fd)
 {
-	uint32_t n;
+	uint32_t n, want;
 	ssize_t r;
 
 	/*
@@ -140,12 +141,20 @@ static int do_recv(struct server *s, struct conn *c, int fd)
 		c->start = 0;
 		c->end = n;
 	}
+	want = s->buf_size - c->end;
 	do {
 		s->st->recv_calls++;
-		r = recv(fd, c->buf + c->end, s->buf_size - c->end, 0);
+		r = recv(fd, c->buf + c->end, want, 0);
 	} while (r < 0 && errno == EINTR);
 
 	if (r > 0) {
+		/*
+		 * A short read emptied the socket: data arriving later raises a
+		 * new edge, so skip the recv that would only say EAGAIN.  Not so
+		 * after a hang-up edge, which will not come again: read on to EOF.
+		 */
+		if ((uint32_t)r < want && !c->hup)
+			c->readable = false;
 		c->end += (uint32_t)r;
 		s->st->bytes_in += (uint64_t)r;
 		n = pending(c);
@@ -177,8 +186,11 @@ static int do_send(struct server *s, struct conn *c, int fd)
 	} while (r < 0 && errno == EINTR);
 
 	if (r > 0) {
-		if ((uint32_t)r < n)
+		/* A short send filled the socket buffer; EPOLLOUT comes when it drains. */
+		if ((uint32_t)r < n) {
 			s->st->short_sends++;
+			c->writable = false;
+		}
 		c->start += (uint32_t)r;
 		s->st->bytes_out += (uint64_t)r;
 		if (c->start == c->end)
@@ -256,6 +268,8 @@ static void conn_event(struct server *s, int fd, uint32_t events)
 	/* Hang-ups and errors are reported by the next recv or send: let both run. */
 	if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 		c->readable = true;
+	if (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+		c->hup = true;
 	if (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))
 		c->writable = true;
 	if (!c->in_queue && has_io(s, c))
