@@ -5,7 +5,6 @@ Everything here is read from /proc, /sys, the package database or probed with on
 call; a fact that cannot be established is recorded as None rather than guessed.
 """
 
-import ctypes
 import glob
 import os
 import platform
@@ -18,12 +17,6 @@ from pathlib import Path
 #: Packages whose versions go into the metadata.
 PACKAGES = ("echo_core", "cffi", "numpy", "pandas", "matplotlib", "seaborn", "tqdm", "papermill",
             "nbconvert", "ipykernel")
-
-# io_uring system call numbers: the same on every architecture (unified syscall table, Linux >= 5.1).
-_SYS_IO_URING_SETUP = 425
-_SYS_IO_URING_REGISTER = 427
-_IORING_REGISTER_PROBE = 8
-_IO_URING_OP_SUPPORTED = 1
 
 #: IORING_FEAT_* bits reported by io_uring_setup in io_uring_params.features (include/uapi/linux/io_uring.h).
 IORING_FEATURES = ("SINGLE_MMAP", "NODROP", "SUBMIT_STABLE", "RW_CUR_POS", "CUR_PERSONALITY",
@@ -42,25 +35,6 @@ IORING_OPS = ("NOP", "READV", "WRITEV", "FSYNC", "READ_FIXED", "WRITE_FIXED", "P
               "FUTEX_WAIT", "FUTEX_WAKE", "FUTEX_WAITV", "FIXED_FD_INSTALL", "FTRUNCATE", "BIND",
               "LISTEN", "RECV_ZC", "EPOLL_WAIT", "READV_FIXED", "WRITEV_FIXED", "PIPE")
 
-#: Setup flag combinations worth knowing about for an echo server (echo_core's io_uring server asks
-#: for SINGLE_ISSUER|DEFER_TASKRUN and falls back to COOP_TASKRUN).  SQPOLL is not probed: it would
-#: start a kernel thread.
-SETUP_FLAGS = {
-    "COOP_TASKRUN": 1 << 8,
-    "SINGLE_ISSUER": 1 << 12,
-    "SINGLE_ISSUER|DEFER_TASKRUN": (1 << 12) | (1 << 13),
-}
-
-
-class _IoUringParams(ctypes.Structure):
-    # struct io_uring_params: 10 x u32, then struct io_sqring_offsets and io_cqring_offsets (40 B each).
-    _fields_ = [("sq_entries", ctypes.c_uint32), ("cq_entries", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("sq_thread_cpu", ctypes.c_uint32),
-                ("sq_thread_idle", ctypes.c_uint32), ("features", ctypes.c_uint32),
-                ("wq_fd", ctypes.c_uint32), ("resv", ctypes.c_uint32 * 3),
-                ("sq_off", ctypes.c_uint8 * 40), ("cq_off", ctypes.c_uint8 * 40)]
-
-
 def _read(path, default=None):
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -69,77 +43,37 @@ def _read(path, default=None):
         return default
 
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _io_uring_setup(flags=0):
-    """Try io_uring_setup(2) with 4 entries; return (fd or -errno, params)."""
-    params = _IoUringParams()
-    params.flags = flags
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    fd = libc.syscall(ctypes.c_long(_SYS_IO_URING_SETUP), ctypes.c_uint32(4), ctypes.byref(params))
-    if fd < 0:
-        return -ctypes.get_errno(), params
-    return fd, params
-
-
-def _probe_ops(fd):
-    """Opcodes the kernel reports as supported (IORING_REGISTER_PROBE), or None if the probe fails."""
-    nr_ops = 256
-    buf = (ctypes.c_uint8 * (16 + 8 * nr_ops))()
-    libc = _libc()
-    libc.syscall.restype = ctypes.c_long
-    ret = libc.syscall(ctypes.c_long(_SYS_IO_URING_REGISTER), ctypes.c_uint(fd),
-                       ctypes.c_uint(_IORING_REGISTER_PROBE), buf, ctypes.c_uint(nr_ops))
-    if ret < 0:
-        return None
-    ops_len = buf[1]
-    supported = []
-    for i in range(ops_len):
-        op, flags = buf[16 + 8 * i], buf[16 + 8 * i + 2] | (buf[16 + 8 * i + 3] << 8)
-        if flags & _IO_URING_OP_SUPPORTED:
-            supported.append(IORING_OPS[op] if op < len(IORING_OPS) else f"op{op}")
-    return supported
-
-
 def io_uring_info(features_file=None):
     """What this kernel accepts, as probed from this process (plus, verbatim, an optional file).
 
-    Probed: /proc/sys/kernel/io_uring_disabled, whether io_uring_setup succeeds, the feature bits it
-    returns, the opcodes IORING_REGISTER_PROBE reports, and whether the setup flags in SETUP_FLAGS
-    are accepted.  A features file (e.g. a liburing-based probe's output) is included as
+    Probed (echo_core's C core, through liburing): /proc/sys/kernel/io_uring_disabled, whether a
+    ring can be set up, the feature bits it returns, the opcodes the kernel's probe reports, and
+    whether the setup flags echo_core's io_uring server uses are accepted.  A features file (e.g. a liburing-based probe's output) is included as
     ``features_file_content``, labelled as not probed here.
     """
+    from echo_core.native import ffi, lib
+
     info = {"io_uring_disabled": None, "setup_permitted": None, "setup_error": None,
             "features_mask": None, "features": None, "ops_supported": None, "setup_flags_accepted": None}
     disabled = _read("/proc/sys/kernel/io_uring_disabled")
     info["io_uring_disabled"] = int(disabled) if disabled and disabled.isdigit() else None
-    if platform.system() != "Linux":
-        info["setup_error"] = "not Linux"
-        return info
-    fd, params = _io_uring_setup()
-    info["setup_permitted"] = fd >= 0
-    if fd < 0:
-        info["setup_error"] = os.strerror(-fd)
+    probe = ffi.new("struct ec_uring_probe *")
+    lib.ec_uring_probe(probe)
+    info["setup_permitted"] = probe.setup_error == 0
+    if probe.setup_error:
+        info["setup_error"] = os.strerror(-probe.setup_error)
     else:
-        try:
-            info["features_mask"] = hex(params.features)
-            info["features"] = [name for bit, name in enumerate(IORING_FEATURES) if params.features >> bit & 1]
-            unknown = params.features >> len(IORING_FEATURES)
-            if unknown:
-                info["features"].append(f"unknown_bits<<{len(IORING_FEATURES)}:{hex(unknown)}")
-            info["ops_supported"] = _probe_ops(fd)
-        finally:
-            os.close(fd)
-        accepted = {}
-        for name, flags in SETUP_FLAGS.items():
-            fd2, _ = _io_uring_setup(flags)
-            accepted[name] = fd2 >= 0
-            if fd2 >= 0:
-                os.close(fd2)
-        info["setup_flags_accepted"] = accepted
+        info["features_mask"] = hex(probe.features)
+        info["features"] = [name for bit, name in enumerate(IORING_FEATURES) if probe.features >> bit & 1]
+        unknown = probe.features >> len(IORING_FEATURES)
+        if unknown:
+            info["features"].append(f"unknown_bits<<{len(IORING_FEATURES)}:{hex(unknown)}")
+        info["ops_supported"] = [IORING_OPS[op] if op < len(IORING_OPS) else f"op{op}"
+                                 for op in range(probe.ops_len) if probe.op_supported[op]]
+        # echo_core's io_uring server asks for SINGLE_ISSUER|DEFER_TASKRUN, else COOP_TASKRUN.
+        info["setup_flags_accepted"] = {"COOP_TASKRUN": probe.coop_taskrun == 0,
+                                        "SINGLE_ISSUER": probe.single_issuer == 0,
+                                        "SINGLE_ISSUER|DEFER_TASKRUN": probe.defer_taskrun == 0}
     if features_file:
         info["features_file"] = str(features_file)
         info["features_file_content"] = _read(features_file)

@@ -64,6 +64,24 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
 		   struct ec_server_stats *stats);
 
+/* ------------------------------------------------------- kernel probe */
+
+#define EC_PROBE_MAX_OPS 256
+
+/* What io_uring on this kernel accepts; each *_taskrun/issuer field is 0 or the setup's -errno. */
+struct ec_uring_probe {
+	int setup_error;          /* 0, or -errno when no ring can be set up at all */
+	uint32_t features;        /* IORING_FEAT_* bits from io_uring_setup */
+	uint32_t ops_len;         /* opcodes the kernel knows */
+	uint8_t op_supported[EC_PROBE_MAX_OPS];
+	int coop_taskrun;         /* IORING_SETUP_COOP_TASKRUN */
+	int single_issuer;        /* IORING_SETUP_SINGLE_ISSUER */
+	int defer_taskrun;        /* IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN */
+};
+
+/* Fill out; returns 0 (a refused io_uring is reported in setup_error, not as a failure). */
+int ec_uring_probe(struct ec_uring_probe *out);
+
 /* ------------------------------------------------------- load generator */
 
 #define EC_MODE_STREAM 0   /* write continuously, read echoes as they come */
