@@ -7,7 +7,8 @@ import sys
 from cffi import FFI
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "loadgen.c", "histogram.c", "probe.c"]
+SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "loadgen.c", "load_connect.c", "histogram.c",
+           "probe.c"]
 LIBURING_HEADER_DIRS = ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
 
 

@@ -136,7 +136,7 @@ def _make_row(impl, srv, record, marks, server_cpu, client_cpus):
         window, server_cpu_s = float("nan"), float("nan")
         row.update({"server_cpu_user_s": server_cpu_s, "server_cpu_sys_s": server_cpu_s,
                     "server_cpu_s": server_cpu_s})
-    msgs = record.get("messages") or 0
+    msgs = record["msgs_per_s"] * record["duration_s"]  # fractional in stream mode, see load.py
     ops = row.get("server_recv_calls", 0) + row.get("server_send_calls", 0)
     # io_uring's recvs and sends are queue entries; only io_uring_enter is a system call.
     syscalls = row.get("server_wait_calls", 0) + (ops if impl == "epoll" else 0)

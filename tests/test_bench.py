@@ -33,6 +33,8 @@ def test_run_benchmark_row(impl, mode):
         assert 0 < row["p50_us"] <= row["p99_us"] <= row["max_us"]
     else:
         assert math.isnan(row["p50_us"])
+        # Stream throughput is the byte rate in payload units, not a count quantized per connection.
+        assert row["msgs_per_s"] == pytest.approx(row["bytes_per_s"] / 2048)
 
 
 def test_bottleneck_names_the_saturated_side():

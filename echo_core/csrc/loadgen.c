@@ -41,11 +41,11 @@
 #include <unistd.h>
 
 #include "echo_core.h"
+#include "clock.h"
 #include "histogram.h"
+#include "load_connect.h"
 #include "net.h"
 
-#define NS_PER_S 1000000000ull
-#define NS_PER_MS 1000000ull
 
 #define PATTERN_PERIOD 65521u            /* prime: only shifts by multiples of it go unseen */
 #define SEED_STRIDE 40503u               /* < PERIOD: seeds distinct for 65521 conns */
@@ -55,7 +55,6 @@
 #define MIN_WINDOW 4096u
 #define MAX_EVENTS 256
 #define READ_BUDGET 8                    /* recvs per connection per turn */
-#define MAX_PENDING_CONNECTS 512         /* stay below typical listen backlogs */
 #define DEFAULT_CONNECT_TIMEOUT_S 10.0
 #define DRAIN_IDLE_NS (1000 * NS_PER_MS) /* give up once nothing arrived this long */
 #define DRAIN_MAX_NS (10 * NS_PER_S)
@@ -134,27 +133,11 @@ struct load {
 	int state;
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
 static struct timespec ns_to_ts(uint64_t ns)
 {
 	struct timespec ts = { .tv_sec = (time_t)(ns / NS_PER_S), .tv_nsec = (long)(ns % NS_PER_S) };
 
 	return ts;
-}
-
-/* Round up to whole ms, at most a second: callers loop, and int must not overflow. */
-static int ms_timeout(uint64_t ns)
-{
-	uint64_t ms = (ns + NS_PER_MS - 1) / NS_PER_MS;
-
-	return ms > 1000 ? 1000 : (int)ms;
 }
 
 static double tv_s(const struct timeval *tv)
@@ -237,142 +220,6 @@ static uint8_t *make_pattern(void)
 	for (i = PATTERN_PERIOD; i < PATTERN_PERIOD + MAX_CHUNK; i++)
 		p[i] = p[i - PATTERN_PERIOD];
 	return p;
-}
-
-/* ------------------------------------------------------- connect phase */
-
-/* Returns 1 if connected at once, 0 if in progress, or a negative errno. */
-static int start_connect(const struct sockaddr_storage *ss, socklen_t len, int *fdp)
-{
-	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
-	int fd, one = 1, ret;
-
-	fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	/*
-	 * Linger 0 makes close() send RST: many runs in a row would otherwise
-	 * pile up TIME_WAIT sockets and exhaust the ephemeral ports.
-	 */
-	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) ||
-	    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))) {
-		ret = -errno;
-		close(fd);
-		return ret;
-	}
-	*fdp = fd;
-	if (connect(fd, (const struct sockaddr *)ss, len) == 0)
-		return 1;
-	if (errno == EINPROGRESS)
-		return 0;
-	ret = -errno;
-	close(fd);
-	return ret;
-}
-
-enum { CS_UNSTARTED, CS_PENDING, CS_OK, CS_FAILED };
-
-/*
- * Open n connections, at most MAX_PENDING_CONNECTS in flight so a server
- * that accepts slowly does not overflow its backlog and push us into 1 s
- * SYN retransmits.  Connected fds land in fds[0..ret); ret is their count,
- * or -EINTR (everything closed) if stop_fd fired.
- */
-static int connect_all(const struct sockaddr_storage *ss, socklen_t len, uint32_t n,
-		       double timeout_s, int stop_fd, int *fds, uint64_t *errors)
-{
-	struct epoll_event evs[MAX_EVENTS];
-	uint8_t *state;
-	uint64_t deadline, now;
-	uint32_t next = 0, pending = 0, i, k;
-	int ep, ret, nev, err, stopped = 0;
-	socklen_t elen;
-
-	state = calloc(n, 1);
-	if (!state)
-		return -ENOMEM;
-	ep = epoll_create1(EPOLL_CLOEXEC);
-	if (ep < 0) {
-		free(state);
-		return -errno;
-	}
-	if (stop_fd >= 0) {
-		struct epoll_event ev = { .events = EPOLLIN, .data.u32 = UINT32_MAX };
-
-		if (epoll_ctl(ep, EPOLL_CTL_ADD, stop_fd, &ev)) {
-			ret = -errno;
-			close(ep);
-			free(state);
-			return ret;
-		}
-	}
-	deadline = now_ns() + (uint64_t)(timeout_s * 1e9);
-	for (;;) {
-		while (next < n && pending < MAX_PENDING_CONNECTS) {
-			struct epoll_event ev = { .events = EPOLLOUT | EPOLLONESHOT, .data.u32 = next };
-
-			ret = start_connect(ss, len, &fds[next]);
-			if (ret < 0) {
-				state[next++] = CS_FAILED;
-				continue;
-			}
-			if (ret == 1) {
-				state[next++] = CS_OK;
-				continue;
-			}
-			if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[next], &ev)) {
-				close(fds[next]);
-				state[next++] = CS_FAILED;
-				continue;
-			}
-			state[next++] = CS_PENDING;
-			pending++;
-		}
-		if (!pending)
-			break;
-		now = now_ns();
-		if (now >= deadline)
-			break;
-		nev = epoll_wait(ep, evs, MAX_EVENTS, ms_timeout(deadline - now));
-		if (nev < 0 && errno != EINTR)
-			break;
-		for (i = 0; i < (uint32_t)(nev > 0 ? nev : 0); i++) {
-			k = evs[i].data.u32;
-			if (k == UINT32_MAX) {
-				stopped = 1;
-				continue;
-			}
-			err = 0;
-			elen = sizeof(err);
-			if (getsockopt(fds[k], SOL_SOCKET, SO_ERROR, &err, &elen) || err) {
-				close(fds[k]);
-				state[k] = CS_FAILED;
-			} else {
-				state[k] = CS_OK;
-			}
-			pending--;
-		}
-		if (stopped)
-			break;
-	}
-	close(ep);
-	/* Compact: connected fds first, in the order they were opened. */
-	for (i = 0, k = 0; i < n; i++) {
-		if (state[i] == CS_OK) {
-			fds[k++] = fds[i];
-			continue;
-		}
-		if (state[i] == CS_PENDING)
-			close(fds[i]);
-		(*errors)++;
-	}
-	free(state);
-	if (stopped) {
-		for (i = 0; i < k; i++)
-			close(fds[i]);
-		return -EINTR;
-	}
-	return (int)k;
 }
 
 /* -------------------------------------------------------- start gate */
@@ -1083,7 +930,7 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res)
 		goto out;
 	}
 
-	ret = connect_all(&ss, alen, cfg->connections,
+	ret = ec_connect_all(&ss, alen, cfg->connections,
 			  cfg->connect_timeout_s > 0 ? cfg->connect_timeout_s : DEFAULT_CONNECT_TIMEOUT_S,
 			  cfg->stop_fd, fds, &res->connect_errors);
 	if (ret < 0)
