@@ -113,17 +113,6 @@ def _now():
     return datetime.now().astimezone().isoformat(timespec="milliseconds")
 
 
-def _raise_fd_limit():
-    """Many connections need many descriptors: lift the soft limit to the hard one (children inherit it)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
 class _CsvAppender:
     """Append dict rows to a CSV, flushing each one; widen the header (rewrite once) on new columns."""
 
@@ -213,7 +202,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     name = _unique_name(output_dir, name)
     csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
     runs = plan(impls, modes, payloads, connections, repeats)
-    fd_limit = _raise_fd_limit()
+    # Servers and load generators raise their own soft limit to this hard one (ec_raise_nofile).
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)
     params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
               "duration": duration, "warmup": warmup, "repeats": repeats, "rate": rate,
               "server_options": server_options or {}, "bench_options": bench_options,
