@@ -15,9 +15,10 @@ import json
 import math
 import os
 import resource
-import signal
 import sys
-import threading
+
+from echo_core.native import check, ffi, lib
+from echo_core.stop import StopOnSignal
 
 MODES = {"stream": 0, "rr": 1, "rate": 2}
 
@@ -28,14 +29,6 @@ MAX_SECONDS = 1e7
 FD_HEADROOM = 32  # descriptors left for Python, pipes, epoll instances
 
 LATENCY_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "min_us")
-
-
-def _native():
-    # Imported lazily so that the CLI can print argument errors even when the
-    # extension is not built yet.
-    from echo_core._native import ffi, lib
-
-    return ffi, lib
 
 
 # ------------------------------------------------------------- validation
@@ -125,69 +118,6 @@ def _check_fd_limit(connections):
         )
 
 
-# ------------------------------------------------------------ stop on ^C
-
-
-class _StopOnSignal:
-    """Let ^C end a run early.
-
-    The C loop cannot run Python handlers, but CPython's C-level signal
-    handler writes to the fd given to signal.set_wakeup_fd.  We hand the read
-    end of such a pipe to ec_load_run as stop_fd, and swap in a SIGINT handler
-    that only records the signal so that KeyboardInterrupt is raised after
-    cleanup, not in the middle of it.  Only possible on the main thread.
-    """
-
-    def __init__(self):
-        self.fd = -1
-        self._write = -1
-        self._old_wakeup = -1
-        self._old_int = None
-        self._active = False
-        self.signals = b""
-        self.got_sigint = False
-
-    def _on_sigint(self, signum, frame):
-        self.got_sigint = True
-
-    def __enter__(self):
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            os.close(read_fd)
-            os.close(write_fd)
-            return self
-        self.fd, self._write, self._active = read_fd, write_fd, True
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            self._old_int = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc):
-        if not self._active:
-            return False
-        if self._old_int is not None:
-            signal.signal(signal.SIGINT, self._old_int)
-        signal.set_wakeup_fd(self._old_wakeup)
-        try:
-            self.signals = os.read(self.fd, 4096)
-        except BlockingIOError:
-            self.signals = b""
-        # Whoever owned the wakeup fd before (asyncio, say) still gets its signals.
-        if self._old_wakeup >= 0 and self.signals:
-            try:
-                os.write(self._old_wakeup, self.signals)
-            except OSError:
-                pass
-        os.close(self.fd)
-        os.close(self._write)
-        if self.got_sigint and exc[0] is None:
-            raise KeyboardInterrupt
-        return False
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -257,7 +187,6 @@ def run_load(
                                        warmup, connect_timeout, window, rate, cpus)
     notify_fd = _int("notify_fd", notify_fd, -1, 1 << 30)
 
-    ffi, lib = _native()
     cfg = ffi.new("struct ec_load_config *")
     res = ffi.new("struct ec_load_result *")
     # These cdata own the memory cfg points into: keep them referenced until the call returns.
@@ -278,13 +207,13 @@ def run_load(
     cfg.connect_timeout_s = connect_timeout
     cfg.notify_fd = notify_fd
 
-    with _StopOnSignal() as stop:
+    # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
+    with StopOnSignal() as stop:
         cfg.stop_fd = stop.fd
         rc = lib.ec_load_run(cfg, res)
     del host_c, cpus_c
 
-    if rc < 0:
-        raise OSError(-rc, f"ec_load_run: {os.strerror(-rc)}")
+    check(rc, "ec_load_run")
     if res.connected == 0:
         raise ConnectionError(
             f"could not connect to {host}:{port}: all {res.connect_errors} connection attempts failed"

@@ -96,7 +96,7 @@ def _empty(title):
 
 
 def _facets(data, y, title, ylabel, modes=None, style=None, log_y=False):
-    sns, plt = _sns(), _plt()
+    sns = _sns()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     modes = modes or [m for m in ("rr", "stream", "rate") if m in set(data["mode"])]

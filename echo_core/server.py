@@ -12,6 +12,7 @@ import tempfile
 import time
 
 from echo_core.native import check, ffi, lib, struct_to_dict
+from echo_core.stop import StopOnSignal
 
 IMPLS = ("uring", "epoll")
 SERVE_FUNCS = {"uring": "ec_uring_serve", "epoll": "ec_epoll_serve"}
@@ -96,22 +97,18 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
     else:
         stats = ffi.new("struct ec_server_stats *")
     listen_fd, port = _listen(host, port, opts["backlog"])
-    # A signal makes Python's C-level handler write to stop_w, which the C loop watches.
-    stop_r, stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
-    old_wakeup = signal.set_wakeup_fd(stop_w, warn_on_full_buffer=False)
     try:
-        if on_listening:
-            on_listening(host, port)
-        ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop_r, cfg, stats)
+        # SIGINT and SIGTERM make the stop pipe readable; the C loop watches it and returns.
+        with StopOnSignal((signal.SIGINT, signal.SIGTERM), raise_interrupt=False) as stop:
+            if stop.fd < 0:
+                raise RuntimeError("serve() must run on the main thread; use Server for anything else")
+            if on_listening:
+                on_listening(host, port)
+            ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop.fd, cfg, stats)
         check(ret, f"{impl} server failed")
         return struct_to_dict(stats)
     finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        for fd in (listen_fd, stop_r, stop_w):
-            os.close(fd)
+        os.close(listen_fd)
 
 
 class Server:

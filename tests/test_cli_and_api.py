@@ -150,3 +150,20 @@ def test_missing_liburing_is_a_clear_build_error(monkeypatch):
     monkeypatch.setattr(build, "LIBURING_HEADER_DIRS", ["/nonexistent"])
     with pytest.raises(SystemExit, match="liburing-dev"):
         build._check_liburing()
+
+
+def test_serve_off_the_main_thread_is_a_clear_error():
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            echo_core.serve("epoll", port=0)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(timeout=10)
+    assert errors and "main thread" in errors[0]
