@@ -1,5 +1,6 @@
 """Echo servers: run one in this process (serve) or in a pinned child process (Server)."""
 
+import errno
 import ipaddress
 import json
 import mmap
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from echo_core.native import check, ffi, lib, struct_to_dict
@@ -77,13 +79,71 @@ def _format_addr(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _setup_hint(impl, err, opts):
+    """A short why for the set-up failures one can actually do something about."""
+    if impl == "uring" and err == errno.ENOMEM:
+        total = opts["buf_count"] * opts["buf_size"]
+        return f" (buf_count x buf_size = {total} bytes of receive buffers)"
+    if impl == "uring" and err in (errno.EPERM, errno.ENOSYS):
+        return " (io_uring is disabled or unsupported here; see /proc/sys/kernel/io_uring_disabled)"
+    if err in (errno.EMFILE, errno.ENFILE):
+        return " (out of file descriptors; check max_conns against the fd limit)"
+    return ""
+
+
+class _ReadyWaiter:
+    """Calls on_listening(host, port) from a helper thread once the C server writes to the ready pipe.
+
+    The C call blocks the main thread (without the GIL), so the announcement has to come from
+    elsewhere; if set-up fails, the write end is closed without a byte and nothing is announced.
+    """
+
+    def __init__(self, on_listening, host, port, stop_on_error):
+        self.read_fd, self.write_fd = os.pipe2(os.O_CLOEXEC)
+        self.ready = False
+        self.error = None
+        self._args = (on_listening, host, port)
+        self._stop_on_error = stop_on_error
+        self._thread = threading.Thread(target=self._wait, name="echo_core-ready", daemon=True)
+        self._thread.start()
+
+    def _wait(self):
+        on_listening, host, port = self._args
+        try:
+            if os.read(self.read_fd, 1) != b"R":
+                return
+            self.ready = True
+            if on_listening:
+                on_listening(host, port)
+        except BaseException as exc:  # re-raised by serve(); a server nobody can hear of should stop
+            self.error = exc
+            try:
+                self._stop_on_error()
+            except OSError:
+                pass
+
+    def finish(self):
+        """After the C call returned: close the write end so the waiter wakes, and join it."""
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+        self._thread.join()
+        os.close(self.read_fd)
+
+
 def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listening=None, **options):
     """Run an echo server in this process (main thread) until SIGINT/SIGTERM; return its counters.
+
+    on_listening(host, port) is called (from a helper thread) once the C server has finished its
+    set-up and is about to run its event loop.  If set-up fails, OSError is raised and
+    on_listening is never called.
 
     stats_path names a file of ffi.sizeof("struct ec_server_stats") bytes that the counters are
     mapped into, so another process can read them while the server runs.
     """
     opts = validate(impl, host, port, cpu, options)
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("serve() must run on the main thread; use Server for anything else")
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     check(lib.ec_raise_nofile(), "cannot raise the fd limit")
@@ -102,10 +162,21 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
         with StopOnSignal((signal.SIGINT, signal.SIGTERM), raise_interrupt=False) as stop:
             if stop.fd < 0:
                 raise RuntimeError("serve() must run on the main thread; use Server for anything else")
-            if on_listening:
-                on_listening(host, port)
-            ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop.fd, cfg, stats)
+            # An on_listening that fails (say stdout is gone) stops the server the way a signal
+            # would: CPython's signal handler writes to the same pipe (the wakeup fd) that C watches.
+            waiter = _ReadyWaiter(on_listening, host, port,
+                                  lambda: os.write(stop._write, bytes([signal.SIGTERM])))
+            try:
+                cfg.ready_fd = waiter.write_fd
+                ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop.fd, cfg, stats)
+            finally:
+                waiter.finish()
+        if ret < 0 and not waiter.ready:
+            raise OSError(-ret, f"{impl} server set-up failed: {os.strerror(-ret)}"
+                                f"{_setup_hint(impl, -ret, opts)}")
         check(ret, f"{impl} server failed")
+        if waiter.error is not None:
+            raise waiter.error
         return struct_to_dict(stats)
     finally:
         os.close(listen_fd)
@@ -138,6 +209,13 @@ class Server:
     def address(self):
         return self.host, self.port
 
+    @property
+    def stats_path(self):
+        """Path of the file the server's counters (struct ec_server_stats) live in; None when not running."""
+        if self.proc is None or self._stats_file is None:
+            return None
+        return self._stats_file.name
+
     def start(self):
         size = ffi.sizeof("struct ec_server_stats")
         shm_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -153,10 +231,15 @@ class Server:
             cmd += [f"--{name.replace('_', '-')}", str(value)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
+        # "listening on" comes only after the C side finished its set-up; a failure there is a
+        # one-line "error: ..." on stderr and a non-zero exit, which we pass on.
         line = self._read_line(self.startup_timeout)
         if not line.startswith("listening on "):
             err = self._fail()
-            raise RuntimeError(f"{self.impl} server did not start: {err or line.strip() or 'no output'}")
+            if err.startswith("error: "):
+                err = err[len("error: "):]
+            why = err or line.strip() or f"no 'listening on' within {self.startup_timeout} s"
+            raise RuntimeError(f"{self.impl} server did not start: {why}")
         self.port = int(line.rsplit(":", 1)[1])
         return self
 

@@ -1,9 +1,11 @@
 """The serve CLI and the Python API: start, stop, counters, and clear errors for bad input."""
 
+import errno
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -167,3 +169,79 @@ def test_serve_off_the_main_thread_is_a_clear_error():
     t.start()
     t.join(timeout=10)
     assert errors and "main thread" in errors[0]
+
+
+# Set-ups that pass Python's validation but that the C side cannot complete on this machine.
+# uring: 32768 buffers of 2 GiB are 64 TiB, which mmap refuses (ENOMEM); a fixed-file table larger
+# than the kernel's limit (1 << 20) is EMFILE.  epoll allocates per connection, so only the fd
+# limit can stop its set-up: with 8 fds, stdio + listener + stop pipe + ready pipe leave none for
+# epoll_create1 (or io_uring_setup).
+HUGE_BUFFERS = dict(buf_count=32768, buf_size=2**31)
+FDS_FOR_PYTHON_ONLY = 8
+
+
+def _limit_fds():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FDS_FOR_PYTHON_ONLY, FDS_FOR_PYTHON_ONLY))
+
+
+@pytest.mark.parametrize("impl, args, limit_fds, message", [
+    ("uring", ["--buf-count", "32768", "--buf-size", str(2**31)], False, "Cannot allocate memory"),
+    ("uring", ["--max-conns", "2000000"], False, "Too many open files"),
+    ("uring", [], True, "Too many open files"),
+    ("epoll", [], True, "Too many open files"),
+])
+def test_cli_setup_failure_is_one_error_line_and_never_listening(impl, args, limit_fds, message):
+    proc = subprocess.run(SERVE + ["--impl", impl, "--port", "0"] + args, capture_output=True, text=True,
+                          timeout=20, preexec_fn=_limit_fds if limit_fds else None)
+    assert proc.returncode != 0
+    assert "listening on" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: [Errno") and f"{impl} server set-up failed" in lines[0]
+    assert message in lines[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    (HUGE_BUFFERS, "Cannot allocate memory"),
+    (dict(max_conns=2_000_000), "Too many open files"),
+])
+def test_server_setup_failure_raises_runtime_error_with_the_servers_error(options, message):
+    srv = echo_core.Server("uring", port=0, **options)
+    with pytest.raises(RuntimeError, match=f"uring server did not start: .*set-up failed: {message}"):
+        srv.start()
+    assert srv.proc is None and srv.stats_path is None
+
+
+def test_serve_setup_failure_raises_os_error_before_announcing():
+    announced = []
+    with pytest.raises(OSError, match="set-up failed: Cannot allocate memory") as info:
+        echo_core.serve("uring", port=0, on_listening=lambda h, p: announced.append(p), **HUGE_BUFFERS)
+    assert info.value.errno == errno.ENOMEM
+    assert announced == []
+
+
+def test_serve_stops_and_reraises_when_on_listening_fails(impl):
+    def on_listening(host, port):
+        raise ValueError("cannot announce")
+
+    with pytest.raises(ValueError, match="cannot announce"):
+        echo_core.serve(impl, port=0, on_listening=on_listening)
+
+
+def test_server_is_running_when_start_returns_and_exposes_its_stats_path(impl):
+    size = echo_core.native.ffi.sizeof("struct ec_server_stats")
+    srv = echo_core.Server(impl, port=0)
+    assert srv.stats_path is None
+    with srv:
+        # No polling: "listening on" is printed only after the C loop is set up.
+        assert srv.stats()["running"] == 1
+        path = srv.stats_path
+        assert os.path.getsize(path) == size
+        with open(path, "rb") as f:
+            raw = f.read(size)
+        fields = struct.unpack(f"{size // 8}Q", raw)
+        assert fields[0] == 1  # running, the first counter
+    assert srv.stats_path is None
+    assert not os.path.exists(path)

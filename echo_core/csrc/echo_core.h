@@ -19,6 +19,7 @@ struct ec_server_config {
 	uint32_t ring_entries;  /* io_uring: submission queue entries */
 	uint32_t epoll_budget;  /* epoll: recv/send operations per connection per turn */
 	uint32_t max_conns;     /* connection table size; 0 = soft RLIMIT_NOFILE */
+	int ready_fd;           /* -1, or a fd that gets one byte once set-up is done and the loop starts */
 };
 
 /*
@@ -56,8 +57,11 @@ int ec_raise_nofile(void);
 
 /*
  * Run an echo server on listen_fd until stop_fd becomes readable.
- * Returns 0 after a clean stop, or a negative errno if set-up failed.
- * Neither function closes listen_fd or stop_fd.
+ * Once set-up is complete (ring or epoll created, buffers registered,
+ * accept armed) one byte is written to cfg->ready_fd, unless it is -1; a
+ * negative errno returned before that byte is a set-up failure.
+ * Returns 0 after a clean stop, or a negative errno.
+ * Neither function closes listen_fd, stop_fd or ready_fd.
  */
 int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
 		   struct ec_server_stats *stats);

@@ -413,6 +413,19 @@ static int run_loop(struct server *s)
 	}
 }
 
+/* Tell whoever waits on ready_fd that set-up is done. Returns 0 or -errno. */
+static int notify_ready(int fd)
+{
+	ssize_t r;
+
+	if (fd < 0)
+		return 0;
+	do {
+		r = write(fd, "R", 1);
+	} while (r < 0 && errno == EINTR);
+	return r == 1 ? 0 : r < 0 ? -errno : -EIO;
+}
+
 static void server_free(struct server *s)
 {
 	uint32_t fd;
@@ -495,6 +508,8 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 
 	if (!cfg || !stats || listen_fd < 0 || stop_fd < 0 || listen_fd == stop_fd)
 		return -EINVAL;
+	if (cfg->ready_fd == listen_fd || cfg->ready_fd == stop_fd)
+		return -EINVAL;
 	if (!cfg->buf_size || !cfg->epoll_budget)
 		return -EINVAL;
 	/* accept4() on a blocking listener would hang the loop and ignore stop_fd. */
@@ -507,9 +522,12 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	memset(stats, 0, sizeof(*stats));
 	ret = server_init(&s, listen_fd, stop_fd, cfg, stats);
 	if (!ret) {
+		/* Counters read "running" as soon as the waiter hears we are ready. */
 		stats->running = 1;
-		ret = run_loop(&s);
+		ret = notify_ready(cfg->ready_fd);
 	}
+	if (!ret)
+		ret = run_loop(&s);
 	server_free(&s);
 	stats->running = 0;
 	return ret;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "echo_core.h"
 
@@ -57,6 +58,7 @@ struct server {
 	uint32_t starved_head, starved_len;
 	int listen_fd;
 	int stop_fd;
+	int ready_fd;
 	int accept_armed;
 	int stopping;
 	struct ec_server_stats *stats;
@@ -364,15 +366,40 @@ static void teardown(struct server *s, int ring_up)
 	free(s->starved);
 }
 
-static int run_loop(struct server *s)
+/* Tell whoever waits on ready_fd that set-up is done. Returns 0 or -errno. */
+static int notify_ready(int fd)
+{
+	ssize_t r;
+
+	if (fd < 0)
+		return 0;
+	do {
+		r = write(fd, "R", 1);
+	} while (r < 0 && errno == EINTR);
+	return r == 1 ? 0 : r < 0 ? -errno : -EIO;
+}
+
+/*
+ * Queue the stop watch and the multishot accept and hand them to the
+ * kernel, so that "ready" means both are really in place.  Returns 0 or
+ * -errno.
+ */
+static int arm_first(struct server *s)
 {
 	struct io_uring_sqe *sqe;
+	int ret;
 
 	sqe = get_sqe(s);
 	io_uring_prep_poll_add(sqe, s->stop_fd, POLLIN);
 	io_uring_sqe_set_data64(sqe, make_data(OP_STOP, 0));
 	arm_accept(s);
-	s->stats->running = 1;
+	ret = io_uring_submit(&s->ring);
+	s->stats->wait_calls++;
+	return ret < 0 ? ret : 0;
+}
+
+static int run_loop(struct server *s)
+{
 	while (!s->stopping) {
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
@@ -405,6 +432,7 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	memset(&s, 0, sizeof(s));
 	s.listen_fd = listen_fd;
 	s.stop_fd = stop_fd;
+	s.ready_fd = cfg->ready_fd;
 	s.stats = stats;
 	s.buf_size = cfg->buf_size;
 	s.buf_count = cfg->buf_count;
@@ -423,6 +451,13 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	ret = io_uring_register_files_sparse(&s.ring, s.max_conns);
 	if (!ret)
 		ret = setup_buffers(&s);
+	if (!ret)
+		ret = arm_first(&s);
+	if (!ret) {
+		/* Counters read "running" as soon as the waiter hears we are ready. */
+		stats->running = 1;
+		ret = notify_ready(s.ready_fd);
+	}
 	if (!ret)
 		ret = run_loop(&s);
 	stats->running = 0;
