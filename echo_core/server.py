@@ -18,6 +18,8 @@ from echo_core.stop import StopOnSignal
 
 IMPLS = ("uring", "epoll")
 SERVE_FUNCS = {"uring": "ec_uring_serve", "epoll": "ec_epoll_serve"}
+#: An implementation spec "exec:CMD" runs CMD as an external server (see echo_core.external).
+EXEC_PREFIX = "exec:"
 
 #: Tunables and their defaults.  buf_size is the same for both servers so the comparison is fair.
 DEFAULT_OPTIONS = {
@@ -33,18 +35,37 @@ DEFAULT_OPTIONS = {
 BIND_RETRY_S = 1.0
 
 
-def validate(impl, host, port, cpu, options):
-    """Check arguments in Python so bad input never reaches C; returns the full option dict."""
+def check_impl(impl):
+    """Raise ValueError (one clear line) unless impl is "uring", "epoll" or a well-formed "exec:CMD"."""
+    if isinstance(impl, str) and impl.startswith(EXEC_PREFIX):
+        from echo_core.external import parse_exec  # external imports this module
+
+        parse_exec(impl)
+        return impl
     if impl not in IMPLS:
-        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)}")
+        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)} "
+                         f"or {EXEC_PREFIX}CMD with {{port}} in CMD")
+    return impl
+
+
+def validate_address(host, port, cpu):
+    """Check where a server is to listen and run (shared with ExternalServer)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"host must be a numeric IPv4/IPv6 address, got {host!r}") from None
-    if not isinstance(port, int) or not 0 <= port <= 65535:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
     if cpu is not None and cpu not in os.sched_getaffinity(0):
         raise ValueError(f"cpu {cpu} is not available (available: {sorted(os.sched_getaffinity(0))})")
+
+
+def validate(impl, host, port, cpu, options):
+    """Check arguments in Python so bad input never reaches C; returns the full option dict."""
+    check_impl(impl)
+    if impl not in IMPLS:
+        raise ValueError(f"{impl!r} is an external server: use make_server() or ExternalServer for it")
+    validate_address(host, port, cpu)
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
         raise ValueError(f"unknown server option(s): {', '.join(sorted(unknown))}")
@@ -59,6 +80,16 @@ def validate(impl, host, port, cpu, options):
     if count & (count - 1) or count > 32768:
         raise ValueError(f"buf_count must be a power of two <= 32768, got {count}")
     return merged
+
+
+def make_server(impl, host="127.0.0.1", port=0, cpu=None, **options):
+    """A Server for "uring"/"epoll", an ExternalServer for "exec:CMD"; neither is started yet."""
+    check_impl(impl)
+    if impl.startswith(EXEC_PREFIX):
+        from echo_core.external import ExternalServer
+
+        return ExternalServer(impl, host=host, port=port, cpu=cpu, **options)
+    return Server(impl, host=host, port=port, cpu=cpu, **options)
 
 
 def _listen(host, port, backlog):
