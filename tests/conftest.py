@@ -33,6 +33,13 @@ def start_server(impl):
         return srv
 
     yield start
+    # Stop every server even if one fails to stop cleanly (it then fails the test: a crash or an
+    # unclean exit is a server bug the test itself may not have noticed).
+    errors = []
     for srv in started:
         if srv.proc is not None:
-            srv.stop()
+            try:
+                srv.stop()
+            except RuntimeError as exc:
+                errors.append(str(exc))
+    assert not errors, errors

@@ -12,6 +12,35 @@ import pytest
 from echo_client import (connect, distinct_payload, echo_all, recv_exact, recv_to_eof, rss_kib)
 
 
+class Worker(threading.Thread):
+    """A thread whose exception is not lost: finish() joins it and re-raises it in the test."""
+
+    def __init__(self, target, *args):
+        super().__init__(daemon=True)
+        self._work, self._args = target, args
+        self.error = None
+
+    def run(self):
+        try:
+            self._work(*self._args)
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self, timeout):
+        self.join(timeout)
+        assert not self.is_alive(), f"{self._work.__name__}{self._args} still running after {timeout} s"
+        if self.error is not None:
+            raise AssertionError(f"{self._work.__name__}{self._args} failed: {self.error!r}") from self.error
+
+
+def wait_for(srv, counter, want, timeout=10.0):
+    """Poll the live counters until counter == want (or time out); return the last value seen."""
+    deadline = time.monotonic() + timeout
+    while srv.stats()[counter] != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return srv.stats()[counter]
+
+
 @pytest.mark.parametrize("size", [1, 7, 4096, 65536, 1 << 20])
 def test_payload_echoed_exactly(start_server, size):
     srv = start_server()
@@ -58,12 +87,11 @@ def test_half_close_returns_all_data_then_eof(start_server):
     data = os.urandom(3 << 20)
     with connect(srv.port) as s:
         got = bytearray()
-        reader = threading.Thread(target=lambda: got.extend(recv_to_eof(s, timeout=30)))
+        reader = Worker(lambda: got.extend(recv_to_eof(s, timeout=30)))
         reader.start()
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
-        reader.join(timeout=40)
-        assert not reader.is_alive()
+        reader.finish(timeout=40)
     assert bytes(got) == data
 
 
@@ -79,8 +107,11 @@ def test_reset_mid_stream_does_not_disturb_others(start_server):
         survivor.sendall(data)
         assert recv_exact(survivor, len(data)) == data
     survivor.close()
-    stats = srv.stop()
-    assert stats["conns_closed"] == 2
+    # Count closes while the loop runs: at stop, teardown closes (and may count) whatever is left.
+    assert wait_for(srv, "conns_active", 0) == 0
+    live = srv.stats()
+    assert live["conns_closed"] == 2 and live["conns_accepted"] == 2
+    srv.stop()
 
 
 def test_client_that_never_reads_is_back_pressured(start_server):
@@ -144,6 +175,7 @@ def test_churning_connections_never_see_each_others_bytes(start_server):
     srv = start_server(buf_count=16, buf_size=1024)
     stop = time.monotonic() + 3.0
     failures = []
+    rounds = {}
 
     def steady(i):
         with connect(srv.port) as s:
@@ -155,6 +187,7 @@ def test_churning_connections_never_see_each_others_bytes(start_server):
                     failures.append(f"steady {i} round {n}")
                     return
                 n += 1
+            rounds[f"steady {i}"] = n
 
     def churn(i):
         n = 0
@@ -170,14 +203,17 @@ def test_churning_connections_never_see_each_others_bytes(start_server):
                     failures.append(f"churn {i} round {n}")
             s.close()
             n += 1
+        rounds[f"churn {i}"] = n
 
-    threads = [threading.Thread(target=steady, args=(i,)) for i in range(6)]
-    threads += [threading.Thread(target=churn, args=(i,)) for i in range(3)]
+    # A thread that dies of an exception (EOF, timeout, refused connect) fails the test.
+    threads = [Worker(steady, i) for i in range(6)] + [Worker(churn, i) for i in range(3)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.finish(timeout=30)
     assert failures == []
+    # Every thread ran to the deadline and got work done, so "no failures" means something.
+    assert len(rounds) == len(threads) and min(rounds.values()) > 0, rounds
     assert srv.stats()["conns_accepted"] > 20
 
 
@@ -199,9 +235,8 @@ def test_full_connection_table_keeps_serving_and_recovers(start_server):
     assert echo_all(first, payloads) == payloads
     for s in first + extra:
         s.close()
-    deadline = time.monotonic() + 10
-    while srv.stats()["conns_active"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # Closed slots must come back: a leak here would leave the table full.
+    assert wait_for(srv, "conns_active", 0) == 0
     again = [connect(srv.port) for _ in range(4)]
     payloads = [distinct_payload(100 + i, 2000) for i in range(4)]
     assert echo_all(again, payloads, timeout=15) == payloads
