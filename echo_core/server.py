@@ -195,8 +195,8 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
                 raise RuntimeError("serve() must run on the main thread; use Server for anything else")
             # An on_listening that fails (say stdout is gone) stops the server the way a signal
             # would: CPython's signal handler writes to the same pipe (the wakeup fd) that C watches.
-            waiter = _ReadyWaiter(on_listening, host, port,
-                                  lambda: os.write(stop._write, bytes([signal.SIGTERM])))
+            # Byte 0 is no signal, so a previous wakeup-fd owner that gets it forwarded ignores it.
+            waiter = _ReadyWaiter(on_listening, host, port, lambda: os.write(stop._write, b"\0"))
             try:
                 cfg.ready_fd = waiter.write_fd
                 ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop.fd, cfg, stats)
