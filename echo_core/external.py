@@ -98,6 +98,42 @@ def _ppid_map():
     return by_parent
 
 
+def listener_inodes(port):
+    """Socket inodes of TCP listeners (IPv4 and IPv6) on port, from /proc/net; None if unreadable."""
+    inodes, readable = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        readable = True
+        for row in rows:
+            fields = row.split()
+            # local_address is HEXADDR:HEXPORT, st 0A is LISTEN, inode is the 10th field.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if readable else None
+
+
+def socket_inodes(pids):
+    """Inodes of the sockets the given processes hold open."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:["):-1])
+    return inodes
+
+
 def _last_line(path):
     try:
         with open(path, "rb") as f:
@@ -199,15 +235,29 @@ class ExternalServer:
                 why = _last_line(self._stderr.name) or "no output on stderr"
                 raise RuntimeError(f"external server {self.impl!r} exited with status {code} before "
                                    f"accepting connections: {why}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-            except OSError:
-                pass
+            if self._accepting():
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"external server {self.impl!r} did not accept connections on "
                                    f"{self.host}:{self.port} within {self.startup_timeout} s")
             time.sleep(0.02)
+
+    def _accepting(self):
+        """Does a connect succeed, and is the listener ours?
+
+        A connect alone could reach another program that already holds the port (the server then
+        fails to bind and exits, which the caller reports).  Where /proc/net cannot be read, a
+        connect has to do.
+        """
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                pass
+        except OSError:
+            return False
+        listeners = listener_inodes(self.port)
+        if listeners is None:
+            return True
+        return bool(listeners & socket_inodes([self.proc.pid] + descendants(self.proc.pid)))
 
     def pids(self):
         """The server process and its current descendants (empty when not running)."""

@@ -168,3 +168,16 @@ def test_freeze_keeps_connections_open_but_stops_echoing():
             # Neither an echo nor EOF: the connection hangs, as a stuck server's would.
             with pytest.raises(socket.timeout):
                 recv_exact(s, 5, timeout=0.5)
+
+
+def test_port_taken_by_another_program_is_not_mistaken_for_ready():
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        srv = ExternalServer(faulty("none"), port=blocker.getsockname()[1])
+        # A connect succeeds (to the blocker), but the server itself cannot bind and exits.
+        with pytest.raises(RuntimeError, match="exited with status 1 .*Address already in use"):
+            srv.start()
+    finally:
+        blocker.close()
