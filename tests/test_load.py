@@ -265,6 +265,31 @@ def stall_once_handler(after=0.5, stall=0.2):
     return handler
 
 
+def freeze_handler(after=0.5):
+    """Echo for `after` seconds after accepting, then keep reading but never answer again."""
+
+    def handler(conn, index):
+        end = time.monotonic() + after
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if time.monotonic() < end:
+                conn.sendall(data)
+
+    return handler
+
+
+def capped_handler(conn, index):
+    """At most one 64-byte read per ~2 ms: a server with a fixed capacity (< 500 requests/s)."""
+    while True:
+        data = conn.recv(64)
+        if not data:
+            return
+        time.sleep(0.002)
+        conn.sendall(data)
+
+
 def close_odd_handler(conn, index):
     """Odd connections are closed by the server after 0.1 s."""
     if index % 2 == 0:
@@ -438,6 +463,28 @@ def test_lost_bytes_are_caught():
     with ThreadedServer(blackhole_handler) as srv:
         r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3)
     assert r["mismatches"] >= 512 and r["mismatched_conns"] == 1
+    # Its one request never came back, and it was open when the window closed.
+    assert r["never_answered"] == 1
+    assert r["unanswered"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
+def test_correct_server_answers_everything(mode):
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.3,
+                     rate=1000 if mode == "rate" else None)
+    assert r["never_answered"] == 0 and r["mismatches"] == 0
+    if mode == "stream":
+        assert r["unanswered"] == 0 and r["latency_hist"] == ""
+
+
+def test_stream_never_answered_in_payload_units():
+    # Stream: what connection 0 had in flight when the server stopped echoing, in payloads rounded up.
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode="stream", payload=1000, connections=1, duration=0.3,
+                     window=4500)
+    assert r["never_answered"] == 5  # 4500 bytes unechoed -> 4.5 payloads -> 5
+    assert r["mismatches"] == 4500
 
 
 @pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
@@ -518,6 +565,108 @@ def test_stall_open_loop_sees_it_closed_loop_hides_it():
     assert rr["latency_samples"] > 2000
     assert rr["p999_us"] < 100_000  # ...but hidden in the percentiles
     assert rr["p99_us"] < 50_000
+
+
+def test_server_that_freezes_is_charged_for_every_open_request():
+    # Echoes for 0.5 s, then silence.  Requests due from 0.5 s to the window's end (~3000 at
+    # 2000/s) are never answered: each waits until the window's end at least, so p99 is ~1.4 s.
+    with ThreadedServer(freeze_handler(0.5)) as srv:
+        r = run_load(port=srv.port, mode="rate", rate=2000, payload=64, connections=4, duration=2.0)
+    assert 2000 < r["unanswered"] < 3600, r["unanswered"]
+    assert r["latency_samples"] == pytest.approx(4000, rel=0.15)
+    assert r["p99_us"] >= 1_000_000
+    assert r["max_us"] <= 2_000_000 * 1.02  # nothing can have waited longer than the window
+    assert r["messages"] < 1300  # only the first ~0.5 s was answered
+    assert r["never_answered"] > 1000
+
+
+def test_cli_exits_nonzero_when_the_server_freezes():
+    with ThreadedServer(freeze_handler(0.3)) as srv:
+        p = cli("--port", str(srv.port), "--mode", "rate", "--rate", "1000", "--payload", "64",
+                "--connections", "2", "--duration", "1", "--json")
+    assert p.returncode == 1, p.stderr
+    out = json.loads(p.stdout)
+    assert out["unanswered"] > 300 and out["never_answered"] > 0
+
+
+def test_rate_above_capacity_falls_behind_and_latency_grows():
+    # The server manages < 500 requests/s; offered 1000/s.  An open loop keeps offering, so
+    # achieved < offered and the queue (hence latency) grows with the length of the run.
+    runs = {}
+    for duration in (0.5, 1.0):
+        with ThreadedServer(capped_handler) as srv:
+            runs[duration] = run_load(port=srv.port, mode="rate", rate=1000, payload=64,
+                                      connections=1, duration=duration)
+    for r in runs.values():
+        assert r["msgs_per_s"] < 0.7 * r["rate"]
+        assert r["unanswered"] > 0.2 * r["rate"] * r["duration_s"]
+        assert r["mismatches"] == 0
+    assert runs[1.0]["p50_us"] > 1.4 * runs[0.5]["p50_us"]
+    assert runs[1.0]["max_us"] > 1.4 * runs[0.5]["max_us"]
+
+
+@pytest.mark.parametrize("arrivals", ["uniform", "poisson"])
+def test_rate_below_capacity_is_achieved(arrivals):
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rate", rate=1000, payload=64, connections=2, duration=1.0,
+                     warmup=0.1, arrivals=arrivals)
+    assert r["arrivals"] == arrivals and r["seed"] == 1
+    assert r["msgs_per_s"] == pytest.approx(1000, rel=0.15)
+    assert r["unanswered"] <= 20 and r["never_answered"] == 0
+    # Send lag is the client's own lateness: small when the client is idle most of the time.
+    assert 0 <= r["send_lag_p50_us"] <= r["send_lag_p99_us"] <= r["send_lag_max_us"]
+    assert r["send_lag_p50_us"] < 5000
+
+
+def test_send_lag_only_in_rate_mode():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", duration=0.2)
+    assert r["arrivals"] == ""
+    assert all(math.isnan(r[k]) for k in ("send_lag_p50_us", "send_lag_p99_us", "send_lag_max_us"))
+
+
+def schedule(arrivals, rate, connections, index, n, seed=1):
+    from echo_core._native import ffi, lib
+
+    times = ffi.new("uint64_t[]", n)
+    kind = {"uniform": lib.EC_ARRIVALS_UNIFORM, "poisson": lib.EC_ARRIVALS_POISSON}[arrivals]
+    assert lib.ec_load_schedule(kind, rate, connections, index, seed, times, n) == 0
+    return list(times)
+
+
+def cv_of_gaps(times):
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    return mean, sd / mean
+
+
+def test_arrival_schedules():
+    # 1000 req/s over 4 connections: each connection's mean gap is 4 ms.
+    mean, cv = cv_of_gaps(schedule("poisson", 1000, 4, 1, 20000))
+    assert mean == pytest.approx(4e6, rel=0.03)
+    assert cv == pytest.approx(1.0, abs=0.05)  # exponential gaps
+    mean, cv = cv_of_gaps(schedule("uniform", 1000, 4, 1, 2000))
+    assert mean == pytest.approx(4e6, rel=1e-6) and cv < 0.001
+    assert schedule("uniform", 1000, 4, 1, 1)[0] == 1_000_000  # connection i starts i/rate in
+    # Reproducible from the seed, different across seeds and connections.
+    assert schedule("poisson", 1000, 4, 1, 50) == schedule("poisson", 1000, 4, 1, 50)
+    assert schedule("poisson", 1000, 4, 1, 50) != schedule("poisson", 1000, 4, 1, 50, seed=2)
+    assert schedule("poisson", 1000, 4, 1, 50) != schedule("poisson", 1000, 4, 2, 50)
+    # All connections together: a Poisson process at the total rate.
+    merged = sorted(t for i in range(4) for t in schedule("poisson", 1000, 4, i, 3000))
+    merged = [t for t in merged if t < 2_000_000_000]
+    assert len(merged) == pytest.approx(2000, rel=0.1)
+    assert cv_of_gaps(merged)[1] == pytest.approx(1.0, abs=0.08)
+
+
+def test_schedule_rejects_bad_input():
+    from echo_core._native import ffi, lib
+
+    times = ffi.new("uint64_t[]", 4)
+    assert lib.ec_load_schedule(7, 1000, 4, 0, 1, times, 4) == -errno.EINVAL
+    assert lib.ec_load_schedule(lib.EC_ARRIVALS_POISSON, 0, 4, 0, 1, times, 4) == -errno.EINVAL
+    assert lib.ec_load_schedule(lib.EC_ARRIVALS_POISSON, 1000, 4, 4, 1, times, 4) == -errno.EINVAL
 
 
 # -------------------------------------------------------------- bad input
