@@ -434,6 +434,80 @@ def test_server_keys_only_when_asked():
     assert pid_only["server_cpu_s"] > 0
 
 
+def test_fixed_warmup_is_reported_as_such():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", duration=0.2, warmup=0.15)
+    assert r["warmup_steady"] is None
+    assert r["warmup_s"] == pytest.approx(0.15, abs=1e-6)
+    assert r["warmup_min_s"] == r["warmup_max_s"] == 0.15
+
+
+@pytest.mark.parametrize("impl", ["uring", "epoll"])
+def test_adaptive_warmup_finds_steady_state(impl):
+    with echo_core.Server(impl, port=0, cpu=max(os.sched_getaffinity(0))) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3,
+                     warmup=0.2, warmup_max=3.0, server_pids=[srv.pid],
+                     server_stats_path=stats_path(srv))
+    assert r["warmup_steady"] is True
+    assert 0.2 <= r["warmup_s"] < 3.0
+    assert r["warmup_min_s"] == 0.2 and r["warmup_max_s"] == 3.0
+    assert abs(r["duration_s"] - 0.3) < 0.01
+    assert r["mismatches"] == 0 and r["errors"] == 0 and r["messages"] > 0
+    # The window's server counters match the client's (one request per connection in flight).
+    assert abs(r["server_bytes_out"] - r["bytes"]) <= 2 * 512
+
+
+def test_adaptive_warmup_gives_up_at_the_cap():
+    # Nothing is ever echoed, so the load never looks steady: the window opens at warmup_max.
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode="rr", connections=1, duration=0.2, warmup=0.1,
+                     warmup_max=0.4)
+    assert r["warmup_steady"] is False
+    assert r["warmup_s"] == pytest.approx(0.4, abs=1e-6)
+
+
+def test_rate_mode_keeps_a_fixed_warmup():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rate", rate=500, duration=0.2, warmup=0.1, warmup_max=2.0)
+    assert r["warmup_steady"] is None and r["warmup_s"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_histogram_roundtrip_matches_c_percentiles():
+    with ThreadedServer() as srv:
+        a = run_load(port=srv.port, mode="rr", payload=64, connections=2, duration=0.3)
+        b = run_load(port=srv.port, mode="rate", rate=2000, payload=64, connections=2, duration=0.3)
+    for r in (a, b):
+        enc = r["latency_hist"]
+        buckets = histogram.decode(enc)
+        assert sum(buckets.values()) == r["latency_samples"] > 0
+        assert histogram.encode(buckets) == enc
+        dense = [buckets.get(i, 0) for i in range(histogram.BUCKETS)]
+        assert histogram.encode(dense) == enc
+        # Same rule as C (bucket midpoint); C also clamps to the exact min/max: within half a bucket.
+        for q, key in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us"), (0.999, "p999_us")):
+            assert histogram.quantile(enc, q) == pytest.approx(r[key], rel=1 / 64 + 1e-9)
+    merged = histogram.merge([a["latency_hist"], b["latency_hist"]])
+    assert histogram.count(merged) == a["latency_samples"] + b["latency_samples"]
+    assert histogram.merge([a["latency_hist"], a["latency_hist"]]) == histogram.encode(
+        {i: 2 * c for i, c in histogram.decode(a["latency_hist"]).items()})
+    lo, hi = sorted((a["p50_us"], b["p50_us"]))
+    assert lo * (1 - 1 / 64) <= histogram.quantile(merged, 0.5) <= hi * (1 + 1 / 64)
+
+
+def test_histogram_helpers():
+    assert histogram.encode([0] * histogram.BUCKETS) == ""
+    assert histogram.decode("") == {}
+    assert math.isnan(histogram.quantile("", 0.5))
+    # Bucket 1000 covers [low, low + width): its midpoint is what a quantile reports.
+    low, width = histogram.bucket_low(1000), histogram.bucket_width(1000)
+    assert histogram.quantile("1000:5", 0.99) == (low + width // 2) / 1e3
+    assert histogram.bucket_low(1001) == low + width
+    with pytest.raises(ValueError):
+        histogram.decode("1:2 x")
+    with pytest.raises(ValueError):
+        histogram.decode(f"{histogram.BUCKETS}:1")
+
+
 # ------------------------------------------------------------------ faults
 
 
@@ -699,6 +773,17 @@ def test_schedule_rejects_bad_input():
         dict(host="2001:db8::1"),
         dict(cpus="zero"),
         dict(cpus=[4096]),
+        dict(warmup=1.0, warmup_max=0.5),
+        dict(warmup_max=float("inf")),
+        dict(warmup_max=-1),
+        dict(warmup_max=1e9),
+        dict(mode="rate", rate=100, arrivals="bogus"),
+        dict(seed=-1),
+        dict(seed=1.5),
+        dict(server_pids=[0]),
+        dict(server_pids="abc"),
+        dict(server_pids=[2**31 - 2]),
+        dict(server_stats_path="/nonexistent/echo_core-stats"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs):

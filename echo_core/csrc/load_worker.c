@@ -231,7 +231,7 @@ static void load_window(struct worker *w)
 	start = __atomic_load_n(&w->ld->win_start, __ATOMIC_ACQUIRE);
 	if (start == WIN_UNKNOWN)
 		return;
-	w->win_end = w->ld->win_end;
+	w->win_end = __atomic_load_n(&w->ld->win_end, __ATOMIC_RELAXED);
 	w->win_start = start;
 }
 
