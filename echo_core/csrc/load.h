@@ -144,14 +144,35 @@ struct worker {
 	struct ec_hist lag;     /* rate: send lag */
 };
 
-static inline int in_window(const struct worker *w, uint64_t t)
+/*
+ * Pick up the window once the timeline has published it (acquire pairs
+ * with its release).  Checked per event, not per loop turn: one turn of a
+ * busy stream worker can take tens of ms, and every byte after the start
+ * must count.
+ */
+static inline void load_window(struct worker *w)
 {
+	uint64_t start;
+
+	if (w->win_start != WIN_UNKNOWN)
+		return;
+	start = __atomic_load_n(&w->ld->win_start, __ATOMIC_ACQUIRE);
+	if (start == WIN_UNKNOWN)
+		return;
+	w->win_end = __atomic_load_n(&w->ld->win_end, __ATOMIC_RELAXED);
+	w->win_start = start;
+}
+
+static inline int in_window(struct worker *w, uint64_t t)
+{
+	load_window(w);
 	return t >= w->win_start && t < w->win_end;
 }
 
 /* Is t at or past a window end that is already known? */
-static inline int past_window(const struct worker *w, uint64_t t)
+static inline int past_window(struct worker *w, uint64_t t)
 {
+	load_window(w);
 	return w->win_end != WIN_UNKNOWN && t >= w->win_end;
 }
 

@@ -16,6 +16,8 @@
 
 #define STEADY_STEP_NS (100 * NS_PER_MS)  /* adaptive warm-up: one interval */
 #define STEADY_TOL 0.02                   /* relative tolerance of a steady interval */
+/* Sleep until this close to a window edge, then spin: wake-up latency would skew the snapshots. */
+#define EDGE_SPIN_NS (NS_PER_MS / 2)
 /* Publish a window this far ahead of its start: workers (waiting <= 5 ms) see it in time. */
 #define WINDOW_LEAD_NS (10 * NS_PER_MS)
 
@@ -96,6 +98,19 @@ static int sleep_until(uint64_t deadline, int stop_fd)
 			return 0;
 		}
 	}
+}
+
+/*
+ * Return at the deadline itself, not a scheduler wake-up later: the workers
+ * count by timestamp, so the snapshots must be taken on time too.
+ */
+static int sleep_until_edge(uint64_t deadline, int stop_fd)
+{
+	if (deadline > EDGE_SPIN_NS && sleep_until(deadline - EDGE_SPIN_NS, stop_fd))
+		return 1;
+	while (now_ns() < deadline)
+		;
+	return 0;
 }
 
 /* ------------------------------------------------- adaptive warm-up */
@@ -217,11 +232,11 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 	end = ld->win_end;
 	res->warmup_s = (double)(start - ld->t0) / 1e9;
 	res->warmup_steady = steady_flag;
-	if (sleep_until(start, cfg->stop_fd))
+	if (sleep_until_edge(start, cfg->stop_fd))
 		return;
-	getrusage(RUSAGE_SELF, &ru0);
 	ec_server_snap(cfg, &s0);
-	if (sleep_until(end, cfg->stop_fd))
+	getrusage(RUSAGE_SELF, &ru0);
+	if (sleep_until_edge(end, cfg->stop_fd))
 		end = now_ns();
 	ec_server_snap(cfg, &s1);
 	getrusage(RUSAGE_SELF, &ru1);

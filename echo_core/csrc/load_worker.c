@@ -221,20 +221,6 @@ static void run_again_list(struct worker *w)
 	}
 }
 
-/* Pick up the window once the timeline has published it (acquire pairs with its release). */
-static void load_window(struct worker *w)
-{
-	uint64_t start;
-
-	if (w->win_start != WIN_UNKNOWN)
-		return;
-	start = __atomic_load_n(&w->ld->win_start, __ATOMIC_ACQUIRE);
-	if (start == WIN_UNKNOWN)
-		return;
-	w->win_end = __atomic_load_n(&w->ld->win_end, __ATOMIC_RELAXED);
-	w->win_start = start;
-}
-
 /*
  * Run the event loop until `end` (the window's end while measuring, which
  * may not be known yet).  While draining, also stop as soon as no
