@@ -354,7 +354,9 @@ def test_result_keys():
                 "p999_us", "max_us", "mean_us", "min_us", "latency_samples", "fairness",
                 "conn_bytes_min", "conn_bytes_max", "mismatches", "mismatched_conns", "connected",
                 "connect_errors", "io_errors", "errors", "client_cpu_user_s", "client_cpu_sys_s",
-                "client_cpu_s", "send_calls", "recv_calls"):
+                "client_cpu_s", "send_calls", "recv_calls", "unanswered", "never_answered",
+                "send_lag_p50_us", "send_lag_p99_us", "send_lag_max_us", "latency_hist", "arrivals",
+                "seed", "warmup_min_s", "warmup_max_s", "warmup_steady"):
         assert key in r, key
 
 
@@ -598,6 +600,37 @@ def test_cli_summary_and_bad_input():
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: ") and bad.stderr.count("\n") == 1
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_new_flags():
+    with echo_core.Server("epoll", port=0, cpu=max(os.sched_getaffinity(0))) as srv:
+        p = cli("--port", str(srv.port), "--mode", "rate", "--rate", "500", "--arrivals", "uniform",
+                "--seed", "7", "--duration", "0.3", "--server-pid", str(srv.pid),
+                "--server-stats", stats_path(srv), "--json")
+        q = cli("--port", str(srv.port), "--mode", "rr", "--warmup", "0.1", "--warmup-max", "2",
+                "--duration", "0.2")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["arrivals"] == "uniform" and out["seed"] == 7
+    assert out["server_bytes_out"] > 0 and out["server_cpu_s"] > 0
+    assert out["send_lag_p99_us"] is not None and out["latency_hist"]
+    assert q.returncode == 0, q.stderr
+    assert "warm-up (steady" in q.stdout or "warm-up (not steady" in q.stdout
+
+
+@pytest.mark.parametrize("flags", [
+    ("--warmup", "1", "--warmup-max", "0.5"),
+    ("--warmup-max", "soon"),
+    ("--mode", "rate", "--rate", "100", "--arrivals", "bursty"),
+    ("--seed", "x"),
+    ("--server-pid", "0"),
+    ("--server-pid", "12,x"),
+    ("--server-stats", "/nonexistent/stats"),
+])
+def test_cli_new_flags_bad_input(flags):
+    p = cli("--port", "9", "--duration", "0.1", *flags)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
 
 
 def test_server_closing_connections_counts_io_errors():
