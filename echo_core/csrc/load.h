@@ -54,7 +54,9 @@ struct conn {
 struct worker;
 
 /*
- * What a mode does, in one place.  Hooks may be NULL.  The worker calls:
+ * What a mode does, in one place.  Hooks may be NULL, except start and
+ * unechoed.  The worker calls:
+ *   setup           before the start gate: per-worker allocations
  *   start           once the clock runs: first send limits, schedules
  *   send_cap        limit one send's length (stream: one message per call)
  *   before_send     just before a send of stream offset c->sent
@@ -112,7 +114,6 @@ struct worker {
 	int epfd;
 	int setup_err;
 	int draining;
-	int closed;             /* passed the window's end: no more latency samples */
 	int no_pwait2;          /* kernel without epoll_pwait2: ms timeouts */
 	uint64_t win_start;     /* this worker's copy of the window; WIN_UNKNOWN until published */
 	uint64_t win_end;
@@ -174,6 +175,14 @@ static inline int past_window(struct worker *w, uint64_t t)
 {
 	load_window(w);
 	return w->win_end != WIN_UNKNOWN && t >= w->win_end;
+}
+
+/* rr, rate: requests (wholly or partly) sent on c whose echo is incomplete. */
+static inline uint64_t requests_unechoed(const struct worker *w, const struct conn *c)
+{
+	uint64_t p = w->ld->payload, got = c->recvd < c->sent ? c->recvd : c->sent;
+
+	return (c->sent + p - 1) / p - got / p;
 }
 
 /* load_worker.c */

@@ -136,13 +136,6 @@ static void rate_at_window_close(struct worker *w)
 	}
 }
 
-static uint64_t rate_unechoed(const struct worker *w, const struct conn *c)
-{
-	uint64_t p = w->ld->payload, got = c->recvd < c->sent ? c->recvd : c->sent;
-
-	return (c->sent + p - 1) / p - got / p;
-}
-
 const struct load_mode ec_load_rate = {
 	.setup = rate_setup,
 	.start = rate_start,
@@ -150,5 +143,5 @@ const struct load_mode ec_load_rate = {
 	.on_echoed = rate_on_echoed,
 	.tick = rate_tick,
 	.at_window_close = rate_at_window_close,
-	.unechoed = rate_unechoed,
+	.unechoed = requests_unechoed,
 };

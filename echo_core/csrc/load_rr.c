@@ -53,18 +53,10 @@ static void rr_at_window_close(struct worker *w)
 	}
 }
 
-/* Requests (wholly or partly) sent whose echo is incomplete. */
-static uint64_t rr_unechoed(const struct worker *w, const struct conn *c)
-{
-	uint64_t p = w->ld->payload, got = c->recvd < c->sent ? c->recvd : c->sent;
-
-	return (c->sent + p - 1) / p - got / p;
-}
-
 const struct load_mode ec_load_rr = {
 	.start = rr_start,
 	.before_send = rr_before_send,
 	.on_echoed = rr_on_echoed,
 	.at_window_close = rr_at_window_close,
-	.unechoed = rr_unechoed,
+	.unechoed = requests_unechoed,
 };

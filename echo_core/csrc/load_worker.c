@@ -337,7 +337,6 @@ static void worker_run(struct worker *w)
 		return;
 	if (w->ops->at_window_close)
 		w->ops->at_window_close(w);
-	w->closed = 1;
 	worker_drain(w);
 }
 
