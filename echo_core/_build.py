@@ -7,8 +7,10 @@ import sys
 from cffi import FFI
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "loadgen.c", "load_connect.c", "histogram.c",
-           "probe.c"]
+SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "histogram.c", "probe.c",
+           # the load generator (see csrc/load.h for which file does what)
+           "loadgen.c", "load_connect.c", "load_worker.c", "load_timeline.c", "load_server.c",
+           "load_stream.c", "load_rr.c", "load_rate.c", "pattern.c", "arrivals.c"]
 LIBURING_HEADER_DIRS = ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
 
 

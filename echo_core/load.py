@@ -1,4 +1,4 @@
-"""The load generator: Python face of echo_core/csrc/loadgen.c.
+"""The load generator: Python face of echo_core/csrc/loadgen.c (and its load_*.c files).
 
 ``run_load`` validates its arguments, hands one ``struct ec_load_config`` to
 ``ec_load_run`` (which runs with the GIL released) and returns one flat dict
@@ -13,20 +13,29 @@ fine on loopback and rude anywhere else.
 import ipaddress
 import json
 import math
+import mmap
 import os
 import resource
 import sys
 
+from echo_core import histogram
 from echo_core.native import check, ffi, lib
 from echo_core.stop import StopOnSignal
 
 MODES = {"stream": 0, "rr": 1, "rate": 2}
+ARRIVALS = {"uniform": lib.EC_ARRIVALS_UNIFORM, "poisson": lib.EC_ARRIVALS_POISSON}
 
 MAX_CONNECTIONS = 1 << 20
 MAX_THREADS = 1024
 MAX_U32 = (1 << 32) - 1
 MAX_SECONDS = 1e7
 FD_HEADROOM = 32  # descriptors left for Python, pipes, epoll instances
+MAX_SEED = (1 << 64) - 1
+MAX_SERVER_PIDS = 1024
+
+#: Server counters whose change over the measured window goes into the result (as server_<name>).
+SERVER_COUNTERS = ("loop_iterations", "wait_calls", "recv_calls", "send_calls", "accept_calls",
+                   "short_sends", "enobufs", "conn_errors", "bytes_in", "bytes_out")
 
 LATENCY_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "min_us")
 
@@ -108,6 +117,45 @@ def parse_cpus(cpus):
     return out or None
 
 
+def parse_pids(pids):
+    """None, an int, "123", "123,456" or an iterable of ints -> list of live pids or None."""
+    if pids is None or pids == "" or pids == []:
+        return None
+    if isinstance(pids, int) and not isinstance(pids, bool):
+        items = [pids]
+    elif isinstance(pids, str):
+        items = []
+        for part in pids.split(","):
+            try:
+                items.append(int(part.strip()))
+            except ValueError:
+                raise ValueError(f'server pid list must look like "1234" or "1234,1235", got {pids!r}') from None
+    else:
+        items = list(pids)
+    out = []
+    for pid in items:
+        pid = _int("server pid", pid, 1, (1 << 31) - 1)
+        if not os.path.isdir(f"/proc/{pid}/task"):
+            raise ValueError(f"server pid {pid} is not a running process")
+        out.append(pid)
+    if len(out) > MAX_SERVER_PIDS:
+        raise ValueError(f"at most {MAX_SERVER_PIDS} server pids, got {len(out)}")
+    return out
+
+
+def _map_server_stats(path):
+    """Map a server's counters file read-only; returns the mmap (the caller closes it)."""
+    size = ffi.sizeof("struct ec_server_stats")
+    try:
+        with open(path, "rb") as f:
+            actual = os.fstat(f.fileno()).st_size
+            if actual < size:
+                raise ValueError(f"server stats file {path!r} holds {actual} bytes, expected {size}")
+            return mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+    except OSError as e:
+        raise ValueError(f"cannot map server stats file {path!r}: {e.strerror or e}") from None
+
+
 def _check_fd_limit(connections):
     # The C side raises the soft limit to the hard one; beyond that, connects would fail one by one.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -122,8 +170,12 @@ def _check_fd_limit(connections):
 
 
 def check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
-                    connect_timeout=10.0, window=0, rate=None, cpus=None):
-    """Validate and normalise run_load's arguments; raises ValueError with a clear message."""
+                    connect_timeout=10.0, window=0, rate=None, cpus=None, warmup_max=None,
+                    arrivals="poisson", seed=1, server_pids=None):
+    """Validate and normalise run_load's arguments; raises ValueError with a clear message.
+
+    Returns a dict of the normalised values (keyword names of run_load).
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     host = check_host(host)
@@ -148,11 +200,23 @@ def check_load_args(host, port, mode, payload, connections, threads, duration, w
             raise ValueError(f"rate must be > 0 requests/s, got {rate}")
     else:
         rate = None
+    if warmup_max is None:
+        warmup_max = warmup
+    else:
+        warmup_max = _seconds("warmup_max", warmup_max, allow_zero=True)
+        if warmup_max < warmup:
+            raise ValueError(f"warmup_max must be >= warmup ({warmup}), got {warmup_max}")
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
+    seed = _int("seed", seed, 0, MAX_SEED)
     cpu_list = parse_cpus(cpus)
+    pids = parse_pids(server_pids)
     _check_fd_limit(connections)
 
-    return (host, port, mode, payload, connections, threads, duration, warmup, connect_timeout, window,
-            rate, cpu_list)
+    return dict(host=host, port=port, mode=mode, payload=payload, connections=connections,
+                threads=threads, duration=duration, warmup=warmup, connect_timeout=connect_timeout,
+                window=window, rate=rate, cpus=cpu_list, warmup_max=warmup_max, arrivals=arrivals,
+                seed=seed, server_pids=pids)
 
 
 def run_load(
@@ -168,63 +232,84 @@ def run_load(
     cpus=None,
     window=0,
     connect_timeout=10.0,
-    notify_fd=-1,
+    warmup_max=None,
+    arrivals="poisson",
+    seed=1,
+    server_pids=None,
+    server_stats_path=None,
 ):
     """Run one load against an echo server on host:port and return a flat dict.
 
     mode: "stream" (write continuously, at most `window` unechoed bytes per
     connection), "rr" (closed loop: one request in flight per connection) or
     "rate" (open loop: `rate` requests/s in total, pipelined, latency from the
-    scheduled send time).  Results cover only the measured window
-    [warmup, warmup + duration] after all connections are up.
+    scheduled send time; `arrivals` "poisson" (seeded by `seed`) or
+    "uniform").  Results cover only the measured window after all
+    connections are up.
+
+    warmup is the warm-up; with warmup_max > warmup (stream, rr) the window
+    opens as soon as the load is steady, at warmup_max at the latest.
+    server_pids (pids or "pid,pid") and server_stats_path (the server's
+    counters file) make the load generator snapshot the server's CPU time
+    and counters exactly at the window's edges (server_* keys).
 
     Raises ValueError for bad arguments, ConnectionError if no connection
     could be established, OSError for other set-up failures.  ^C (on the
     main thread) ends the run early and raises KeyboardInterrupt.
     """
-    (host, port, mode, payload, connections, threads, duration, warmup, connect_timeout, window,
-     rate, cpu_list) = check_load_args(host, port, mode, payload, connections, threads, duration,
-                                       warmup, connect_timeout, window, rate, cpus)
-    notify_fd = _int("notify_fd", notify_fd, -1, 1 << 30)
+    a = check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
+                        connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids)
+    shared = _map_server_stats(server_stats_path) if server_stats_path else None
 
     cfg = ffi.new("struct ec_load_config *")
     res = ffi.new("struct ec_load_result *")
     # These cdata own the memory cfg points into: keep them referenced until the call returns.
-    host_c = ffi.new("char[]", host.encode("ascii"))
-    cpus_c = ffi.new("int[]", cpu_list) if cpu_list else ffi.NULL
+    host_c = ffi.new("char[]", a["host"].encode("ascii"))
+    cpus_c = ffi.new("int[]", a["cpus"]) if a["cpus"] else ffi.NULL
+    pids_c = ffi.new("int[]", a["server_pids"]) if a["server_pids"] else ffi.NULL
+    stats_c = ffi.from_buffer("struct ec_server_stats *", shared) if shared is not None else ffi.NULL
     cfg.host = host_c
-    cfg.port = port
-    cfg.mode = MODES[mode]
-    cfg.payload = payload
-    cfg.connections = connections
-    cfg.threads = threads
+    cfg.port = a["port"]
+    cfg.mode = MODES[a["mode"]]
+    cfg.payload = a["payload"]
+    cfg.connections = a["connections"]
+    cfg.threads = a["threads"]
     cfg.cpus = cpus_c
-    cfg.ncpus = len(cpu_list) if cpu_list else 0
-    cfg.warmup_s = warmup
-    cfg.duration_s = duration
-    cfg.rate = rate or 0.0
-    cfg.window = window
-    cfg.connect_timeout_s = connect_timeout
-    cfg.notify_fd = notify_fd
+    cfg.ncpus = len(a["cpus"]) if a["cpus"] else 0
+    cfg.warmup_s = a["warmup"]
+    cfg.warmup_max_s = a["warmup_max"]
+    cfg.duration_s = a["duration"]
+    cfg.rate = a["rate"] or 0.0
+    cfg.arrivals = ARRIVALS[a["arrivals"]]
+    cfg.seed = a["seed"]
+    cfg.window = a["window"]
+    cfg.connect_timeout_s = a["connect_timeout"]
+    cfg.server_pids = pids_c
+    cfg.nserver_pids = len(a["server_pids"]) if a["server_pids"] else 0
+    cfg.server_stats = stats_c
 
-    # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
-    with StopOnSignal() as stop:
-        cfg.stop_fd = stop.fd
-        rc = lib.ec_load_run(cfg, res)
-    del host_c, cpus_c
+    try:
+        # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
+        with StopOnSignal() as stop:
+            cfg.stop_fd = stop.fd
+            rc = lib.ec_load_run(cfg, res)
+    finally:
+        del host_c, cpus_c, pids_c, stats_c
+        if shared is not None:
+            shared.close()
 
     check(rc, "ec_load_run")
     if res.connected == 0:
         raise ConnectionError(
-            f"could not connect to {host}:{port}: all {res.connect_errors} connection attempts failed"
+            f"could not connect to {a['host']}:{a['port']}: all {res.connect_errors} connection attempts failed"
         )
-    return _result_dict(res, mode, host, port, payload, connections, threads, warmup, rate,
-                        cpu_list, window, bool(stop.signals))
+    return _result_dict(res, a, bool(server_pids) or bool(server_stats_path),
+                        shared is not None, bool(stop.signals))
 
 
-def _result_dict(res, mode, host, port, payload, connections, threads, warmup, rate, cpus, window,
-                 interrupted):
+def _result_dict(res, a, with_server, with_stats, interrupted):
     nan = float("nan")
+    mode, payload, rate, cpus = a["mode"], a["payload"], a["rate"], a["cpus"]
     duration = res.duration_s
     cpu = res.cpu_user_s + res.cpu_sys_s
     stream = mode == "stream"
@@ -234,16 +319,21 @@ def _result_dict(res, mode, host, port, payload, connections, threads, warmup, r
     msgs = res.bytes / payload if stream else res.msgs
     d = {
         "mode": mode,
-        "host": host,
-        "port": port,
+        "host": a["host"],
+        "port": a["port"],
         "payload": payload,
-        "connections": connections,
-        "threads": threads,
+        "connections": a["connections"],
+        "threads": a["threads"],
         "cpus": ",".join(map(str, cpus)) if cpus else "",
-        "window": window,
+        "window": a["window"],
         "duration_s": duration,
-        "warmup_s": warmup,
+        "warmup_s": res.warmup_s,
+        "warmup_min_s": a["warmup"],
+        "warmup_max_s": a["warmup_max"] if mode != "rate" else a["warmup"],
+        "warmup_steady": None if res.warmup_steady < 0 else bool(res.warmup_steady),
         "rate": rate if rate is not None else nan,
+        "arrivals": a["arrivals"] if mode == "rate" else "",
+        "seed": a["seed"],
         "msgs_per_s": msgs / duration if duration > 0 else nan,
         "bytes_per_s": res.bytes / duration if duration > 0 else nan,
         "messages": res.msgs,
@@ -256,6 +346,12 @@ def _result_dict(res, mode, host, port, payload, connections, threads, warmup, r
         "mean_us": res.lat_mean_us,
         "min_us": res.lat_min_us,
         "latency_samples": res.latency_count,
+        "unanswered": res.unanswered,
+        "never_answered": res.never_answered,
+        "send_lag_p50_us": res.send_lag_p50_us if mode == "rate" else nan,
+        "send_lag_p99_us": res.send_lag_p99_us if mode == "rate" else nan,
+        "send_lag_max_us": res.send_lag_max_us if mode == "rate" else nan,
+        "latency_hist": "" if stream else histogram.encode(res.latency_hist),
         "fairness": res.fairness,
         "conn_bytes_min": res.conn_bytes_min,
         "conn_bytes_max": res.conn_bytes_max,
@@ -276,6 +372,15 @@ def _result_dict(res, mode, host, port, payload, connections, threads, warmup, r
     if stream:
         for key in LATENCY_KEYS:
             d[key] = nan
+    if with_server:
+        snap = bool(res.server_snap)
+        d["server_cpu_s"] = res.server_cpu_ns / 1e9 if snap else nan
+        d["server_cpu_user_s"] = res.server_cpu_user_s if snap else nan
+        d["server_cpu_sys_s"] = res.server_cpu_sys_s if snap else nan
+        stats = with_stats and bool(res.server_stats_snap)
+        for name in SERVER_COUNTERS:
+            d[f"server_{name}"] = (getattr(res.server_end, name) - getattr(res.server_start, name)
+                                   if stats else nan)
     return d
 
 
@@ -311,15 +416,25 @@ def add_load_arguments(parser):
     parser.add_argument("--payload", default="512", metavar="BYTES", help="bytes per message, e.g. 512 or 16K (default 512)")
     parser.add_argument("--connections", default="1", metavar="N", help="connections (default 1)")
     parser.add_argument("--duration", default="1.0", metavar="S", help="measured seconds (default 1)")
-    parser.add_argument("--warmup", default="0", metavar="S", help="seconds run before measuring (default 0)")
+    parser.add_argument("--warmup", default="0", metavar="S",
+                        help="seconds run before measuring; with --warmup-max the minimum (default 0)")
+    parser.add_argument("--warmup-max", default=None, metavar="S",
+                        help="stream, rr: open the window once the load is steady, after at most S seconds "
+                             "(default: --warmup, a fixed warm-up)")
     parser.add_argument("--rate", default=None, metavar="R", help="rate mode: total requests per second")
+    parser.add_argument("--arrivals", default="poisson", metavar="{uniform,poisson}",
+                        help="rate mode: request schedule (default poisson)")
+    parser.add_argument("--seed", default="1", metavar="N", help="rate mode: seed of the poisson schedule (default 1)")
     parser.add_argument("--threads", default="1", metavar="T", help="client worker threads (default 1)")
     parser.add_argument("--cpu", default=None, metavar="LIST", help='pin worker i to the i-th CPU of LIST, e.g. "0" or "0,1"')
     parser.add_argument("--window", default="0", metavar="BYTES",
                         help="stream: max unechoed bytes per connection (default max(4*payload, 256K))")
     parser.add_argument("--connect-timeout", default="10", metavar="S", help="connect phase limit (default 10)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--notify-fd", default="-1", metavar="FD", help='write "S\\n" / "E\\n" at window start / end')
+    parser.add_argument("--server-pid", default=None, metavar="LIST",
+                        help="server pid(s), e.g. 1234 or 1234,1235: record their CPU time over the window")
+    parser.add_argument("--server-stats", default=None, metavar="PATH",
+                        help="the server's counters file: record their change over the window")
     return parser
 
 
@@ -337,7 +452,11 @@ def _kwargs_from_args(args):
         cpus=args.cpu,
         window=_size(args.window),
         connect_timeout=_number("connect-timeout", getattr(args, "connect_timeout", "10"), float),
-        notify_fd=_number("notify-fd", args.notify_fd, int),
+        warmup_max=None if args.warmup_max is None else _number("warmup-max", args.warmup_max, float),
+        arrivals=args.arrivals,
+        seed=_number("seed", args.seed, int),
+        server_pids=args.server_pid,
+        server_stats_path=args.server_stats,
     )
 
 
@@ -346,10 +465,17 @@ def _json_safe(d):
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def _warmup_text(r):
+    if r["warmup_steady"] is None:
+        return f"{r['warmup_s']:g} s warm-up"
+    how = "steady" if r["warmup_steady"] else "not steady by the cap"
+    return f"{r['warmup_s']:g} s warm-up ({how}; {r['warmup_min_s']:g}..{r['warmup_max_s']:g} s)"
+
+
 def format_summary(r):
     lines = [
         f"{r['mode']} to {r['host']}:{r['port']}: payload {r['payload']} B, {r['connected']}/{r['connections']} "
-        f"connections, {r['threads']} thread(s), {r['duration_s']:.3f} s measured after {r['warmup_s']:g} s warm-up",
+        f"connections, {r['threads']} thread(s), {r['duration_s']:.3f} s measured after {_warmup_text(r)}",
         f"  throughput  {r['msgs_per_s']:,.0f} msg/s  {r['bytes_per_s'] / 1e6:,.1f} MB/s  "
         f"({r['messages']:,} messages, {r['bytes']:,} bytes)",
     ]
@@ -359,12 +485,27 @@ def format_summary(r):
             f"p99.9 {r['p999_us']:.1f}  max {r['max_us']:.1f}  mean {r['mean_us']:.1f}  "
             f"({r['latency_samples']:,} samples)"
         )
+        if r["unanswered"]:
+            lines.append(f"  unanswered  {r['unanswered']:,} requests still open at the window's end "
+                         "(in the latency percentiles as waiting until that end)")
+    if r["mode"] == "rate":
+        lines.append(
+            f"  schedule    {r['rate']:,.0f} req/s offered, {r['arrivals']} arrivals (seed {r['seed']}); "
+            f"send lag us p50 {r['send_lag_p50_us']:.1f}  p99 {r['send_lag_p99_us']:.1f}  "
+            f"max {r['send_lag_max_us']:.1f} (the client's own lateness)"
+        )
+    if "server_cpu_s" in r:
+        lines.append(
+            f"  server      cpu {r['server_cpu_s']:.3f} s ({r['server_cpu_user_s']:.2f} user, "
+            f"{r['server_cpu_sys_s']:.2f} sys), {r['server_bytes_out']:,.0f} bytes out over the window"
+        )
     lines += [
         f"  fairness    {r['fairness']:.4f}  (per-connection bytes {r['conn_bytes_min']:,} .. {r['conn_bytes_max']:,})",
         f"  client cpu  {r['client_cpu_s']:.3f} s ({r['client_cpu_user_s']:.3f} user, {r['client_cpu_sys_s']:.3f} sys), "
         f"{r['cpu_us_per_msg']:.2f} us/msg, {r['send_calls']:,} sends, {r['recv_calls']:,} recvs",
         f"  errors      {r['mismatches']:,} mismatched bytes on {r['mismatched_conns']} connection(s), "
-        f"{r['connect_errors']} connect errors, {r['io_errors']} io errors",
+        f"{r['connect_errors']} connect errors, {r['io_errors']} io errors, "
+        f"{r['never_answered']:,} requests never answered",
     ]
     if r["interrupted"]:
         lines.append("  (interrupted: the window was cut short)")
@@ -374,7 +515,7 @@ def format_summary(r):
 def load_command(args):
     """Run `echo_core load` from parsed arguments; returns the exit status.
 
-    0: clean run; 1: mismatches, connection errors or a failed run;
+    0: clean run; 1: mismatches, connection errors, requests never answered or a failed run;
     2: bad input; 130: interrupted by ^C.
     """
     try:
@@ -392,4 +533,4 @@ def load_command(args):
         print(json.dumps(_json_safe(result)), flush=True)
     else:
         print(format_summary(result), flush=True)
-    return 1 if result["mismatches"] or result["errors"] else 0
+    return 1 if result["mismatches"] or result["errors"] or result["never_answered"] else 0

@@ -1,4 +1,4 @@
-"""Tests for the load generator (echo_core/load.py + csrc/loadgen.c).
+"""Tests for the load generator (echo_core/load.py + csrc/loadgen.c and its load_*.c files).
 
 Real sockets on 127.0.0.1 only.  Small in-test servers play a correct echo
 server and a set of faulty ones (a flipped, dropped, duplicated or swapped
@@ -22,6 +22,7 @@ import time
 import pytest
 
 import echo_core
+from echo_core import histogram
 from echo_core.load import run_load
 
 FAULT_AT = 1000  # stream offset of the faulty byte: inside the 2nd rr request of 512 B
@@ -264,6 +265,31 @@ def stall_once_handler(after=0.5, stall=0.2):
     return handler
 
 
+def freeze_handler(after=0.5):
+    """Echo for `after` seconds after accepting, then keep reading but never answer again."""
+
+    def handler(conn, index):
+        end = time.monotonic() + after
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if time.monotonic() < end:
+                conn.sendall(data)
+
+    return handler
+
+
+def capped_handler(conn, index):
+    """At most one 64-byte read per ~2 ms: a server with a fixed capacity (< 500 requests/s)."""
+    while True:
+        data = conn.recv(64)
+        if not data:
+            return
+        time.sleep(0.002)
+        conn.sendall(data)
+
+
 def close_odd_handler(conn, index):
     """Odd connections are closed by the server after 0.1 s."""
     if index % 2 == 0:
@@ -328,7 +354,9 @@ def test_result_keys():
                 "p999_us", "max_us", "mean_us", "min_us", "latency_samples", "fairness",
                 "conn_bytes_min", "conn_bytes_max", "mismatches", "mismatched_conns", "connected",
                 "connect_errors", "io_errors", "errors", "client_cpu_user_s", "client_cpu_sys_s",
-                "client_cpu_s", "send_calls", "recv_calls"):
+                "client_cpu_s", "send_calls", "recv_calls", "unanswered", "never_answered",
+                "send_lag_p50_us", "send_lag_p99_us", "send_lag_max_us", "latency_hist", "arrivals",
+                "seed", "warmup_min_s", "warmup_max_s", "warmup_steady"):
         assert key in r, key
 
 
@@ -377,15 +405,110 @@ def test_rate_is_kept():
     assert r["latency_samples"] == pytest.approx(2000, rel=0.05)
 
 
-def test_notify_fd_marks_window():
-    read_fd, write_fd = os.pipe()
-    try:
-        with ThreadedServer() as srv:
-            run_load(port=srv.port, duration=0.2, warmup=0.1, notify_fd=write_fd)
-        assert os.read(read_fd, 100) == b"S\nE\n"
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+def stats_path(srv):
+    return getattr(srv, "stats_path", None) or srv._stats_file.name
+
+
+@pytest.mark.parametrize("impl", ["uring", "epoll"])
+def test_window_snapshot_of_the_server(impl):
+    # The load generator snapshots the server at its own window edges: in a steady stream the
+    # server sent what the client received in that window, give or take what is in flight.
+    with echo_core.Server(impl, port=0, cpu=max(os.sched_getaffinity(0))) as srv:
+        r = run_load(port=srv.port, mode="stream", payload=4096, connections=2, duration=0.5,
+                     warmup=0.2, server_pids=[srv.pid], server_stats_path=stats_path(srv))
+    assert r["mismatches"] == 0 and r["errors"] == 0 and r["bytes"] > 0
+    assert r["server_bytes_out"] == pytest.approx(r["bytes"], rel=0.05)
+    assert r["server_bytes_in"] == pytest.approx(r["bytes"], rel=0.05)
+    assert r["server_recv_calls"] > 0 and r["server_send_calls"] > 0
+    assert r["server_cpu_s"] > 0
+    # schedstat (ns) and stat (ticks) see the same CPU, the latter coarsely.
+    assert r["server_cpu_s"] <= r["duration_s"] * 1.1
+    assert abs(r["server_cpu_user_s"] + r["server_cpu_sys_s"] - r["server_cpu_s"]) < 0.1
+
+
+def test_server_keys_only_when_asked():
+    with ThreadedServer() as srv:
+        plain = run_load(port=srv.port, duration=0.2)
+        pid_only = run_load(port=srv.port, duration=0.2, server_pids=str(os.getpid()))
+    assert not any(k.startswith("server_") for k in plain)
+    # Without a counters file the counter deltas are unknown, not zero; the CPU is still read.
+    assert math.isnan(pid_only["server_bytes_out"]) and math.isnan(pid_only["server_enobufs"])
+    assert pid_only["server_cpu_s"] > 0
+
+
+def test_fixed_warmup_is_reported_as_such():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", duration=0.2, warmup=0.15)
+    assert r["warmup_steady"] is None
+    assert r["warmup_s"] == pytest.approx(0.15, abs=1e-6)
+    assert r["warmup_min_s"] == r["warmup_max_s"] == 0.15
+
+
+@pytest.mark.parametrize("impl", ["uring", "epoll"])
+def test_adaptive_warmup_finds_steady_state(impl):
+    with echo_core.Server(impl, port=0, cpu=max(os.sched_getaffinity(0))) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3,
+                     warmup=0.2, warmup_max=3.0, server_pids=[srv.pid],
+                     server_stats_path=stats_path(srv))
+    assert r["warmup_steady"] is True
+    assert 0.2 <= r["warmup_s"] < 3.0
+    assert r["warmup_min_s"] == 0.2 and r["warmup_max_s"] == 3.0
+    assert abs(r["duration_s"] - 0.3) < 0.01
+    assert r["mismatches"] == 0 and r["errors"] == 0 and r["messages"] > 0
+    # The window's server counters match the client's, give or take what was in flight at the
+    # edges and how late the snapshots ran on a busy machine.
+    assert r["server_bytes_out"] == pytest.approx(r["bytes"], rel=0.05)
+
+
+def test_adaptive_warmup_gives_up_at_the_cap():
+    # Nothing is ever echoed, so the load never looks steady: the window opens at warmup_max.
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode="rr", connections=1, duration=0.2, warmup=0.1,
+                     warmup_max=0.4)
+    assert r["warmup_steady"] is False
+    assert r["warmup_s"] == pytest.approx(0.4, abs=1e-6)
+
+
+def test_rate_mode_keeps_a_fixed_warmup():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rate", rate=500, duration=0.2, warmup=0.1, warmup_max=2.0)
+    assert r["warmup_steady"] is None and r["warmup_s"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_histogram_roundtrip_matches_c_percentiles():
+    with ThreadedServer() as srv:
+        a = run_load(port=srv.port, mode="rr", payload=64, connections=2, duration=0.3)
+        b = run_load(port=srv.port, mode="rate", rate=2000, payload=64, connections=2, duration=0.3)
+    for r in (a, b):
+        enc = r["latency_hist"]
+        buckets = histogram.decode(enc)
+        assert sum(buckets.values()) == r["latency_samples"] > 0
+        assert histogram.encode(buckets) == enc
+        dense = [buckets.get(i, 0) for i in range(histogram.BUCKETS)]
+        assert histogram.encode(dense) == enc
+        # Same rule as C (bucket midpoint); C also clamps to the exact min/max: within half a bucket.
+        for q, key in ((0.5, "p50_us"), (0.9, "p90_us"), (0.99, "p99_us"), (0.999, "p999_us")):
+            assert histogram.quantile(enc, q) == pytest.approx(r[key], rel=1 / 64 + 1e-9)
+    merged = histogram.merge([a["latency_hist"], b["latency_hist"]])
+    assert histogram.count(merged) == a["latency_samples"] + b["latency_samples"]
+    assert histogram.merge([a["latency_hist"], a["latency_hist"]]) == histogram.encode(
+        {i: 2 * c for i, c in histogram.decode(a["latency_hist"]).items()})
+    lo, hi = sorted((a["p50_us"], b["p50_us"]))
+    assert lo * (1 - 1 / 64) <= histogram.quantile(merged, 0.5) <= hi * (1 + 1 / 64)
+
+
+def test_histogram_helpers():
+    assert histogram.encode([0] * histogram.BUCKETS) == ""
+    assert histogram.decode("") == {}
+    assert math.isnan(histogram.quantile("", 0.5))
+    # Bucket 1000 covers [low, low + width): its midpoint is what a quantile reports.
+    low, width = histogram.bucket_low(1000), histogram.bucket_width(1000)
+    assert histogram.quantile("1000:5", 0.99) == (low + width // 2) / 1e3
+    assert histogram.bucket_low(1001) == low + width
+    with pytest.raises(ValueError):
+        histogram.decode("1:2 x")
+    with pytest.raises(ValueError):
+        histogram.decode(f"{histogram.BUCKETS}:1")
 
 
 # ------------------------------------------------------------------ faults
@@ -417,6 +540,28 @@ def test_lost_bytes_are_caught():
     with ThreadedServer(blackhole_handler) as srv:
         r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3)
     assert r["mismatches"] >= 512 and r["mismatched_conns"] == 1
+    # Its one request never came back, and it was open when the window closed.
+    assert r["never_answered"] == 1
+    assert r["unanswered"] >= 1
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
+def test_correct_server_answers_everything(mode):
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.3,
+                     rate=1000 if mode == "rate" else None)
+    assert r["never_answered"] == 0 and r["mismatches"] == 0
+    if mode == "stream":
+        assert r["unanswered"] == 0 and r["latency_hist"] == ""
+
+
+def test_stream_never_answered_in_payload_units():
+    # Stream: what connection 0 had in flight when the server stopped echoing, in payloads rounded up.
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode="stream", payload=1000, connections=1, duration=0.3,
+                     window=4500)
+    assert r["never_answered"] == 5  # 4500 bytes unechoed -> 4.5 payloads -> 5
+    assert r["mismatches"] == 4500
 
 
 @pytest.mark.parametrize("mode", ["stream", "rr", "rate"])
@@ -457,6 +602,37 @@ def test_cli_summary_and_bad_input():
     assert "Traceback" not in bad.stderr
 
 
+def test_cli_new_flags():
+    with echo_core.Server("epoll", port=0, cpu=max(os.sched_getaffinity(0))) as srv:
+        p = cli("--port", str(srv.port), "--mode", "rate", "--rate", "500", "--arrivals", "uniform",
+                "--seed", "7", "--duration", "0.3", "--server-pid", str(srv.pid),
+                "--server-stats", stats_path(srv), "--json")
+        q = cli("--port", str(srv.port), "--mode", "rr", "--warmup", "0.1", "--warmup-max", "2",
+                "--duration", "0.2")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["arrivals"] == "uniform" and out["seed"] == 7
+    assert out["server_bytes_out"] > 0 and out["server_cpu_s"] > 0
+    assert out["send_lag_p99_us"] is not None and out["latency_hist"]
+    assert q.returncode == 0, q.stderr
+    assert "warm-up (steady" in q.stdout or "warm-up (not steady" in q.stdout
+
+
+@pytest.mark.parametrize("flags", [
+    ("--warmup", "1", "--warmup-max", "0.5"),
+    ("--warmup-max", "soon"),
+    ("--mode", "rate", "--rate", "100", "--arrivals", "bursty"),
+    ("--seed", "x"),
+    ("--server-pid", "0"),
+    ("--server-pid", "12,x"),
+    ("--server-stats", "/nonexistent/stats"),
+])
+def test_cli_new_flags_bad_input(flags):
+    p = cli("--port", "9", "--duration", "0.1", *flags)
+    assert p.returncode == 2
+    assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1, p.stderr
+
+
 def test_server_closing_connections_counts_io_errors():
     with ThreadedServer(close_odd_handler) as srv:
         r = run_load(port=srv.port, mode="rr", payload=512, connections=4, duration=0.5)
@@ -472,7 +648,13 @@ def test_slow_server_latency():
     with ThreadedServer(delay_handler) as srv:
         r = run_load(port=srv.port, mode="rr", payload=512, connections=1, duration=0.5)
     assert r["p50_us"] >= 5000
-    assert r["min_us"] >= 5000
+    # Every answered round trip took >= 5 ms; only the one request open at the window's end is
+    # censored (recorded as waiting until that end) and may be shorter.
+    assert r["unanswered"] <= 1
+    short = sum(c for i, c in histogram.decode(r["latency_hist"]).items()
+                if histogram.bucket_low(i) + histogram.bucket_width(i) <= 5_000_000)
+    assert short <= r["unanswered"]
+    assert histogram.count(r["latency_hist"]) == r["latency_samples"]
 
 
 def test_stall_open_loop_sees_it_closed_loop_hides_it():
@@ -491,6 +673,108 @@ def test_stall_open_loop_sees_it_closed_loop_hides_it():
     assert rr["latency_samples"] > 2000
     assert rr["p999_us"] < 100_000  # ...but hidden in the percentiles
     assert rr["p99_us"] < 50_000
+
+
+def test_server_that_freezes_is_charged_for_every_open_request():
+    # Echoes for 0.5 s, then silence.  Requests due from 0.5 s to the window's end (~3000 at
+    # 2000/s) are never answered: each waits until the window's end at least, so p99 is ~1.4 s.
+    with ThreadedServer(freeze_handler(0.5)) as srv:
+        r = run_load(port=srv.port, mode="rate", rate=2000, payload=64, connections=4, duration=2.0)
+    assert 2000 < r["unanswered"] < 3600, r["unanswered"]
+    assert r["latency_samples"] == pytest.approx(4000, rel=0.15)
+    assert r["p99_us"] >= 1_000_000
+    assert r["max_us"] <= 2_000_000 * 1.02  # nothing can have waited longer than the window
+    assert r["messages"] < 1300  # only the first ~0.5 s was answered
+    assert r["never_answered"] > 1000
+
+
+def test_cli_exits_nonzero_when_the_server_freezes():
+    with ThreadedServer(freeze_handler(0.3)) as srv:
+        p = cli("--port", str(srv.port), "--mode", "rate", "--rate", "1000", "--payload", "64",
+                "--connections", "2", "--duration", "1", "--json")
+    assert p.returncode == 1, p.stderr
+    out = json.loads(p.stdout)
+    assert out["unanswered"] > 300 and out["never_answered"] > 0
+
+
+def test_rate_above_capacity_falls_behind_and_latency_grows():
+    # The server manages < 500 requests/s; offered 1000/s.  An open loop keeps offering, so
+    # achieved < offered and the queue (hence latency) grows with the length of the run.
+    runs = {}
+    for duration in (0.5, 1.0):
+        with ThreadedServer(capped_handler) as srv:
+            runs[duration] = run_load(port=srv.port, mode="rate", rate=1000, payload=64,
+                                      connections=1, duration=duration)
+    for r in runs.values():
+        assert r["msgs_per_s"] < 0.7 * r["rate"]
+        assert r["unanswered"] > 0.2 * r["rate"] * r["duration_s"]
+        assert r["mismatches"] == 0
+    assert runs[1.0]["p50_us"] > 1.4 * runs[0.5]["p50_us"]
+    assert runs[1.0]["max_us"] > 1.4 * runs[0.5]["max_us"]
+
+
+@pytest.mark.parametrize("arrivals", ["uniform", "poisson"])
+def test_rate_below_capacity_is_achieved(arrivals):
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rate", rate=1000, payload=64, connections=2, duration=1.0,
+                     warmup=0.1, arrivals=arrivals)
+    assert r["arrivals"] == arrivals and r["seed"] == 1
+    assert r["msgs_per_s"] == pytest.approx(1000, rel=0.15)
+    assert r["unanswered"] <= 20 and r["never_answered"] == 0
+    # Send lag is the client's own lateness: small when the client is idle most of the time.
+    assert 0 <= r["send_lag_p50_us"] <= r["send_lag_p99_us"] <= r["send_lag_max_us"]
+    assert r["send_lag_p50_us"] < 5000
+
+
+def test_send_lag_only_in_rate_mode():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", duration=0.2)
+    assert r["arrivals"] == ""
+    assert all(math.isnan(r[k]) for k in ("send_lag_p50_us", "send_lag_p99_us", "send_lag_max_us"))
+
+
+def schedule(arrivals, rate, connections, index, n, seed=1):
+    from echo_core._native import ffi, lib
+
+    times = ffi.new("uint64_t[]", n)
+    kind = {"uniform": lib.EC_ARRIVALS_UNIFORM, "poisson": lib.EC_ARRIVALS_POISSON}[arrivals]
+    assert lib.ec_load_schedule(kind, rate, connections, index, seed, times, n) == 0
+    return list(times)
+
+
+def cv_of_gaps(times):
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    mean = sum(gaps) / len(gaps)
+    sd = math.sqrt(sum((g - mean) ** 2 for g in gaps) / len(gaps))
+    return mean, sd / mean
+
+
+def test_arrival_schedules():
+    # 1000 req/s over 4 connections: each connection's mean gap is 4 ms.
+    mean, cv = cv_of_gaps(schedule("poisson", 1000, 4, 1, 20000))
+    assert mean == pytest.approx(4e6, rel=0.03)
+    assert cv == pytest.approx(1.0, abs=0.05)  # exponential gaps
+    mean, cv = cv_of_gaps(schedule("uniform", 1000, 4, 1, 2000))
+    assert mean == pytest.approx(4e6, rel=1e-6) and cv < 0.001
+    assert schedule("uniform", 1000, 4, 1, 1)[0] == 1_000_000  # connection i starts i/rate in
+    # Reproducible from the seed, different across seeds and connections.
+    assert schedule("poisson", 1000, 4, 1, 50) == schedule("poisson", 1000, 4, 1, 50)
+    assert schedule("poisson", 1000, 4, 1, 50) != schedule("poisson", 1000, 4, 1, 50, seed=2)
+    assert schedule("poisson", 1000, 4, 1, 50) != schedule("poisson", 1000, 4, 2, 50)
+    # All connections together: a Poisson process at the total rate.
+    merged = sorted(t for i in range(4) for t in schedule("poisson", 1000, 4, i, 3000))
+    merged = [t for t in merged if t < 2_000_000_000]
+    assert len(merged) == pytest.approx(2000, rel=0.1)
+    assert cv_of_gaps(merged)[1] == pytest.approx(1.0, abs=0.08)
+
+
+def test_schedule_rejects_bad_input():
+    from echo_core._native import ffi, lib
+
+    times = ffi.new("uint64_t[]", 4)
+    assert lib.ec_load_schedule(7, 1000, 4, 0, 1, times, 4) == -errno.EINVAL
+    assert lib.ec_load_schedule(lib.EC_ARRIVALS_POISSON, 0, 4, 0, 1, times, 4) == -errno.EINVAL
+    assert lib.ec_load_schedule(lib.EC_ARRIVALS_POISSON, 1000, 4, 4, 1, times, 4) == -errno.EINVAL
 
 
 # -------------------------------------------------------------- bad input
@@ -523,6 +807,17 @@ def test_stall_open_loop_sees_it_closed_loop_hides_it():
         dict(host="2001:db8::1"),
         dict(cpus="zero"),
         dict(cpus=[4096]),
+        dict(warmup=1.0, warmup_max=0.5),
+        dict(warmup_max=float("inf")),
+        dict(warmup_max=-1),
+        dict(warmup_max=1e9),
+        dict(mode="rate", rate=100, arrivals="bogus"),
+        dict(seed=-1),
+        dict(seed=1.5),
+        dict(server_pids=[0]),
+        dict(server_pids="abc"),
+        dict(server_pids=[2**31 - 2]),
+        dict(server_stats_path="/nonexistent/echo_core-stats"),
     ],
 )
 def test_bad_input_raises_value_error(kwargs):
@@ -561,7 +856,6 @@ def test_c_layer_rejects_bad_config():
         cfg.connections = 1
         cfg.threads = 1
         cfg.duration_s = 0.1
-        cfg.notify_fd = -1
         cfg.stop_fd = -1
         for k, v in overrides.items():
             setattr(cfg, k, v)
@@ -574,6 +868,12 @@ def test_c_layer_rejects_bad_config():
     assert run(duration_s=0) == -errno.EINVAL
     assert run(duration_s=float("nan")) == -errno.EINVAL
     assert run(warmup_s=-1) == -errno.EINVAL
+    assert run(warmup_s=1.0, warmup_max_s=0.5) == -errno.EINVAL
+    assert run(warmup_max_s=float("inf")) == -errno.EINVAL
+    assert run(warmup_max_s=float("nan")) == -errno.EINVAL
+    assert run(warmup_max_s=1e12) == -errno.EINVAL
+    assert run(mode=lib.EC_MODE_RATE, rate=100, arrivals=5) == -errno.EINVAL
+    assert run(nserver_pids=1) == -errno.EINVAL  # no pid array
     assert run(mode=7) == -errno.EINVAL
     assert run(mode=lib.EC_MODE_RATE, rate=0) == -errno.EINVAL
     assert run(port=0) == -errno.EINVAL
@@ -584,23 +884,22 @@ def test_c_layer_rejects_bad_config():
 
 
 def test_sigint_ends_cli_run_early():
-    read_fd, write_fd = os.pipe()
     with ThreadedServer() as srv:
         start = time.monotonic()
         p = subprocess.Popen(
-            [sys.executable, "-m", "echo_core", "load", "--port", str(srv.port), "--duration", "30",
-             "--notify-fd", str(write_fd)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,),
+            [sys.executable, "-m", "echo_core", "load", "--port", str(srv.port), "--duration", "30"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        os.close(write_fd)
         try:
-            # Interrupt once the measured window has started ("S\n" on the notify pipe).
-            assert os.read(read_fd, 2) == b"S\n"
+            # Once the server accepted, the client is inside ec_load_run with ^C watched.
+            deadline = time.monotonic() + 10
+            while srv.accepted < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert srv.accepted == 1
             p.send_signal(signal.SIGINT)
             out, err = p.communicate(timeout=10)
         finally:
             p.kill()
-            os.close(read_fd)
     assert time.monotonic() - start < 15
     assert p.returncode == 130, err
     assert "Traceback" not in err

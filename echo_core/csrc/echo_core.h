@@ -4,7 +4,7 @@
  * Plain structs in, plain structs out; every function returns 0 (or a
  * non-negative value) on success and a negative errno on failure.  The C
  * never calls back into Python: Python hands in file descriptors (listen
- * socket, stop pipe, notify pipe) and memory (stats), and reads results.
+ * socket, stop pipe) and memory (stats), and reads results.
  */
 #ifndef ECHO_CORE_H
 #define ECHO_CORE_H
@@ -90,7 +90,13 @@ int ec_uring_probe(struct ec_uring_probe *out);
 
 #define EC_MODE_STREAM 0   /* write continuously, read echoes as they come */
 #define EC_MODE_RR     1   /* closed loop: write, wait for the whole echo, repeat */
-#define EC_MODE_RATE   2   /* open loop: requests at a fixed schedule, pipelined */
+#define EC_MODE_RATE   2   /* open loop: requests on a schedule, pipelined */
+
+#define EC_ARRIVALS_UNIFORM 0  /* rate: fixed gaps, connections spread over one gap */
+#define EC_ARRIVALS_POISSON 1  /* rate: each connection a Poisson process at rate/connections */
+
+/* Latency histogram buckets exported in the result (must equal histogram.h's count). */
+#define EC_HIST_BUCKETS 1920
 
 struct ec_load_config {
 	const char *host;         /* numeric IPv4/IPv6 address */
@@ -101,25 +107,38 @@ struct ec_load_config {
 	uint32_t threads;         /* worker threads (> 0) */
 	const int *cpus;          /* CPUs to pin worker i to cpus[i % ncpus]; may be NULL */
 	uint32_t ncpus;
-	double warmup_s;          /* run but discard results for this long */
+	double warmup_s;          /* run but discard results for at least this long */
+	double warmup_max_s;      /* stream, rr: open the window once steady, by this at the latest;
+				     0 (or == warmup_s) = fixed warm-up; ignored in rate mode */
 	double duration_s;        /* measured window (> 0) */
 	double rate;              /* EC_MODE_RATE: total requests per second */
+	int arrivals;             /* EC_MODE_RATE: EC_ARRIVALS_* */
+	uint64_t seed;            /* EC_MODE_RATE: poisson schedule seed */
 	uint32_t window;          /* EC_MODE_STREAM: max unechoed bytes per connection; 0 = default */
 	double connect_timeout_s; /* give up on connections not established by then */
-	int notify_fd;            /* -1, or a fd that gets "S\n" at window start and "E\n" at its end */
+	const int *server_pids;   /* server processes whose CPU use the window records; may be NULL */
+	uint32_t nserver_pids;
+	const struct ec_server_stats *server_stats; /* the server's live counters (read-only); may be NULL */
 	int stop_fd;              /* -1, or a fd whose readability ends the run early */
 };
 
 struct ec_load_result {
 	double duration_s;        /* length of the measured window actually run */
+	double warmup_s;          /* warm-up actually used (window start - t0) */
+	int warmup_steady;        /* -1 fixed warm-up; 1 steady state reached; 0 warmup_max hit */
 	uint64_t connected;       /* connections established */
 	uint64_t msgs;            /* messages fully echoed inside the window */
 	uint64_t bytes;           /* echoed bytes received inside the window */
-	uint64_t latency_count;   /* latency samples (rr, rate) */
+	uint64_t latency_count;   /* latency samples (rr, rate), censored ones included */
 	double lat_mean_us;
 	double lat_min_us;
 	double p50_us, p90_us, p99_us, p999_us;
 	double max_us;
+	uint64_t unanswered;      /* rr, rate: requests due before the window end, unanswered at it */
+	uint64_t never_answered;  /* requests sent whose echo never came (drain gave up; stream: payload units) */
+	double send_lag_p50_us;   /* rate: first send of a request minus its scheduled time */
+	double send_lag_p99_us;
+	double send_lag_max_us;
 	double fairness;          /* Jain's index over per-connection echoed bytes */
 	uint64_t conn_bytes_min;
 	uint64_t conn_bytes_max;
@@ -131,9 +150,30 @@ struct ec_load_result {
 	double cpu_sys_s;
 	uint64_t send_calls;
 	uint64_t recv_calls;
+	/* The server, at the window's edges (taken by the load generator's timeline thread). */
+	int server_snap;          /* 1: the server_* fields below cover the window */
+	int server_stats_snap;    /* 1: server_start/server_end were copied from server_stats */
+	struct ec_server_stats server_start;
+	struct ec_server_stats server_end;
+	uint64_t server_cpu_ns;   /* all threads of all server pids, from schedstat */
+	double server_cpu_user_s; /* from /proc/PID/stat, clock-tick resolution */
+	double server_cpu_sys_s;
+	uint64_t latency_hist[EC_HIST_BUCKETS]; /* merged latency histogram (ns buckets) */
 };
 
 /* Run one load. Returns 0, or a negative errno for bad config or set-up failure. */
 int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res);
+
+/*
+ * The first n scheduled times (ns after t0) of connection `index` out of
+ * `connections` at total `rate` with the given arrivals and seed: exactly
+ * the schedule a rate run uses.  Returns 0 or -EINVAL.
+ */
+int ec_load_schedule(int arrivals, double rate, uint32_t connections, uint32_t index,
+		     uint64_t seed, uint64_t *times_ns, uint32_t n);
+
+/* Latency histogram bucket idx covers [low, low + width) nanoseconds. */
+uint64_t ec_hist_bucket_low(unsigned idx);
+uint64_t ec_hist_bucket_width(unsigned idx);
 
 #endif

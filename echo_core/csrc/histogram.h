@@ -13,10 +13,13 @@
 
 #include <stdint.h>
 
+#include "echo_core.h"   /* EC_HIST_BUCKETS: the result carries the buckets */
+
 #define EC_HIST_SUB_BITS 5
 #define EC_HIST_SUB (1 << EC_HIST_SUB_BITS)
 /* Values < 32 use buckets 0..31; each exponent 5..63 adds 32 more. */
-#define EC_HIST_BUCKETS ((64 - EC_HIST_SUB_BITS + 1) * EC_HIST_SUB)
+_Static_assert(EC_HIST_BUCKETS == (64 - EC_HIST_SUB_BITS + 1) * EC_HIST_SUB,
+	       "echo_core.h's EC_HIST_BUCKETS must match the histogram layout");
 
 struct ec_hist {
 	uint64_t count;
