@@ -7,9 +7,11 @@ every echoed byte, and Python orchestration that turns runs into tidy tables and
 from echo_core.bench import run_benchmark
 from echo_core.load import run_load
 from echo_core.machine import machine_info
-from echo_core.server import IMPLS, Server, serve
-from echo_core.sweeps import GRIDS, ratios, summarize, sweep, sweep_grid
+from echo_core.server import IMPLS, Server, make_server, serve
+from echo_core.grids import GRIDS
+from echo_core.runner import sweep, sweep_grid
+from echo_core.stats import ratios, summarize
 
 __version__ = "0.1.0"
-__all__ = ["GRIDS", "IMPLS", "Server", "machine_info", "ratios", "run_benchmark", "run_load", "serve",
+__all__ = ["GRIDS", "IMPLS", "Server", "machine_info", "ratios", "make_server", "run_benchmark", "run_load", "serve",
            "summarize", "sweep", "sweep_grid", "__version__"]

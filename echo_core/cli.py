@@ -3,8 +3,7 @@
 import argparse
 import sys
 
-from echo_core import load, server
-from echo_core import sweeps
+from echo_core import load, server, sweep_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,13 +37,13 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_serve_arguments(sub.add_parser("serve", help="run an echo server until SIGINT/SIGTERM"))
     load.add_load_arguments(sub.add_parser("load", help="run the load generator against a server"))
-    sweeps.add_sweep_arguments(sub.add_parser("sweep", help="run a grid of benchmarks: CSV + JSON + charts"))
+    sweep_cli.add_sweep_arguments(sub.add_parser("sweep", help="run a grid of benchmarks: CSV + JSON + charts"))
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweeps.sweep_command}
+    handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweep_cli.sweep_command}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:

@@ -1,8 +1,9 @@
 """Charts and tables of sweep results: one way to draw each, shared by the CLI and the notebooks.
 
-Every plot_* function takes a sweep DataFrame (one row per run, as written by echo_core.sweeps) and
-returns a matplotlib Figure; failed runs are left out.  Bands and error bars are the bootstrap 95 %
-CI of the median over the repeats, the same statistic echo_core.sweeps.summarize() reports.
+Every plot_* function takes a sweep DataFrame (one row per run, as written by echo_core.runner) and
+returns a matplotlib Figure drawn from its valid runs only; draw() writes under every chart how many
+runs were excluded and why.  Bands are the bootstrap 95 % CI of the median over the repeats, the
+statistic echo_core.stats.summarize() reports; ratio error bars are the CI of the paired ratio.
 
     >>> figs = save_charts(df, "data", "sweep-20250101-120000")   # PNGs beside the CSV
 """
@@ -16,10 +17,13 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from echo_core.sweeps import IMPL_LABELS, ok_rows, ratios, summarize
+from echo_core.results import excluded_counts, excluded_note, valid_rows
+from echo_core.stats import IMPL_LABELS, knees, latency_vs_load, ratios, summarize
 
 #: Chart name -> function, in the order save_charts() draws them.
-CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap")
+CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load")
+#: Modes drawn against the number of connections (rate mode has its own chart, latency vs load).
+CLOSED_MODES = ("rr", "stream")
 #: Colours per implementation (same in every chart).
 PALETTE = {"io_uring": "#d95f02", "epoll": "#1b9e77"}
 MODE_LABELS = {"rr": "request-response (rr)", "stream": "streaming", "rate": "fixed rate"}
@@ -55,7 +59,7 @@ def _sns():
 
 
 def _prepare(df):
-    data = ok_rows(df).copy()
+    data = valid_rows(df).copy()
     data["implementation"] = data["impl"].map(lambda i: IMPL_LABELS.get(i, i))
     data["payload_label"] = data["payload"].map(_bytes_label)
     return data
@@ -89,7 +93,7 @@ def _log_x(ax, values):
 def _empty(title):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 2.5))
-    ax.text(0.5, 0.5, "no successful runs to draw", ha="center", va="center", transform=ax.transAxes)
+    ax.text(0.5, 0.5, "no valid runs to draw", ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
     fig.suptitle(title)
     return fig
@@ -99,7 +103,7 @@ def _facets(data, y, title, ylabel, modes=None, style=None, log_y=False):
     sns = _sns()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    modes = modes or [m for m in ("rr", "stream", "rate") if m in set(data["mode"])]
+    modes = modes or [m for m in CLOSED_MODES if m in set(data["mode"])]
     data = data[data["mode"].isin(modes)] if "mode" in data.columns else data
     payloads = sorted(set(data["payload"]))
     if data.empty or y not in data.columns or data[y].notna().sum() == 0:
@@ -158,14 +162,18 @@ def plot_server_cpu(df):
                    "server CPU (µs / message)")
 
 
+def _closed_ratios(df):
+    r = ratios(df[df["mode"].isin(CLOSED_MODES)])
+    return r[np.isfinite(r["ratio"])] if not r.empty else r
+
+
 def plot_ratio(df):
     """io_uring/epoll ratio of median msgs/s vs connections, one line per payload, per mode."""
     plt, _ = _plt(), _sns()
-    r = ratios(df)
-    r = r[np.isfinite(r["ratio"])] if not r.empty else r
+    r = _closed_ratios(df)
     if r.empty:
         return _empty("io_uring / epoll throughput ratio")
-    modes = [m for m in ("rr", "stream", "rate") if m in set(r["mode"])]
+    modes = [m for m in CLOSED_MODES if m in set(r["mode"])]
     fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 3.8), squeeze=False, sharey=True)
     payloads = sorted(set(r["payload"]))
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(payloads)))
@@ -187,9 +195,9 @@ def plot_ratio(df):
         ax.set_title(MODE_LABELS.get(mode, mode), fontsize=10)
         ax.set_xlabel("concurrent connections")
         _log_x(ax, r["connections"])
-    axes[0][0].set_ylabel("io_uring / epoll (median msgs/s)\n> 1: io_uring faster")
+    axes[0][0].set_ylabel("io_uring / epoll (msgs/s, paired)\n> 1: io_uring faster")
     axes[0][-1].legend(title="payload", fontsize=8, title_fontsize=9, loc="best")
-    fig.suptitle(f"{HEATMAP_TITLE} (95 % bootstrap CI)", fontsize=13)
+    fig.suptitle(f"{HEATMAP_TITLE} (median of paired repeats, 95 % bootstrap CI)", fontsize=13)
     fig.tight_layout()
     return fig
 
@@ -199,11 +207,10 @@ def plot_ratio_heatmap(df):
     plt, sns = _plt(), _sns()
     from matplotlib.colors import LogNorm
 
-    r = ratios(df)
-    r = r[np.isfinite(r["ratio"])] if not r.empty else r
+    r = _closed_ratios(df)
     if r.empty:
         return _empty(HEATMAP_TITLE)
-    modes = [m for m in ("rr", "stream", "rate") if m in set(r["mode"])]
+    modes = [m for m in CLOSED_MODES if m in set(r["mode"])]
     n_pay, n_conn = r["payload"].nunique(), r["connections"].nunique()
     fig, axes = plt.subplots(1, len(modes), figsize=(max(4.5, 0.9 * n_conn + 2.5) * len(modes), 0.55 * n_pay + 2.2),
                              squeeze=False)
@@ -226,13 +233,67 @@ def plot_ratio_heatmap(df):
         ax.set_xlabel("concurrent connections")
         ax.set_ylabel("payload")
         ax.tick_params(axis="y", rotation=0)
-    fig.suptitle(f"{HEATMAP_TITLE} (median msgs/s)", fontsize=13)
+    fig.suptitle(f"{HEATMAP_TITLE} (median of paired per-repeat ratios)", fontsize=13)
     fig.tight_layout()
     return fig
 
 
+PERCENTILE_STYLES = {"p50_us": ("p50", ":"), "p99_us": ("p99", "-"), "p999_us": ("p99.9", "--")}
+
+
+def plot_latency_load(df):
+    """Open-loop latency (p50, p99, p99.9 from merged histograms) vs achieved throughput, one line per
+    implementation and panel per (payload, connections); a dotted vertical line marks each knee."""
+    plt, _ = _plt(), _sns()
+    from matplotlib.ticker import FuncFormatter
+
+    title = "Latency vs load (open loop)"
+    curves = latency_vs_load(df)
+    curves = curves[curves["n"] > 0] if not curves.empty else curves
+    if curves.empty:
+        return _empty(title)
+    curves["implementation"] = curves["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    panels = sorted(set(zip(curves["payload"], curves["connections"])))
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.9 * nrows), squeeze=False)
+    knee_table = knees(curves)
+    for ax, (payload, conns) in zip(axes.flat, panels):
+        panel = curves[(curves["payload"] == payload) & (curves["connections"] == conns)]
+        for impl, group in panel.groupby("implementation", sort=True):
+            group = group.sort_values("offered_rate")
+            for col, (label, style) in PERCENTILE_STYLES.items():
+                ax.plot(group["achieved"], group[col], ls=style, marker="o", ms=4, color=PALETTE.get(impl),
+                        label=f"{impl} {label}")
+            knee = knee_table[(knee_table["impl"] == group["impl"].iloc[0]) & (knee_table["payload"] == payload)
+                              & (knee_table["connections"] == conns)]["knee_achieved"]
+            if len(knee) and np.isfinite(knee.iloc[0]):
+                ax.axvline(knee.iloc[0], color=PALETTE.get(impl), ls=":", lw=1.2)
+                ax.annotate(f"knee {impl}", (knee.iloc[0], 0.97), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7, color=PALETTE.get(impl))
+        ax.set_yscale("log")
+        ax.set_title(f"payload {_bytes_label(payload)}, {conns} connection{'s' if conns != 1 else ''}", fontsize=10)
+        ax.set_xlabel("achieved throughput (requests / s)")
+        ax.set_ylabel("latency from scheduled send (µs, log)")
+        ax.xaxis.set_major_formatter(FuncFormatter(_rate_label))
+        ax.set_xlim(left=0)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), frameon=False, fontsize=8,
+               bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
+    fig.suptitle(f"{title}: percentiles of every request of every valid repeat; knee = last load before p99 "
+                 f"> 3x its low-load value or achieved < 90 % of offered", fontsize=10, y=1 - 0.05 / fig.get_figheight(),
+                 va="top")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    return fig
+
+
 CHARTS = {"throughput": plot_throughput, "latency": plot_latency, "server-cpu": plot_server_cpu,
-          "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap}
+          "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap, "latency-load": plot_latency_load}
+#: Which modes a chart needs (save_charts skips a chart whose modes are absent from the results).
+CHART_MODES = {"throughput": CLOSED_MODES, "latency": ("rr",), "server-cpu": CLOSED_MODES, "ratio": CLOSED_MODES,
+               "ratio-heatmap": CLOSED_MODES, "latency-load": ("rate",)}
 
 
 def chart_path(output_dir, name, chart):
@@ -242,6 +303,9 @@ def chart_path(output_dir, name, chart):
 def draw(chart, df, output_dir=None, name=None, close=False, dpi=120):
     """Draw one chart (a key of CHARTS); save it as <output_dir>/<name>-<chart>.png if output_dir is given."""
     fig = CHARTS[chart](df)
+    # Every chart says how many runs of the results it was drawn from were left out, and why.
+    shown = df[df["mode"].isin(CHART_MODES[chart])]
+    fig.text(0.01, 0.0, f"Valid runs only: {excluded_note(shown)}.", fontsize=8, color="0.35", ha="left", va="top")
     if output_dir is not None:
         path = chart_path(output_dir, name or "sweep", chart)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,10 +315,19 @@ def draw(chart, df, output_dir=None, name=None, close=False, dpi=120):
     return fig
 
 
+def applicable_charts(df):
+    """The charts the results have runs for (by mode), in CHART_NAMES order."""
+    modes = set(df["mode"])
+    return [chart for chart in CHART_NAMES if modes & set(CHART_MODES[chart])]
+
+
 def save_charts(df, output_dir, name, charts=CHART_NAMES, close=True):
-    """Draw and save every chart; returns {chart: path}.  close=False keeps the figures (notebooks)."""
+    """Draw and save every chart the results have runs for; returns {chart: path}.  close=False keeps
+    the figures (notebooks)."""
     paths = {}
-    for chart in charts:
+    for chart in applicable_charts(df):
+        if chart not in charts:
+            continue
         draw(chart, df, output_dir=output_dir, name=name, close=close)
         paths[chart] = chart_path(output_dir, name, chart)
     return paths
@@ -271,8 +344,9 @@ def _fmt(value, digits=3):
 
 
 def median_table(df, metric="msgs_per_s"):
-    """Cells as rows (mode, payload, connections), implementations as columns: 'median [CI low, high]'."""
-    s = summarize(df, metrics=[metric])
+    """Cells as rows (mode, payload, connections), implementations as columns: 'median [CI low, high]'
+    over the valid runs (closed-loop modes; rate mode is in latency_load_table)."""
+    s = summarize(_closed(df), metrics=[metric])
     if s.empty:
         return pd.DataFrame()
     s["value"] = [f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else _fmt(m)
@@ -285,7 +359,7 @@ def median_table(df, metric="msgs_per_s"):
 
 def bottleneck_table(df):
     """Per cell and implementation: which side ran out of CPU (most frequent verdict, with agreement)."""
-    s = summarize(df, metrics=[])
+    s = summarize(_closed(df), metrics=[])
     if s.empty or "bottleneck" not in s.columns:
         return pd.DataFrame()
     s["implementation"] = s["impl"].map(lambda i: IMPL_LABELS.get(i, i))
@@ -296,17 +370,45 @@ def bottleneck_table(df):
     return table
 
 
+def _closed(df):
+    return df[df["mode"].isin(CLOSED_MODES)]
+
+
 def ratio_table(df):
-    """The ratio per cell with its CI and the server-CPU ratio, ready to display."""
-    r = ratios(df)
+    """The paired ratio per closed-loop cell with its CI, pairs, exclusions and the server-CPU ratio."""
+    r = ratios(_closed(df))
     if r.empty:
         return r
-    cols = ["mode", "payload", "connections", "uring", "epoll", "ratio", "ratio_ci_low", "ratio_ci_high"]
-    cols += ["cpu_ratio"] if "cpu_ratio" in r.columns else []
+    cols = ["mode", "payload", "connections", "uring", "epoll", "ratio", "ratio_ci_low", "ratio_ci_high",
+            "n_pairs", "n_excluded", "cpu_ratio"]
     out = r[cols].rename(columns={"uring": "io_uring msgs/s", "epoll": "epoll msgs/s",
                                   "ratio_ci_low": "95 % CI low", "ratio_ci_high": "95 % CI high",
+                                  "n_pairs": "pairs", "n_excluded": "runs excluded",
                                   "cpu_ratio": "server CPU/msg ratio"})
     return out.set_index(["mode", "payload", "connections"])
+
+
+def excluded_table(df):
+    """Per cell: runs, valid runs, runs excluded and the commonest reason; cells with exclusions first."""
+    table = excluded_counts(df)
+    if table.empty:
+        return table
+    table = table.assign(implementation=table["impl"].map(lambda i: IMPL_LABELS.get(i, i)))
+    cols = ["mode", "payload", "connections", "offered_rate", "implementation", "runs", "valid", "excluded", "reason"]
+    return table[cols].reset_index(drop=True)
+
+
+def latency_load_table(df):
+    """Rate-mode cells: offered and achieved load, merged-histogram percentiles, unanswered, and the knee."""
+    curves = latency_vs_load(df)
+    if curves.empty:
+        return curves
+    marks = knees(curves)
+    curves = curves.merge(marks, on=["impl", "payload", "connections"], how="left")
+    curves["implementation"] = curves["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    cols = ["payload", "connections", "implementation", "offered_rate", "achieved", "achieved_fraction", "p50_us",
+            "p99_us", "p999_us", "unanswered", "n", "n_excluded", "knee_achieved"]
+    return curves[cols].sort_values(["payload", "connections", "implementation", "offered_rate"]).reset_index(drop=True)
 
 
 def seed_ratios(path):
@@ -321,7 +423,7 @@ def seed_ratios(path):
 
 def seed_comparison(df, path):
     """Our ratio (with CI) beside the seed study's, for the cells both measured."""
-    ours = ratios(df)
+    ours = _closed_ratios(df)
     if ours.empty:
         return ours
     ours = ours[["mode", "payload", "connections", "ratio", "ratio_ci_low", "ratio_ci_high"]]
@@ -346,9 +448,11 @@ def machine_table(metas):
             "status": meta.get("status") if meta else None,
             "started": meta.get("started_at") if meta else None,
             "elapsed (s)": meta.get("elapsed_s") if meta else None,
-            "runs (failed)": f"{meta.get('rows')} ({meta.get('failed_runs')})" if meta else None,
+            "runs (failed / invalid)": f"{meta.get('rows')} ({meta.get('failed_runs')} / {meta.get('invalid_runs', '?')})"
+                                       if meta else None,
             "grid": p.get("grid"),
-            "duration / warmup / repeats": f"{p.get('duration')} s / {p.get('warmup')} s / {p.get('repeats')}",
+            "window / warm-up (max) / repeats": f"{p.get('duration')} s / {p.get('warmup')} s "
+                                                f"({p.get('warmup_max')} s) / {p.get('repeats')}",
             "kernel": (m.get("kernel") or {}).get("release"),
             "OS": m.get("os"),
             "CPU": f"{cpu.get('model')} x{cpu.get('count')} (affinity {cpu.get('affinity')})",

@@ -240,6 +240,10 @@ class Server:
     def address(self):
         return self.host, self.port
 
+    def pids(self):
+        """The server's process (one process; its CPU time is the sum over its threads)."""
+        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+
     @property
     def stats_path(self):
         """Path of the file the server's counters (struct ec_server_stats) live in; None when not running."""

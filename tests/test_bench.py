@@ -5,6 +5,7 @@ import math
 import pytest
 
 from echo_core.bench import SATURATED, bottleneck, run_benchmark
+from echo_core.validity import STEADY_TOLERANCE
 
 ROW_KEYS = {"impl", "mode", "payload", "connections", "duration_s", "msgs_per_s", "bytes_per_s",
             "p50_us", "p99_us", "p999_us", "max_us", "fairness", "mismatches", "errors",
@@ -15,14 +16,18 @@ ROW_KEYS = {"impl", "mode", "payload", "connections", "duration_s", "msgs_per_s"
 
 @pytest.mark.parametrize("mode", ["rr", "stream"])
 def test_run_benchmark_row(impl, mode):
-    row = run_benchmark(impl, mode, 2048, 4, duration=0.6, warmup=0.2)
+    row = run_benchmark(impl, mode, 2048, 4, duration=0.6, warmup=0.2, warmup_max=3.0)
     assert ROW_KEYS <= set(row)
     assert row["impl"] == impl and row["mode"] == mode
     assert row["mismatches"] == 0 and row["errors"] == 0
     assert row["messages"] > 100
-    # The server's counters and CPU cover the same window as the client's record.
+    assert 0.2 <= row["warmup_s"] <= 3.0 + 0.2
+    # The server's counters and CPU cover the same window as the client's record, taken by the load
+    # generator itself at its window's edges: a steady window agrees within the tolerance.
     assert row["server_bytes_out"] > 0 and row["server_cpu_s"] > 0
-    assert 0.5 < row["server_bytes_out"] / row["bytes"] < 2.0
+    assert row["window_agreement"] == pytest.approx(row["server_bytes_out"] / row["bytes"])
+    assert abs(row["window_agreement"] - 1) <= STEADY_TOLERANCE, row["window_agreement"]
+    assert row["valid"] is True and row["invalid_reason"] == "" and row["load_exit"] == 0
     assert 0 < row["server_util"] <= 1.1 and 0 < row["client_util"] <= 1.1
     assert row["bottleneck"] in {"server", "client", "both", "none"}
     if impl == "uring":  # io_uring batches: far fewer system calls than operations
@@ -43,6 +48,7 @@ def test_bottleneck_names_the_saturated_side():
     assert bottleneck(idle, busy) == "client"
     assert bottleneck(busy, busy) == "both"
     assert bottleneck(idle, idle) == "none"
+    assert bottleneck(float("nan"), idle) == "unknown"
 
 
 def test_run_benchmark_rejects_bad_input():

@@ -4,6 +4,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -13,11 +14,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from echo_core.report import CHART_NAMES, HEATMAP_TITLE
+from echo_core.report import CHART_MODES, CHART_NAMES, HEATMAP_TITLE
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 CONNECTIONS = [1, 4]
+#: The charts a closed-loop (rr, stream) sweep draws.
+CLOSED_CHARTS = [c for c in CHART_NAMES if "rr" in CHART_MODES[c] or "stream" in CHART_MODES[c]]
 
 
 def _errors(notebook_path):
@@ -73,7 +76,7 @@ def test_sweep_notebook_records_the_machine(swept):
 
 def test_sweep_notebook_saves_the_charts(swept):
     _, data, _ = swept
-    for chart in CHART_NAMES:
+    for chart in CLOSED_CHARTS:
         png = data / f"nbtest-{chart}.png"
         assert png.exists() and png.stat().st_size > 1000, chart
 
@@ -95,10 +98,28 @@ def test_report_renders_standalone_html_with_the_heatmap(swept):
     assert not _errors(reports / "report.ipynb")
     html = (reports / "report.html").read_text()
     assert HEATMAP_TITLE in html
-    assert html.count("data:image/png;base64,") >= len(CHART_NAMES)
+    assert html.count("data:image/png;base64,") >= len(CLOSED_CHARTS)
+    assert "Excluded runs per cell" in html
+    assert re.search(r"all 8 runs valid|\d+ of 8 runs excluded", html)  # the count is always shown
     assert "report.draw(" not in html  # code hidden
     assert "nbtest" in html  # the result set is named in the provenance table
-    for chart in CHART_NAMES:
+    for chart in CLOSED_CHARTS:
         assert (reports / f"report-{chart}.png").stat().st_size > 1000, chart
     assert not (REPO / "data" / "nbtest.csv").exists()
     assert os.listdir(data)  # results stayed in tmp
+
+
+def test_sweep_notebook_in_rate_mode_draws_latency_vs_load(tmp_path):
+    """The README's `-y "modes: [rate]"` invocation: offered loads default to fractions of capacity."""
+    out = tmp_path / "rate-out.ipynb"
+    cmd = [sys.executable, "-m", "papermill", "notebooks/sweep.ipynb", str(out), "-p", "payload", "512",
+           "-y", "{modes: [rate], connections: [1], load_fractions: [0.3, 0.6]}", "-p", "duration", "0.3",
+           "-p", "warmup", "0.1", "-p", "repeats", "1", "-p", "output_dir", str(tmp_path), "-p", "name", "rate",
+           "--no-progress-bar"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not _errors(out)
+    df = pd.read_csv(tmp_path / "rate.csv")
+    assert len(df) == 4 and set(df["mode"]) == {"rate"} and df["valid"].all()
+    assert (tmp_path / "rate-latency-load.png").stat().st_size > 1000
+    assert not (tmp_path / "rate-throughput.png").exists()  # no closed-loop runs to draw

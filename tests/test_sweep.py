@@ -1,4 +1,4 @@
-"""The sweep engine on real (tiny) benchmark runs: rows, order, incremental writing, statistics, CLI glue."""
+"""The sweep engine on real (tiny) benchmark runs: rows, order, validity, incremental writing, statistics, CLI."""
 
 import argparse
 import csv
@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from echo_core import sweeps as sw
+from echo_core import grids, report, results, runner, stats, sweep_cli, validity
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"duration": 0.3, "warmup": 0.1, "progress": False}
+FAULTY = f"exec:{sys.executable} {REPO / 'tests' / 'faulty_echo.py'} --port {{port}}"
 
 
 def _csv_rows(path):
@@ -27,13 +29,13 @@ def _csv_rows(path):
 def tiny(tmp_path_factory):
     """A real 8-run sweep: 2 impls x 2 modes x 1 payload x 1 connection count x 2 repeats."""
     out = tmp_path_factory.mktemp("sweep")
-    df = sw.sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(512,), connections=(2,),
-                  repeats=2, output_dir=out, name="tiny", **TINY)
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(512,), connections=(2,),
+                      repeats=2, output_dir=out, name="tiny", **TINY)
     return df, out
 
 
 def test_plan_interleaves_implementations_and_alternates_their_order():
-    runs = sw.plan(impls=("uring", "epoll"), modes=("rr",), payloads=(512, 4096), connections=(1, 8), repeats=3)
+    runs = grids.plan(impls=("uring", "epoll"), modes=("rr",), payloads=(512, 4096), connections=(1, 8), repeats=3)
     assert len(runs) == 2 * 2 * 2 * 3
     pairs = [runs[i:i + 2] for i in range(0, len(runs), 2)]
     for first, second in pairs:  # every cell's impls run back to back
@@ -44,35 +46,56 @@ def test_plan_interleaves_implementations_and_alternates_their_order():
     assert [r["repeat"] for r in runs] == sorted(r["repeat"] for r in runs)  # repeat-major
 
 
+def test_plan_gives_rate_mode_one_cell_per_offered_load():
+    runs = grids.plan(("uring", "epoll"), ("rr", "rate"), (512,), (1,), 1, rates=(1000, 5000))
+    assert [r["load"] for r in runs if r["mode"] == "rr"] == [None, None]
+    assert [r["load"] for r in runs if r["mode"] == "rate"] == [("rate", 1000.0)] * 2 + [("rate", 5000.0)] * 2
+    fractions = grids.plan(("epoll",), ("rate",), (512,), (1,), 1)
+    assert [r["load"][1] for r in fractions] == list(grids.DEFAULT_LOAD_FRACTIONS)
+    with pytest.raises(ValueError, match="not both"):
+        grids.plan(("epoll",), ("rate",), (512,), (1,), 1, rates=(1,), load_fractions=(0.5,))
+
+
 def test_named_grids():
-    assert sw.grid_runs("quick") == 48
-    assert sw.grid_runs("seed") == 8 * 5 * 2 * 2 * 3
-    assert sw.GRIDS["seed"]["connections"] == (1, 8, 512, 1000, 10000)
+    assert grids.count_runs(grids.grid_params("quick")) == 48
+    assert grids.count_runs(grids.grid_params("seed")) == 8 * 5 * 2 * 2 * 3
+    assert grids.count_runs(grids.grid_params("latency")) == 2 * 2 * 6 * 2 * 3
+    assert grids.GRIDS["seed"]["connections"] == (1, 8, 512, 1000, 10000)
+    # Offered loads given as overrides replace the grid's of either kind.
+    params = grids.grid_params("latency", rates=[1000.0])
+    assert params["rates"] == [1000.0] and "load_fractions" not in params
     with pytest.raises(ValueError, match="unknown grid"):
-        sw.sweep_grid("nope")
+        runner.sweep_grid("nope")
 
 
-def test_sweep_writes_one_tidy_row_per_run_in_plan_order(tiny):
+def test_sweep_writes_one_tidy_valid_row_per_run_in_plan_order(tiny):
     df, out = tiny
     rows = _csv_rows(out / "tiny.csv")
     assert len(rows) == len(df) == 8
     assert [int(r["run_index"]) for r in rows] == list(range(8))
-    planned = sw.plan(("uring", "epoll"), ("rr", "stream"), (512,), (2,), 2)
+    planned = grids.plan(("uring", "epoll"), ("rr", "stream"), (512,), (2,), 2)
     assert [(r["impl"], r["mode"], int(r["repeat"])) for r in rows] == \
            [(p["impl"], p["mode"], p["repeat"]) for p in planned]
     assert [r["started_at"] for r in rows] == sorted(r["started_at"] for r in rows)
-    for column in ("run_index", "repeat", "started_at", "wall_s", "impl", "mode", "payload", "connections",
-                   "msgs_per_s", "bytes_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg", "bottleneck", "error"):
+    for column in ("sweep", "run_index", "repeat", "started_at", "wall_s", "impl", "mode", "payload", "connections",
+                   "offered_rate", "msgs_per_s", "bytes_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg",
+                   "bottleneck", "window_agreement", "warmup_s", "duration_s", "valid", "invalid_reason", "error"):
         assert column in df.columns, column
-    assert (df["error"] == "").all(), df["error"].tolist()
+    assert list(df.columns)[-1] == "error"
+    assert (df["sweep"] == "tiny").all() and (df["error"] == "").all()
+    assert df["valid"].all(), df["invalid_reason"].tolist()
     assert (df["msgs_per_s"] > 0).all()
+    # One window on both sides: the server's bytes out agree with the client's bytes in.
+    assert ((df["window_agreement"] - 1).abs() <= validity.STEADY_TOLERANCE).all(), df["window_agreement"].tolist()
     assert df.loc[df["mode"] == "rr", "p50_us"].notna().all()
+    assert df.loc[df["mode"] == "rr", "latency_hist"].str.len().gt(0).all()
 
 
 def test_metadata_json_describes_machine_and_sweep(tiny):
     _, out = tiny
     meta = json.loads((out / "tiny.json").read_text())
     assert meta["status"] == "complete" and meta["rows"] == 8 and meta["failed_runs"] == 0
+    assert meta["invalid_runs"] == 0
     assert meta["parameters"]["repeats"] == 2 and meta["parameters"]["payloads"] == [512]
     assert meta["started_at"] <= meta["finished_at"]
     m = meta["machine"]
@@ -86,8 +109,8 @@ def test_metadata_json_describes_machine_and_sweep(tiny):
 
 def test_summarize_gives_median_and_ci_per_cell(tiny):
     df, _ = tiny
-    s = sw.summarize(df)
-    assert len(s) == 4 and (s["n"] == 2).all() and (s["n_failed"] == 0).all()
+    s = stats.summarize(df)
+    assert len(s) == 4 and (s["n"] == 2).all() and (s["n_excluded"] == 0).all()
     for _, rec in s.iterrows():
         cell = df[(df["impl"] == rec["impl"]) & (df["mode"] == rec["mode"])]
         assert rec["msgs_per_s_median"] == pytest.approx(cell["msgs_per_s"].median())
@@ -95,20 +118,88 @@ def test_summarize_gives_median_and_ci_per_cell(tiny):
         assert rec["msgs_per_s_ci_low"] >= cell["msgs_per_s"].min() - 1e-9
     stream = s[s["mode"] == "stream"]
     assert stream["p50_us_median"].isna().all()  # no latency in stream mode
-    one = sw.summarize(df[df["repeat"] == 0])  # one repeat: no interval
+    one = stats.summarize(df[df["repeat"] == 0])  # one repeat: no interval
     assert (one["n"] == 1).all() and one["msgs_per_s_ci_low"].isna().all()
 
 
-def test_ratios_are_uring_over_epoll_medians(tiny):
+def test_ratios_pair_the_runs_of_each_repeat(tiny):
     df, _ = tiny
-    r = sw.ratios(df)
+    r = stats.ratios(df)
     assert sorted(r["mode"]) == ["rr", "stream"]
     for _, rec in r.iterrows():
-        cell = df[df["mode"] == rec["mode"]]
-        uring = cell.loc[cell["impl"] == "uring", "msgs_per_s"].median()
-        epoll = cell.loc[cell["impl"] == "epoll", "msgs_per_s"].median()
-        assert rec["ratio"] == pytest.approx(uring / epoll)
+        cell = df[df["mode"] == rec["mode"]].set_index(["repeat", "impl"])["msgs_per_s"]
+        per_repeat = [cell[(k, "uring")] / cell[(k, "epoll")] for k in (0, 1)]
+        assert rec["n_pairs"] == 2
+        assert rec["ratio"] == pytest.approx(sorted(per_repeat)[0] / 2 + sorted(per_repeat)[1] / 2)
         assert rec["ratio_ci_low"] <= rec["ratio"] <= rec["ratio_ci_high"]
+
+
+def _synthetic(drifts, ratio, extra=None):
+    """A results table whose io_uring runs are exactly `ratio` x epoll's in every repeat, under drift."""
+    rows = []
+    for repeat, drift in enumerate(drifts):
+        for impl, value in (("uring", ratio * drift), ("epoll", drift)):
+            rows.append({"sweep": "s", "impl": impl, "mode": "rr", "payload": 512, "connections": 1,
+                         "repeat": repeat, "msgs_per_s": value * 1000, "server_cpu_us_per_msg": 2.0 if impl == "uring" else 1.0,
+                         "bytes": 1000, "valid": True, "invalid_reason": "", "error": ""})
+    rows += extra or []
+    return results.normalize(pd.DataFrame(rows))
+
+
+def test_paired_ratio_ci_on_a_table_with_a_known_answer():
+    # The machine drifts by 4x between repeats, but within each repeat io_uring is exactly 1.5x epoll.
+    df = _synthetic([1.0, 4.0, 2.0, 0.5, 3.0], 1.5)
+    (rec,) = stats.ratios(df).to_dict("records")
+    assert rec["ratio"] == pytest.approx(1.5)
+    assert rec["ratio_ci_low"] == pytest.approx(1.5) and rec["ratio_ci_high"] == pytest.approx(1.5)
+    assert rec["n_pairs"] == 5 and rec["cpu_ratio"] == pytest.approx(2.0)
+    # Resampling each side independently (the old estimator) would have spread over the drift.
+    lo_u, hi_u = stats.bootstrap_median_ci(df.loc[df["impl"] == "uring", "msgs_per_s"])
+    lo_e, hi_e = stats.bootstrap_median_ci(df.loc[df["impl"] == "epoll", "msgs_per_s"])
+    assert hi_u / lo_e > 2 * 1.5
+
+
+def test_an_invalid_run_breaks_its_pair_and_is_counted():
+    df = _synthetic([1.0, 1.1, 0.9], 2.0)
+    df.loc[(df["impl"] == "epoll") & (df["repeat"] == 1), ["valid", "invalid_reason"]] = [False, "3 mismatched bytes"]
+    df.loc[(df["impl"] == "epoll") & (df["repeat"] == 1), "msgs_per_s"] = 1e9  # would wreck the ratio if used
+    (rec,) = stats.ratios(df).to_dict("records")
+    assert rec["n_pairs"] == 2 and rec["n_excluded"] == 1 and rec["ratio"] == pytest.approx(2.0)
+    s = stats.summarize(df).set_index("impl")
+    assert s.loc["epoll", "n"] == 2 and s.loc["epoll", "n_excluded"] == 1
+    assert s.loc["epoll", "msgs_per_s_median"] < 2000
+    assert "1 of 6 runs excluded" in results.excluded_note(df) and "mismatched bytes" in results.excluded_note(df)
+
+
+def test_bottleneck_verdict_on_ties_is_deterministic():
+    import itertools
+
+    for votes in itertools.permutations(["client", "server", "client", "server"]):
+        assert stats.most_common_verdict(list(votes)) == "server"
+    assert stats.most_common_verdict(["none", "client"]) == "client"
+    assert stats.most_common_verdict(["none", "none", "both"]) == "none"
+    assert stats.most_common_verdict([]) is None
+
+
+def test_validity_reasons():
+    good = {"bytes": 100, "server_bytes_out": 102, "mismatches": 0, "error": ""}
+    assert validity.assess(good) == (True, "")
+    assert validity.assess({**good, "server_bytes_out": 157})[1].startswith("unsteady: server/client bytes 1.57")
+    assert "2 never answered" in validity.assess({**good, "never_answered": 2})[1]
+    assert "load generator exit 1" in validity.assess({**good, "load_exit": 1})[1]
+    assert validity.assess({**good, "interrupted": True})[0] is False
+    assert validity.assess({**good, "error": "RuntimeError: x"})[1] == "error: RuntimeError: x"
+    # Counters a server cannot report (external servers) leave the window check open, not failed.
+    assert validity.assess({"bytes": 100, "server_bytes_out": float("nan")}) == (True, "")
+
+
+def test_a_misspelt_keyword_is_a_type_error_before_any_server_starts(tmp_path):
+    with pytest.raises(TypeError, match="duratoin"):
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), output_dir=tmp_path,
+                     duratoin=1.0)
+    with pytest.raises(TypeError):
+        runner.sweep_grid("quick", output_dir=tmp_path, repeat=2)
+    assert not list(tmp_path.iterdir())
 
 
 class _Stop(Exception):
@@ -124,68 +215,149 @@ def test_rows_reach_the_csv_as_they_are_measured(tmp_path):
             raise _Stop
 
     with pytest.raises(_Stop):
-        sw.sweep(impls=("epoll", "uring"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
-                 output_dir=tmp_path, name="cut", on_row=after_row, **TINY)
+        runner.sweep(impls=("epoll", "uring"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
+                     output_dir=tmp_path, name="cut", on_row=after_row, **TINY)
     assert seen == [1, 2]  # each row was on disk before the next run started
     assert len(_csv_rows(tmp_path / "cut.csv")) == 2
     meta = json.loads((tmp_path / "cut.json").read_text())
     assert meta["status"].startswith("failed") and meta["rows"] == 2 and meta["finished_at"]
 
 
-def test_a_failing_run_becomes_a_row_with_an_error(tmp_path):
+def test_a_failing_run_becomes_an_invalid_row_with_an_error(tmp_path):
     # buf_count must be a power of two: the server refuses to start, for real.
-    df = sw.sweep(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
-                  output_dir=tmp_path, name="bad", server_options={"buf_count": 3}, **TINY)
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+                      output_dir=tmp_path, name="bad", server_options={"buf_count": 3}, **TINY)
     assert len(df) == 2 and df["error"].str.contains("buf_count").all()
-    s = sw.summarize(df)
-    assert (s["n"] == 0).all() and (s["n_failed"] == 1).all() and s["msgs_per_s_median"].isna().all()
+    assert not df["valid"].any() and df["invalid_reason"].str.startswith("error").all()
+    s = stats.summarize(df)
+    assert (s["n"] == 0).all() and (s["n_excluded"] == 1).all() and s["msgs_per_s_median"].isna().all()
     assert json.loads((tmp_path / "bad.json").read_text())["failed_runs"] == 2
     with pytest.raises(ValueError, match="buf_count"):
-        sw.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
-                 output_dir=tmp_path, name="bad-raise", server_options={"buf_count": 3}, on_error="raise", **TINY)
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+                     output_dir=tmp_path, name="bad-raise", server_options={"buf_count": 3}, on_error="raise", **TINY)
+
+
+@pytest.mark.parametrize("fault, mode", [("flip", "rr"), ("drop", "stream")])
+def test_a_corrupting_server_makes_its_rows_invalid_and_they_are_excluded(tmp_path, fault, mode):
+    faulty = f"{FAULTY} --fault {fault} --after 2000"
+    df = runner.sweep(impls=(faulty, "epoll"), modes=(mode,), payloads=(512,), connections=(2,), repeats=2,
+                      output_dir=tmp_path, name=fault, **TINY)
+    bad, good = df[df["impl"] == faulty], df[df["impl"] == "epoll"]
+    assert len(bad) == 2 and not bad["valid"].any(), bad[["invalid_reason", "error"]].to_dict("records")
+    assert bad["invalid_reason"].str.contains("mismatched bytes|never answered").all()
+    assert good["valid"].all()
+    s = stats.summarize(df).set_index("impl")
+    assert s.loc[faulty, "n"] == 0 and s.loc[faulty, "n_excluded"] == 2
+    assert math.isnan(s.loc[faulty, "msgs_per_s_median"]) and s.loc["epoll", "n"] == 2
+    (rec,) = stats.ratios(df, numerator=faulty, denominator="epoll").to_dict("records")
+    assert rec["n_pairs"] == 0 and math.isnan(rec["ratio"]) and rec["n_excluded"] == 2
+    assert set(report._prepare(df)["impl"]) == {"epoll"}  # what every chart draws from
+    assert "2 of 4 runs excluded" in results.excluded_note(df)
+    meta = json.loads((tmp_path / f"{fault}.json").read_text())
+    assert meta["invalid_runs"] == 2
+
+
+def test_a_freezing_server_in_rate_mode_is_invalid_and_its_latency_shows_the_freeze(tmp_path):
+    frozen = f"{FAULTY} --fault freeze --after 0.5"
+    df = runner.sweep(impls=(frozen,), modes=("rate",), payloads=(64,), connections=(4,), repeats=1, rates=(2000,),
+                      duration=1.5, warmup=0.1, output_dir=tmp_path, name="freeze", progress=False)
+    (row,) = df.to_dict("records")
+    assert row["offered_rate"] == 2000 and not row["valid"]
+    assert row["unanswered"] > 1000
+    # Censored at the window's end: the frozen requests' latency is at least (window end - scheduled time).
+    assert row["p99_us"] >= 0.5e6
+    assert stats.latency_vs_load(df)["n"].tolist() == [0]
+
+
+def test_rate_sweep_at_load_fractions_measures_capacity_first(tmp_path):
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rate",), payloads=(512,), connections=(2,), repeats=1,
+                      load_fractions=(0.2, 0.5), output_dir=tmp_path, name="lat", **TINY)
+    assert len(df) == 4 and df["valid"].all(), df["invalid_reason"].tolist()
+    cap = df["capacity_msgs_per_s"].iloc[0]
+    assert cap > 0 and (df["capacity_msgs_per_s"] == cap).all()
+    assert sorted(set(df["offered_rate"])) == pytest.approx([0.2 * cap, 0.5 * cap], rel=1e-3)
+    meta = json.loads((tmp_path / "lat.json").read_text())
+    assert {r["impl"] for r in meta["capacity_runs"]} == {"uring", "epoll"}
+    curves = stats.latency_vs_load(df)
+    assert len(curves) == 4 and (curves["n"] == 1).all()
+    assert (curves["p50_us"] <= curves["p99_us"]).all() and (curves["p99_us"] <= curves["p999_us"]).all()
+    # Far below capacity the generator keeps up with the offered load (a loose band).
+    assert (curves["achieved_fraction"] > 0.7).all(), curves["achieved_fraction"].tolist()
+    paths = report.save_charts(df, tmp_path, "lat")
+    assert set(paths) == {"latency-load"} and paths["latency-load"].stat().st_size > 1000
+
+
+def test_adaptive_repeats_stop_at_the_target_or_the_maximum(tmp_path):
+    common = dict(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=2,
+                  output_dir=tmp_path, **TINY)
+    df = runner.sweep(name="tight", target_ci=1e-6, max_repeats=3, **common)
+    meta = json.loads((tmp_path / "tight.json").read_text())["adaptive"]
+    assert len(df) == 6 and sorted(set(df["repeat"])) == [0, 1, 2]
+    assert meta["repeats_run"] == 3 and meta["cells"][0]["pairs"] == 3 and meta["cells"][0]["met"] is False
+    df = runner.sweep(name="loose", target_ci=0.9, max_repeats=5, **common)
+    meta = json.loads((tmp_path / "loose.json").read_text())["adaptive"]
+    assert len(df) == 4 and meta["repeats_run"] == 2 and meta["cells"][0]["met"] is True
+    with pytest.raises(ValueError, match="max_repeats"):
+        runner.sweep(name="x", target_ci=0.1, max_repeats=1, **common)
 
 
 def test_csv_header_widens_when_a_later_row_has_new_columns(tmp_path):
-    writer = sw._CsvAppender(tmp_path / "w.csv", leading=["run_index"])
-    writer.write({"run_index": 0, "impl": "uring", "error": "RuntimeError: boom"})
-    writer.write({"run_index": 1, "impl": "epoll", "msgs_per_s": 12.5, "error": ""})
-    df = sw.load_csv(tmp_path / "w.csv")
-    assert list(df.columns) == ["run_index", "impl", "msgs_per_s", "error"]
+    writer = runner._CsvAppender(tmp_path / "w.csv", leading=["run_index"])
+    writer.write({"run_index": 0, "impl": "uring", "mode": "rr", "payload": 1, "connections": 1,
+                  "error": "RuntimeError: boom"})
+    writer.write({"run_index": 1, "impl": "epoll", "mode": "rr", "payload": 1, "connections": 1,
+                  "msgs_per_s": 12.5, "bytes": 10, "error": ""})
+    df = results.load_csv(tmp_path / "w.csv")
+    assert list(df.columns)[:7] == ["sweep", "run_index", "impl", "mode", "payload", "connections", "msgs_per_s"]
     assert df["error"].tolist() == ["RuntimeError: boom", ""]
     assert math.isnan(df["msgs_per_s"][0]) and df["msgs_per_s"][1] == 12.5
+    # A CSV written without validity columns gets them from the same rules.
+    assert df["valid"].tolist() == [False, True]
+
+
+def test_pooling_result_sets_with_different_windows_is_reported():
+    metas = {"a": {"parameters": {"duration": 2.0, "warmup": 0.5}}, "b": {"parameters": {"duration": 1.5, "warmup": 0.5}}}
+    (text,) = results.pooling_differences(metas)
+    assert "window" in text and "a=2.0" in text and "b=1.5" in text
+    assert results.pooling_differences({"a": metas["a"], "c": metas["a"]}) == []
 
 
 def test_an_explicit_name_is_never_overwritten(tiny):
     _, out = tiny
     with pytest.raises(FileExistsError):
-        sw.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
-                 output_dir=out, name="tiny", **TINY)
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+                     output_dir=out, name="tiny", **TINY)
 
 
 def test_notebook_paths_do_not_depend_on_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert sw.resolve_notebook_path("../data") == REPO / "data"
-    assert sw.resolve_notebook_path(tmp_path / "x") == tmp_path / "x"
+    assert results.resolve_notebook_path("../data") == REPO / "data"
+    assert results.resolve_notebook_path(tmp_path / "x") == tmp_path / "x"
 
 
 def test_sweep_command_writes_csv_json_and_charts(tmp_path, capsys):
-    parser = sw.add_sweep_arguments(argparse.ArgumentParser())
+    parser = sweep_cli.add_sweep_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--grid", "quick", "--payloads", "512", "--connections", "1,2", "--modes", "rr",
                               "--repeats", "1", "--duration", "0.3", "--warmup", "0.1", "--quiet",
                               "--output-dir", str(tmp_path), "--name", "cli"])
-    assert sw.sweep_command(args) == 0
+    assert sweep_cli.sweep_command(args) == 0
     printed = capsys.readouterr().out
-    assert str(tmp_path / "cli.csv") in printed
+    assert str(tmp_path / "cli.csv") in printed and "runs valid" in printed
     assert len(_csv_rows(tmp_path / "cli.csv")) == 4
     for chart in ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap"):
         png = tmp_path / f"cli-{chart}.png"
         assert png.stat().st_size > 1000, chart
 
 
-def test_python_m_echo_core_sweep(tmp_path):
+def test_python_m_echo_core_sweep_in_rate_mode(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "echo_core", "sweep", "--payloads", "512", "--connections", "1",
-                           "--modes", "rr", "--repeats", "1", "--duration", "0.3", "--warmup", "0.1",
-                           "--no-plots", "--quiet", "--output-dir", str(tmp_path), "--name", "m"],
+                           "--modes", "rate", "--rates", "2000,4000", "--repeats", "1", "--duration", "0.3",
+                           "--warmup", "0.1", "--quiet", "--output-dir", str(tmp_path), "--name", "m"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert len(_csv_rows(tmp_path / "m.csv")) == 2 and (tmp_path / "m.json").exists()
+    rows = _csv_rows(tmp_path / "m.csv")
+    assert len(rows) == 4 and sorted({float(r["offered_rate"]) for r in rows}) == [2000.0, 4000.0]
+    assert (tmp_path / "m.json").exists() and (tmp_path / "m-latency-load.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "echo_core", "sweep", "--rates", "1,x"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "error:" in bad.stderr

@@ -1,0 +1,95 @@
+"""Grid definitions: which runs a sweep makes, in which order, and roughly how long they take.
+
+A *cell* is one combination of the grid's parameters (CELL); a sweep runs every cell `repeats` times.
+Open-loop cells (mode "rate") have one more dimension, the offered load: absolute requests/s
+(``rates``) or fractions of the cell's closed-loop capacity (``load_fractions``), which the runner
+measures first and turns into an absolute ``offered_rate``.
+"""
+
+import itertools
+
+#: Columns that identify a cell.  offered_rate is NaN outside rate mode.
+CELL = ["impl", "mode", "payload", "connections", "offered_rate"]
+#: Offered loads of rate mode when a sweep names neither rates nor load fractions.
+DEFAULT_LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0)
+
+GRIDS = {
+    # 2 payloads x 2 connection counts x 2 modes x 2 impls x 3 repeats = 48 runs.
+    "quick": {"impls": ("uring", "epoll"), "modes": ("rr", "stream"), "payloads": (512, 16384),
+              "connections": (1, 64), "duration": 1.5, "warmup": 0.5, "warmup_max": 5.0, "repeats": 3},
+    # The seed study's grid (its runs were 3 minutes each; ours are short and repeated instead).
+    # warmup_max: streaming with small payloads and many connections needs seconds to fill the
+    # in-flight window before server and client agree on the window (see data/README.md).
+    "seed": {"impls": ("uring", "epoll"), "modes": ("stream", "rr"),
+             "payloads": (256, 512, 1024, 4096, 8192, 16384, 32768, 100000),
+             "connections": (1, 8, 512, 1000, 10000), "duration": 2.0, "warmup": 0.5, "warmup_max": 10.0,
+             "repeats": 3},
+    # Latency vs offered load: open loop at fractions of each cell's closed-loop capacity.
+    "latency": {"impls": ("uring", "epoll"), "modes": ("rate",), "payloads": (512, 16384),
+                "connections": (1, 64), "load_fractions": (0.25, 0.5, 0.75, 0.9, 1.0, 1.2),
+                "duration": 2.0, "warmup": 0.5, "repeats": 3},
+}
+
+
+def offered_loads(rates=None, load_fractions=None):
+    """The rate-mode dimension: a list of ("rate", value) or ("fraction", value) points."""
+    if rates and load_fractions:
+        raise ValueError("give either rates (requests/s) or load_fractions, not both")
+    if rates:
+        return [("rate", float(r)) for r in rates]
+    return [("fraction", float(f)) for f in (load_fractions or DEFAULT_LOAD_FRACTIONS)]
+
+
+def plan(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), connections=(1, 64), repeats=3,
+         rates=None, load_fractions=None, first_repeat=0):
+    """The runs of a sweep, in the order they are made: a list of dicts.
+
+    Repeat-major (every cell once, then every cell again, ...); within a cell the implementations run
+    back to back, in the given order on even repeats and reversed on odd ones, so slow drift of a noisy
+    machine hits both alike.  Rate-mode runs carry ``load`` = ("rate", r) or ("fraction", f).
+    """
+    impls = list(impls)
+    loads = offered_loads(rates, load_fractions) if "rate" in modes else []
+    runs = []
+    for repeat in range(first_repeat, first_repeat + repeats):
+        order = impls if repeat % 2 == 0 else impls[::-1]
+        for mode, payload, conns in itertools.product(modes, payloads, connections):
+            for load in (loads if mode == "rate" else [None]):
+                for impl in order:
+                    runs.append({"impl": impl, "mode": mode, "payload": int(payload), "connections": int(conns),
+                                 "repeat": repeat, "load": load})
+    return runs
+
+
+def grid_params(name, **overrides):
+    """A named grid's parameters with overrides (None values mean "the grid's default").
+
+    Offered loads given as overrides replace the grid's of either kind (rates or load_fractions).
+    """
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; choose from {', '.join(GRIDS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    params = dict(GRIDS[name])
+    if "rates" in given or "load_fractions" in given:
+        params.pop("rates", None)
+        params.pop("load_fractions", None)
+    return {**params, **given}
+
+
+def count_runs(params):
+    """How many runs a sweep with these parameters plans (capacity runs of rate cells not counted)."""
+    return len(plan(params["impls"], params["modes"], params["payloads"], params["connections"],
+                    params["repeats"], params.get("rates"), params.get("load_fractions")))
+
+
+#: Measured on the 2-vCPU development machine: each run costs warmup + duration plus ~0.15 s (server
+#: start/stop, process start), plus ~1 s more at 10,000 connections (connection set-up).
+RUN_OVERHEAD_S = 0.15
+OVERHEAD_PER_CONNECTION_S = 1e-4
+
+
+def estimate_seconds(params):
+    """Rough wall time of a sweep (adaptive warm-up may add up to warmup_max - warmup per run)."""
+    per_conn_mix = sum(OVERHEAD_PER_CONNECTION_S * c for c in params["connections"]) / len(params["connections"])
+    per_run = params["warmup"] + params["duration"] + RUN_OVERHEAD_S + per_conn_mix
+    return count_runs(params) * per_run

@@ -1,0 +1,168 @@
+"""Loading results: sweep CSVs (one row per run) and their metadata JSON, and which rows are valid.
+
+Everything a reader needs to interpret a row travels in its columns -- the result set's name
+(``sweep``), window and warm-up lengths, validity -- so frames can be concatenated, filtered and
+grouped without losing it; the machine's description stays beside the frame (load_results' dict).
+"""
+
+import json
+import os
+from pathlib import Path
+
+from echo_core import machine, validity
+from echo_core.grids import CELL
+
+#: The columns a result set must have.
+REQUIRED = ["impl", "mode", "payload", "connections"]
+
+
+def _as_bool(value):
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value) if value == value else False  # NaN -> False
+
+
+def normalize(df):
+    """Give a results frame the columns every consumer relies on (older CSVs lack some).
+
+    error: text, '' for runs that did not raise; offered_rate: NaN outside rate mode; valid and
+    invalid_reason: computed with echo_core.validity where the CSV did not record them.
+    """
+    import pandas as pd
+
+    if "error" not in df.columns:
+        df["error"] = ""
+    df["error"] = [("" if pd.isna(v) else str(v)) for v in df["error"]]
+    if "offered_rate" not in df.columns:
+        df["offered_rate"] = df["rate"] if "rate" in df.columns else float("nan")
+    df["offered_rate"] = pd.to_numeric(df["offered_rate"], errors="coerce")
+    if "valid" in df.columns:
+        df["valid"] = df["valid"].map(_as_bool)
+        if "invalid_reason" not in df.columns:
+            df["invalid_reason"] = ""
+        df["invalid_reason"] = [("" if pd.isna(v) else str(v)) for v in df["invalid_reason"]]
+    else:
+        verdicts = [validity.assess(row) for row in df.to_dict("records")]
+        df["valid"] = [v for v, _ in verdicts]
+        df["invalid_reason"] = [r for _, r in verdicts]
+    return df
+
+
+def load_csv(path):
+    """A sweep CSV as a normalized DataFrame (with a ``sweep`` column naming the result set)."""
+    import pandas as pd
+
+    df = pd.read_csv(path, keep_default_na=True)
+    if "sweep" not in df.columns:
+        df.insert(0, "sweep", Path(path).stem)
+    return normalize(df)
+
+
+def load_results(results_dir):
+    """Every result set (<name>.csv with its <name>.json) in results_dir.
+
+    Returns (df, metadata): all rows concatenated (the ``sweep`` column names their set), and a dict
+    name -> metadata (empty dict when the JSON is missing).
+    """
+    import pandas as pd
+
+    results_dir = Path(results_dir)
+    frames, metas = [], {}
+    for csv_path in sorted(results_dir.glob("*.csv")):
+        header = pd.read_csv(csv_path, nrows=0).columns
+        if not set(REQUIRED) <= set(header):
+            continue  # not a sweep
+        frames.append(load_csv(csv_path))
+        json_path = csv_path.with_suffix(".json")
+        metas[csv_path.stem] = json.loads(json_path.read_text()) if json_path.exists() else {}
+    if not frames:
+        raise FileNotFoundError(f"no sweep results (*.csv with {'/'.join(REQUIRED)}) in {results_dir}")
+    return pd.concat(frames, ignore_index=True), metas
+
+
+def valid_mask(df):
+    """True for the runs that are valid measurements."""
+    import pandas as pd
+
+    if "valid" not in df.columns:
+        df = normalize(df.copy())
+    return pd.Series(df["valid"].astype(bool).to_numpy(), index=df.index)
+
+
+def valid_rows(df):
+    """The runs that statistics and charts may use."""
+    return df[valid_mask(df)]
+
+
+def excluded_rows(df):
+    """The runs left out of statistics and charts, with why."""
+    return df[~valid_mask(df)]
+
+
+def _reason_kinds(reasons):
+    """'3 mismatched bytes; unsteady: server/client bytes 1.6' -> ['mismatched bytes', 'unsteady']."""
+    return [part.split(":")[0].strip().lstrip("0123456789 ")
+            for text in reasons if isinstance(text, str) for part in text.split("; ") if part]
+
+
+def excluded_counts(df):
+    """Per cell: runs in total, valid, excluded, and the most common reason (cells with exclusions first)."""
+    import pandas as pd
+
+    data = df.copy()
+    data["_valid"] = valid_mask(data)
+    if "invalid_reason" not in data.columns:
+        data["invalid_reason"] = ""
+    out = []
+    for key, group in data.groupby(CELL, sort=True, dropna=False):
+        bad = group[~group["_valid"]]
+        reasons = _reason_kinds(bad["invalid_reason"])
+        out.append({**dict(zip(CELL, key)), "runs": len(group), "valid": int(group["_valid"].sum()),
+                    "excluded": len(bad), "reason": max(sorted(set(reasons)), key=reasons.count) if reasons else ""})
+    table = pd.DataFrame(out)
+    if table.empty:
+        return table
+    return table.sort_values(["excluded"] + CELL, ascending=[False] + [True] * len(CELL), kind="stable")
+
+
+def excluded_note(df):
+    """One line for a chart or report: how many runs were excluded, and the commonest reasons."""
+    bad = excluded_rows(df)
+    if bad.empty:
+        return f"all {len(df)} runs valid"
+    kinds = _reason_kinds(bad["invalid_reason"]) if "invalid_reason" in bad.columns else []
+    top = sorted(set(kinds), key=lambda k: (-kinds.count(k), k))[:3]
+    why = ", ".join(f"{k} ({kinds.count(k)})" for k in top)
+    return f"{len(bad)} of {len(df)} runs excluded as invalid" + (f": {why}" if why else "")
+
+
+def pooling_differences(metas):
+    """Differences between pooled result sets that make their numbers less comparable: a list of texts."""
+    keys = {"duration": "window (s)", "warmup": "warm-up (s)", "warmup_max": "max warm-up (s)"}
+    out = []
+    params = {name: (m or {}).get("parameters", {}) for name, m in metas.items()}
+    for key, label in keys.items():
+        values = {name: p.get(key) for name, p in params.items()}
+        if len(set(map(str, values.values()))) > 1:
+            out.append(f"{label} differs: " + ", ".join(f"{n}={v}" for n, v in sorted(values.items())))
+    machines = {name: ((m or {}).get("machine", {}).get("cpu", {}) or {}).get("model") for name, m in metas.items()}
+    if len(set(map(str, machines.values()))) > 1:
+        out.append("CPU model differs: " + ", ".join(f"{n}={v}" for n, v in sorted(machines.items())))
+    return out
+
+
+def resolve_notebook_path(path):
+    """A notebook parameter path, made independent of the kernel's working directory.
+
+    Absolute paths are kept.  Relative ones are taken relative to the repository's notebooks/
+    folder -- what JupyterLab uses as the working directory -- so ``"../data"`` is the repository's
+    data/ whether the notebook runs in JupyterLab or via ``papermill notebooks/x.ipynb ...`` from the
+    repository root.  Without a source checkout (echo_core installed into site-packages) they are
+    relative to the current directory.
+    """
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    root = machine.repo_root()
+    base = root / "notebooks" if root is not None else Path.cwd()
+    return Path(os.path.normpath(base / path))

@@ -1,0 +1,365 @@
+"""The sweep runner: run a grid of benchmarks and keep every run as one tidy CSV row, with the machine beside it.
+
+    >>> df = sweep(payloads=(512,), connections=(1, 64), repeats=3, output_dir="data")
+    >>> stats.summarize(df)     # median and 95 % CI per cell, over valid runs
+    >>> stats.ratios(df)        # paired io_uring / epoll ratio per cell
+
+What a reader of the data can rely on:
+
+* Order.  Repeat-major, implementations back to back within a cell, alternating their order between
+  repeats (echo_core.grids.plan): drift hits both implementations alike.
+* Durability.  Each row is appended to ``<output_dir>/<name>.csv`` and flushed as soon as it is
+  measured.  If a later row brings a column the header lacks, the file is rewritten once, wider.
+* Validity.  Every row has ``valid`` and ``invalid_reason`` (echo_core.validity): a run that raised
+  (its ``error`` text says how), lost or changed bytes, failed connections, never answered requests,
+  was interrupted, or whose server and client disagree on the window is kept but marked invalid, and
+  no statistic or chart uses it.
+* Offered load.  Rate-mode cells run at absolute ``rates`` or at ``load_fractions`` of the cell's
+  closed-loop capacity, measured first with one rr run per implementation (the higher median
+  throughput of the two, so both implementations get the same offered loads); the rows say both
+  (``offered_rate``, ``load_fraction``, ``capacity_msgs_per_s``) and the metadata keeps the capacity runs.
+* Adaptive repeats.  With ``target_ci`` (e.g. 0.03 for +-3 %), cells whose paired-ratio CI is wider
+  are repeated (both implementations) until it is narrow enough or ``max_repeats`` is reached; the
+  metadata records each cell's repeats and achieved CI half-width.
+* Metadata.  ``<name>.json`` beside the CSV holds machine_info(), the parameters, start/end times,
+  CPU steal during the sweep, counts of failed and invalid runs and the final status.
+"""
+
+import csv
+import json
+import math
+import os
+import resource
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+from echo_core import machine, stats, validity
+from echo_core.bench import run_benchmark
+from echo_core.grids import CELL, GRIDS, grid_params, plan
+from echo_core.load import MODES
+from echo_core.results import load_csv
+from echo_core.server import check_impl
+
+#: Columns the sweep adds to each run_benchmark row, first in the CSV.
+SWEEP_COLUMNS = ["sweep", "run_index", "repeat", "started_at", "wall_s"]
+ARRIVALS = ("poisson", "uniform")
+
+
+def _tqdm():
+    # Without ipywidgets tqdm.auto warns in a notebook and falls back to the text bar: that is fine.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
+    return tqdm
+
+
+def _positive_numbers(values, what):
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{what} must be positive numbers, got {value!r}")
+
+
+def _validate(impls, modes, payloads, connections, duration, repeats, warmup, warmup_max, rates,
+              load_fractions, arrivals, target_ci, max_repeats):
+    for impl in impls:
+        check_impl(impl)
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    for value, what in [(p, "payload") for p in payloads] + [(c, "connections") for c in connections]:
+        if int(value) != value or value <= 0:
+            raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    if not impls or not modes or not payloads or not connections:
+        raise ValueError("every grid dimension needs at least one value")
+    if int(repeats) != repeats or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if not duration > 0 or not warmup >= 0:
+        raise ValueError("duration must be > 0 and warmup >= 0")
+    if warmup_max is not None and not warmup_max >= warmup:
+        raise ValueError(f"warmup_max must be >= warmup ({warmup}), got {warmup_max!r}")
+    if rates and load_fractions:
+        raise ValueError("give either rates (requests/s) or load_fractions, not both")
+    _positive_numbers(rates or [], "rates")
+    _positive_numbers(load_fractions or [], "load_fractions")
+    if (rates or load_fractions) and "rate" not in modes:
+        raise ValueError("rates and load_fractions need mode 'rate' in modes")
+    if arrivals not in ARRIVALS:
+        raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
+    if target_ci is not None:
+        if not 0 < target_ci < 1:
+            raise ValueError(f"target_ci is a relative CI half-width in (0, 1), e.g. 0.03; got {target_ci!r}")
+        if len(impls) < 2:
+            raise ValueError("target_ci needs two implementations to compare")
+    if max_repeats is not None and (int(max_repeats) != max_repeats or max_repeats < repeats):
+        raise ValueError(f"max_repeats must be an integer >= repeats ({repeats}), got {max_repeats!r}")
+
+
+def _now():
+    return datetime.now().astimezone().isoformat(timespec="milliseconds")
+
+
+class _CsvAppender:
+    """Append dict rows to a CSV, flushing each one; widen the header (rewrite once) on new columns."""
+
+    def __init__(self, path, leading=()):
+        self.path = Path(path)
+        self.fields = list(leading)
+        self.rows = 0
+
+    def write(self, row):
+        new = [k for k in row if k not in self.fields]
+        if new and self.rows:
+            self._widen(new)
+        elif new:
+            self.fields += new
+        mode = "a" if self.rows else "w"
+        with open(self.path, mode, newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="raise")
+            if not self.rows:
+                writer.writeheader()
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows += 1
+
+    def _widen(self, new):
+        fields = self.fields[:-1] + new + self.fields[-1:] if self.fields[-1] == "error" else self.fields + new
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(self.path, newline="", encoding="utf-8") as src, open(tmp, "w", newline="", encoding="utf-8") as dst:
+            writer = csv.DictWriter(dst, fieldnames=fields)
+            writer.writeheader()
+            for old in csv.DictReader(src):
+                writer.writerow(old)
+        os.replace(tmp, self.path)
+        self.fields = fields
+
+
+def _csv_value(value):
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _unique_name(output_dir, name):
+    if name is not None:
+        if (output_dir / f"{name}.csv").exists():
+            raise FileExistsError(f"{output_dir / (name + '.csv')} exists; choose another --name")
+        return name
+    base = "sweep-" + datetime.now().strftime("%Y%m%d-%H%M%S")
+    name, n = base, 1
+    while (output_dir / f"{name}.csv").exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def _write_json(path, data):
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+class _Capacity:
+    """Closed-loop capacity of (payload, connections) cells, measured once each when first needed."""
+
+    def __init__(self, impls, bench):
+        self.impls, self.bench, self.known, self.runs = impls, bench, {}, []
+
+    def __call__(self, payload, connections):
+        key = (payload, connections)
+        if key not in self.known:
+            best = math.nan
+            for impl in self.impls:
+                rec = {"payload": payload, "connections": connections, "impl": impl}
+                try:
+                    row = self.bench(impl, "rr", payload, connections)
+                    rec.update(msgs_per_s=row["msgs_per_s"], valid=row["valid"], invalid_reason=row["invalid_reason"])
+                    if row["valid"] and not row["msgs_per_s"] <= best:
+                        best = row["msgs_per_s"]
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a failed capacity run makes its rate rows fail
+                    rec.update(msgs_per_s=math.nan, valid=False, invalid_reason=f"error: {exc}")
+                self.runs.append(rec)
+            self.known[key] = best
+        return self.known[key]
+
+
+def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), connections=(1, 64),
+          duration=2.0, repeats=3, warmup=0.5, warmup_max=None, rates=None, load_fractions=None,
+          arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
+          server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
+          host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None):
+    """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
+
+    Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
+    sweep metadata); ``name`` defaults to ``sweep-YYYYmmdd-HHMMSS``, an existing name is refused.
+    Modes: "rr", "stream", "rate" (open loop at ``rates`` requests/s, or at ``load_fractions`` of each
+    cell's closed-loop capacity; default echo_core.grids.DEFAULT_LOAD_FRACTIONS; ``arrivals`` poisson
+    or uniform).  ``warmup`` is the minimum warm-up and ``warmup_max`` lets the load generator wait
+    for a steady state up to that long.  ``target_ci``/``max_repeats``: adaptive repeats (see the module
+    docstring).  ``on_row(row)`` is called after each row is written (raise from it to stop);
+    ``on_error`` "record" keeps a failed run as a row with an ``error`` text, "raise" stops.
+    server_cpu, client_cpus, threads, window and host go to run_benchmark.  A misspelt keyword is a
+    TypeError before any server starts.
+    """
+    if on_error not in ("record", "raise"):
+        raise ValueError("on_error must be 'record' or 'raise'")
+    impls, modes = list(impls), list(modes)
+    payloads, connections = [int(p) for p in payloads], [int(c) for c in connections]
+    rates = list(rates) if rates else None
+    load_fractions = list(load_fractions) if load_fractions else None
+    _validate(impls, modes, payloads, connections, duration, repeats, warmup, warmup_max, rates,
+              load_fractions, arrivals, target_ci, max_repeats)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    name = _unique_name(output_dir, name)
+    csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
+    runs = plan(impls, modes, payloads, connections, repeats, rates, load_fractions)
+    params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
+              "duration": duration, "warmup": warmup, "warmup_max": warmup_max, "repeats": repeats,
+              "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,
+              "arrivals": arrivals, "target_ci": target_ci, "max_repeats": max_repeats,
+              "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
+              "threads": threads, "window": window, "host": host, "on_error": on_error,
+              "order": "repeat-major; impls alternate order between repeats", "runs_planned": len(runs),
+              "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
+    meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
+            "finished_at": None, "elapsed_s": None, "rows": 0, "failed_runs": 0, "invalid_runs": 0,
+            "parameters": params, "machine": machine.machine_info(features_file)}
+    _write_json(json_path, meta)
+
+    def bench(impl, mode, payload, conns, rate=None):
+        return run_benchmark(impl, mode, payload, conns, duration=duration, warmup=warmup, warmup_max=warmup_max,
+                             rate=rate, arrivals=arrivals, server_cpu=server_cpu, client_cpus=client_cpus,
+                             threads=threads, host=host, window=window, server_options=server_options)
+
+    capacity = _Capacity(impls, bench)
+    cpu_before, t0 = machine.cpu_times_total(), time.monotonic()
+    writer = _CsvAppender(csv_path, leading=SWEEP_COLUMNS + CELL)
+    rows = []
+    bar = _tqdm()(total=len(runs), desc=name, unit="run", disable=not progress, dynamic_ncols=True)
+
+    def run_all(batch):
+        for run in batch:
+            bar.set_postfix_str(f"{run['mode']} {run['payload']}B x{run['connections']} {run['impl']}", refresh=False)
+            row = _run_one(run, bench, capacity, on_error)
+            row = {"sweep": name, "run_index": len(rows), **row}
+            writer.write(row)
+            rows.append(row)
+            bar.update(1)
+            if on_row is not None:
+                on_row(row)
+
+    try:
+        run_all(runs)
+        if target_ci is not None:
+            meta["adaptive"] = _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
+                                                 load_fractions, target_ci, max_repeats or repeats, bar, run_all,
+                                                 capacity)
+        meta["status"] = "complete"
+    except KeyboardInterrupt:
+        meta["status"] = "interrupted"
+        raise
+    except BaseException as exc:
+        meta["status"] = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        bar.close()
+        meta.update(finished_at=_now(), elapsed_s=round(time.monotonic() - t0, 3), rows=len(rows),
+                    failed_runs=sum(bool(r["error"]) for r in rows), invalid_runs=sum(not r["valid"] for r in rows),
+                    capacity_runs=capacity.runs,
+                    cpu_steal_fraction=machine.steal_fraction(cpu_before, machine.cpu_times_total()))
+        _write_json(json_path, meta)
+    df = load_csv(csv_path)
+    df.attrs.update(name=name, csv=str(csv_path), json=str(json_path), metadata=meta)
+    return df
+
+
+def _offered(run, capacity):
+    """The absolute offered rate (requests/s) of a rate-mode run; NaN without a capacity to scale."""
+    kind, value = run["load"]
+    if kind == "rate":
+        return value
+    cap = capacity(run["payload"], run["connections"])
+    return round(value * cap, 1) if cap > 0 else math.nan
+
+
+def _run_one(run, bench, capacity, on_error):
+    """One planned run -> one row (measured, or with an error text)."""
+    row = {"repeat": run["repeat"], "started_at": _now()}
+    t_run = time.monotonic()
+    offered, fraction, cap = math.nan, math.nan, math.nan
+    try:
+        if run["load"] is not None:
+            offered = _offered(run, capacity)
+            if run["load"][0] == "fraction":
+                fraction, cap = run["load"][1], capacity(run["payload"], run["connections"])
+                if not offered > 0:
+                    raise RuntimeError("no valid closed-loop capacity run to scale the offered load from")
+        result = bench(run["impl"], run["mode"], run["payload"], run["connections"],
+                       rate=offered if run["load"] is not None else None)
+        error = ""
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, see the module docstring
+        if on_error == "raise":
+            raise
+        result = {}
+        error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
+    row["wall_s"] = round(time.monotonic() - t_run, 4)
+    row.update({"impl": run["impl"], "mode": run["mode"], "payload": run["payload"],
+                "connections": run["connections"], "offered_rate": offered, "load_fraction": fraction,
+                "capacity_msgs_per_s": cap})
+    row.update({k: v for k, v in result.items() if k not in row})
+    row["error"] = error
+    row["valid"], row["invalid_reason"] = validity.assess(row)
+    # Keep error last in the CSV header: it is the column a reader scans for.
+    row["error"] = row.pop("error")
+    return row
+
+
+def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates, load_fractions, target_ci,
+                      max_repeats, bar, run_all, capacity):
+    """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary."""
+    import pandas as pd
+
+    numerator, denominator = impls[0], impls[1]
+    done = repeats
+    while True:
+        table = stats.ratios(pd.DataFrame(rows), numerator=numerator, denominator=denominator)
+        wide = [rec for rec in table.to_dict("records") if stats.ci_halfwidth(rec) > target_ci]
+        if not wide or done >= max_repeats:
+            break
+        more = [run for run in plan(impls, modes, payloads, connections, 1, rates, load_fractions, first_repeat=done)
+                if any(_same_cell(run, rec, capacity) for rec in wide)]
+        bar.total += len(more)
+        run_all(more)
+        done += 1
+    cells = [{**{k: rec[k] for k in ("mode", "payload", "connections")},
+              "offered_rate": None if math.isnan(rec["offered_rate"]) else rec["offered_rate"],
+              "pairs": int(rec["n_pairs"]), "ci_halfwidth": stats.ci_halfwidth(rec),
+              "met": stats.ci_halfwidth(rec) <= target_ci} for rec in table.to_dict("records")]
+    return {"target_ci": target_ci, "max_repeats": max_repeats, "repeats_run": done, "numerator": numerator,
+            "denominator": denominator, "cells": cells}
+
+
+def _same_cell(run, rec, capacity):
+    if (run["mode"], run["payload"], run["connections"]) != (rec["mode"], rec["payload"], rec["connections"]):
+        return False
+    return run["load"] is None or _offered(run, capacity) == rec["offered_rate"]
+
+
+def sweep_grid(name, /, output_dir="data", **overrides):
+    """Run a named grid from GRIDS; keyword arguments override the grid's values or add sweep() options
+    (``name=`` among them is the result set's name; None values mean "the grid's default")."""
+    return sweep(output_dir=output_dir, grid=name, **grid_params(name, **overrides))
+
+
+__all__ = ["GRIDS", "sweep", "sweep_grid"]

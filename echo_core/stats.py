@@ -1,0 +1,232 @@
+"""Statistics over valid runs: medians with bootstrap CIs per cell, paired io_uring/epoll ratios,
+latency-vs-load curves from merged histograms.
+
+* Point estimate: the median of the repeats.  Interval: a percentile bootstrap 95 % CI of the median
+  (BOOTSTRAP_RESAMPLES resamples, fixed seed).  With 1 value the CI is NaN; with 2-3 the bootstrap
+  interval is simply [min, max], whose true coverage is lower than 95 % (75 % for 3): read it as the
+  spread of the repeats.
+* Ratios are paired: the sweep runs both implementations of a cell back to back in each repeat, so the
+  ratio of a repeat cancels the drift both saw.  The ratio of a cell is the median of its per-repeat
+  ratios, its CI the bootstrap of that median.  A repeat counts only if both of its runs are valid.
+* Only valid runs (echo_core.validity) enter any statistic; every table reports how many were excluded.
+"""
+
+import math
+
+from echo_core import histogram
+from echo_core.grids import CELL
+from echo_core.results import valid_mask
+
+#: Metrics summarize() reports.
+METRICS = ["msgs_per_s", "bytes_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg"]
+#: How many bootstrap resamples summarize() and ratios() use.
+BOOTSTRAP_RESAMPLES = 2000
+#: Display names of the implementations in tables and charts.
+IMPL_LABELS = {"uring": "io_uring", "epoll": "epoll"}
+#: The cell of a ratio: CELL without the implementation.
+RATIO_CELL = [c for c in CELL if c != "impl"]
+#: Bottleneck verdicts in the order ties are broken (deterministic, most severe first).
+VERDICT_ORDER = ("both", "server", "client", "none")
+
+
+def _finite(values):
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    return x[np.isfinite(x)]
+
+
+def bootstrap_median_ci(values, level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """Percentile bootstrap CI of the median: (low, high); NaN with fewer than 2 finite values."""
+    import numpy as np
+
+    x = _finite(values)
+    if len(x) < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(x, size=(resamples, len(x)), replace=True), axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(medians, alpha)), float(np.quantile(medians, 1 - alpha))
+
+
+def median(values):
+    import numpy as np
+
+    x = _finite(values)
+    return float(np.median(x)) if len(x) else math.nan
+
+
+def most_common_verdict(values):
+    """The most frequent bottleneck verdict; ties go to the first in VERDICT_ORDER (then by name)."""
+    values = [v for v in values if isinstance(v, str) and v]
+    if not values:
+        return None
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    return min(sorted(set(values)), key=lambda v: (-values.count(v), rank.get(v, len(rank))))
+
+
+def _groups(df, keys):
+    return df.groupby(keys, sort=True, dropna=False)
+
+
+def _key(values):
+    """A group key with NaN (offered_rate outside rate mode) as None, so equal keys compare equal."""
+    values = values if isinstance(values, tuple) else (values,)
+    return tuple(None if isinstance(v, float) and math.isnan(v) else v for v in values)
+
+
+def summarize(df, metrics=METRICS, level=0.95):
+    """Median and bootstrap CI of each metric per cell, over valid runs.
+
+    Columns: the cell (CELL), n (valid runs), n_excluded, then <metric>_median, <metric>_ci_low,
+    <metric>_ci_high for each metric, bottleneck (the most frequent verdict, ties broken by
+    VERDICT_ORDER) and bottleneck_share (the share of repeats that agree).
+    """
+    import pandas as pd
+
+    data = df.copy()
+    data["_valid"] = valid_mask(data)
+    out = []
+    for key, group in _groups(data, CELL):
+        good = group[group["_valid"]]
+        rec = dict(zip(CELL, key))
+        rec["n"], rec["n_excluded"] = len(good), int((~group["_valid"]).sum())
+        for metric in metrics:
+            values = pd.to_numeric(good[metric], errors="coerce") if metric in good.columns else []
+            low, high = bootstrap_median_ci(values, level=level)
+            rec[f"{metric}_median"], rec[f"{metric}_ci_low"], rec[f"{metric}_ci_high"] = median(values), low, high
+        if "bottleneck" in good.columns:
+            verdicts = list(good["bottleneck"].dropna().astype(str))
+            rec["bottleneck"] = most_common_verdict(verdicts)
+            rec["bottleneck_share"] = verdicts.count(rec["bottleneck"]) / len(verdicts) if verdicts else math.nan
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def paired_ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll"):
+    """Per cell and repeat, numerator/denominator of `metric` from the two valid runs of that repeat.
+
+    Returns a frame with RATIO_CELL, sweep, repeat, ratio (and cpu_ratio when the server's CPU per
+    message is known).  Runs are paired within one result set (sweep) and repeat.
+    """
+    import pandas as pd
+
+    data = df[valid_mask(df)]
+    data = data[data["impl"].isin([numerator, denominator])]
+    keys = RATIO_CELL + ["sweep", "repeat"]
+    if "sweep" not in data.columns:
+        data = data.assign(sweep="")
+    out = []
+    for key, group in _groups(data, keys):
+        a, b = group[group["impl"] == numerator], group[group["impl"] == denominator]
+        if len(a) != 1 or len(b) != 1:
+            continue
+        va, vb = float(a[metric].iloc[0]), float(b[metric].iloc[0])
+        rec = dict(zip(keys, key))
+        rec["ratio"] = va / vb if vb > 0 else math.nan
+        if "server_cpu_us_per_msg" in group.columns:
+            ca, cb = float(a["server_cpu_us_per_msg"].iloc[0]), float(b["server_cpu_us_per_msg"].iloc[0])
+            rec["cpu_ratio"] = ca / cb if cb > 0 else math.nan
+        out.append(rec)
+    return pd.DataFrame(out, columns=keys + ["ratio", "cpu_ratio"])
+
+
+def ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll", level=0.95):
+    """numerator/denominator ratio of `metric` per cell, from paired repeats (see the module docstring).
+
+    Columns: RATIO_CELL, <numerator>, <denominator> (medians over valid runs), n_<numerator>,
+    n_<denominator> (valid runs), n_pairs, n_excluded (invalid runs of both), ratio (median of the
+    per-repeat ratios), ratio_ci_low, ratio_ci_high (bootstrap of that median; NaN below 2 pairs),
+    and cpu_ratio, the median per-repeat ratio of server CPU per message (< 1: numerator cheaper).
+    """
+    import pandas as pd
+
+    data = df[df["impl"].isin([numerator, denominator])].copy()
+    data["_valid"] = valid_mask(data)
+    pairs = paired_ratios(df, metric, numerator, denominator)
+    by_cell = {_key(k): g for k, g in _groups(pairs, RATIO_CELL)} if len(pairs) else {}
+    out = []
+    for key, group in _groups(data, RATIO_CELL):
+        good = group[group["_valid"]]
+        rec = dict(zip(RATIO_CELL, key))
+        for impl in (numerator, denominator):
+            values = pd.to_numeric(good.loc[good["impl"] == impl, metric], errors="coerce")
+            rec[impl], rec[f"n_{impl}"] = median(values), len(_finite(values))
+        rec["n_excluded"] = int((~group["_valid"]).sum())
+        mine = by_cell.get(_key(key), pairs.iloc[0:0])
+        rec["n_pairs"] = len(_finite(mine["ratio"]))
+        rec["ratio"] = median(mine["ratio"])
+        rec["ratio_ci_low"], rec["ratio_ci_high"] = bootstrap_median_ci(mine["ratio"], level=level)
+        rec["cpu_ratio"] = median(mine["cpu_ratio"])
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def ci_halfwidth(rec):
+    """Relative half-width of a ratio's CI, e.g. 0.03 for +-3 %; inf when there is no CI yet."""
+    low, high, ratio = rec["ratio_ci_low"], rec["ratio_ci_high"], rec["ratio"]
+    if not all(math.isfinite(v) for v in (low, high, ratio)) or ratio <= 0:
+        return math.inf
+    return (high - low) / 2 / ratio
+
+
+# --------------------------------------------------------------------------- latency vs load
+
+def latency_vs_load(df, quantiles=(0.5, 0.99, 0.999)):
+    """Per rate cell: offered and achieved load and latency percentiles from merged histograms.
+
+    Each cell's valid repeats are pooled by merging their latency histograms (the ``latency_hist``
+    column), so percentiles describe every request of every repeat; achieved throughput is the
+    median over the repeats.  Columns: CELL, n, n_excluded, achieved (msgs/s), achieved_fraction
+    (of offered), p50_us, p99_us, p999_us (for the default quantiles), unanswered (summed).
+    """
+    import pandas as pd
+
+    data = df[df["mode"] == "rate"].copy()
+    if data.empty:
+        return pd.DataFrame()
+    data["_valid"] = valid_mask(data)
+    out = []
+    for key, group in _groups(data, CELL):
+        good = group[group["_valid"]]
+        rec = dict(zip(CELL, key))
+        rec["n"], rec["n_excluded"] = len(good), int((~group["_valid"]).sum())
+        rec["achieved"] = median(pd.to_numeric(good["msgs_per_s"], errors="coerce"))
+        rec["achieved_fraction"] = rec["achieved"] / rec["offered_rate"] if rec["offered_rate"] else math.nan
+        # Empty histograms read back from a CSV as NaN.
+        hists = [h for h in good.get("latency_hist", []) if isinstance(h, str)]
+        merged = histogram.merge(hists) if hists else None
+        for q in quantiles:
+            name = "p" + f"{q * 100:g}".replace(".", "") + "_us"
+            rec[name] = histogram.quantile(merged, q) if merged is not None else math.nan
+        rec["unanswered"] = pd.to_numeric(good.get("unanswered", 0), errors="coerce").sum() if len(good) else 0
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+#: The knee: the last offered load before p99 exceeds KNEE_FACTOR x its value at the lowest load, or
+#: the achieved load falls below KNEE_ACHIEVED of the offered one.
+KNEE_FACTOR = 3.0
+KNEE_ACHIEVED = 0.9
+
+
+def knees(curves):
+    """Per (impl, payload, connections): the knee of a latency_vs_load() table, or NaN if none seen."""
+    import pandas as pd
+
+    out = []
+    if curves.empty:
+        return pd.DataFrame(columns=["impl", "payload", "connections", "knee_offered", "knee_achieved"])
+    for key, group in curves.groupby(["impl", "payload", "connections"], sort=True):
+        g = group.sort_values("offered_rate")
+        g = g[g["n"] > 0]
+        rec = dict(zip(["impl", "payload", "connections"], key))
+        rec["knee_offered"] = rec["knee_achieved"] = math.nan
+        if len(g):
+            base = g["p99_us"].iloc[0]
+            bad = (g["p99_us"] > KNEE_FACTOR * base) | (g["achieved_fraction"] < KNEE_ACHIEVED)
+            if bad.any() and not bad.iloc[0]:
+                before = g[~bad.cummax()].iloc[-1]
+                rec["knee_offered"], rec["knee_achieved"] = before["offered_rate"], before["achieved"]
+        out.append(rec)
+    return pd.DataFrame(out)

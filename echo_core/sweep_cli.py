@@ -1,0 +1,100 @@
+"""`python -m echo_core sweep`: a named grid (with overrides) -> CSV + JSON + charts, and a summary."""
+
+import argparse
+from pathlib import Path
+
+from echo_core import results, stats
+from echo_core.grids import GRIDS, count_runs, estimate_seconds, grid_params
+from echo_core.runner import sweep
+
+
+def _list(kind, what):
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"expected comma-separated positive {what}, got {text!r}")
+        return values
+    return parse
+
+
+def _str_list(text):
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def add_sweep_arguments(parser):
+    """Add the `sweep` subcommand's options to an argparse parser."""
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="quick",
+                        help="named grid (default quick: ~2 minutes; seed: the seed study's grid, ~30 minutes; "
+                             "latency: open-loop latency vs offered load)")
+    parser.add_argument("--output-dir", default="data", help="where the CSV, JSON and charts go (default data)")
+    parser.add_argument("--name", default=None, help="result set name (default sweep-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default: the grid's)")
+    parser.add_argument("--warmup", type=float, default=None, help="minimum warm-up seconds per run (default: the grid's)")
+    parser.add_argument("--warmup-max", type=float, default=None,
+                        help="wait up to this long for a steady state before measuring (default: the grid's)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default: the grid's)")
+    parser.add_argument("--impls", type=_str_list, default=None, help="override the grid's implementations, e.g. uring,epoll")
+    parser.add_argument("--modes", type=_str_list, default=None, help="override the grid's modes, e.g. rr,stream,rate")
+    parser.add_argument("--payloads", type=_list(int, "integers"), default=None,
+                        help="override the grid's payloads (bytes), e.g. 512,4096")
+    parser.add_argument("--connections", type=_list(int, "integers"), default=None,
+                        help="override the grid's connection counts, e.g. 1,64")
+    load = parser.add_mutually_exclusive_group()
+    load.add_argument("--rates", type=_list(float, "numbers"), default=None,
+                      help="rate mode: offered loads in requests/s, e.g. 5000,20000,80000")
+    load.add_argument("--load-fractions", type=_list(float, "numbers"), default=None,
+                      help="rate mode: offered loads as fractions of each cell's closed-loop capacity, "
+                           "e.g. 0.25,0.5,0.75,0.9,1.0 (the default)")
+    parser.add_argument("--arrivals", choices=("poisson", "uniform"), default=None,
+                        help="rate mode: inter-arrival times (default poisson)")
+    parser.add_argument("--target-ci", type=float, default=None,
+                        help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width is below this "
+                             "fraction (e.g. 0.03), up to --max-repeats")
+    parser.add_argument("--max-repeats", type=int, default=None, help="with --target-ci: at most this many repeats")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+OVERRIDES = ("duration", "warmup", "warmup_max", "repeats", "impls", "modes", "payloads", "connections", "rates",
+             "load_fractions", "arrivals", "target_ci", "max_repeats")
+
+
+def sweep_command(args):
+    """Run the grid, then CSV + JSON + charts.  Exit status 0, or 1 when a run failed or lost bytes
+    (runs that are invalid only because their window was unsteady are reported, not failures)."""
+    params = grid_params(args.grid, **{k: getattr(args, k) for k in OVERRIDES})
+    eta = estimate_seconds(params)
+    about = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
+    print(f"{args.grid} grid: {count_runs(params)} runs, about {about}", flush=True)
+    df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid, **params)
+    meta = df.attrs["metadata"]
+    print(f"{meta['rows']} runs in {meta['elapsed_s']:.0f} s")
+    print(f"results:  {df.attrs['csv']}")
+    print(f"metadata: {df.attrs['json']}")
+    if not args.no_plots:
+        from echo_core import report
+
+        report.use_headless_backend()
+        paths = report.save_charts(df, Path(df.attrs["csv"]).parent, df.attrs["name"])
+        for path in paths.values():
+            print(f"chart:    {path}")
+    table = stats.ratios(df)
+    if len(table):
+        print("io_uring / epoll (median of paired per-repeat msgs/s ratios, 95 % CI):")
+        for rec in table.to_dict("records"):
+            ci = f" [{rec['ratio_ci_low']:.2f}, {rec['ratio_ci_high']:.2f}]" if rec["ratio_ci_low"] == rec["ratio_ci_low"] else ""
+            load = f" at {rec['offered_rate']:,.0f}/s" if rec["offered_rate"] == rec["offered_rate"] else ""
+            excluded = f"  ({rec['n_excluded']} run(s) excluded)" if rec["n_excluded"] else ""
+            print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns{load}  "
+                  f"{rec['ratio']:.2f}{ci}{excluded}")
+    print(results.excluded_note(df))
+    invalid = results.excluded_rows(df)
+    broken = [r for r in invalid["invalid_reason"] if any(not part.startswith("unsteady") for part in r.split("; "))]
+    if broken:
+        print(f"warning: {len(broken)} run(s) failed, e.g. {broken[0]}")
+        return 1
+    return 0
