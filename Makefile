@@ -1,7 +1,8 @@
 # echo_core: common tasks.  Override the interpreter with PYTHON=..., e.g. `make test PYTHON=python3`.
 #
 #   make sweep    the quick grid (~2-3 minutes) into $(DATA)/: CSV, metadata JSON, charts (PNG)
-#   make seed     the seed study's full grid into $(DATA)/ (~25 minutes)
+#   make seed     the seed study's full grid into $(DATA)/ (~30 minutes)
+#   make latency  open-loop latency vs offered load (512 B, 16 KiB x 1, 64 connections) (~11 minutes)
 #   make report   execute notebooks/report.ipynb on every result set in $(DATA)/ and render
 #                 $(REPORTS)/report.html (standalone, code hidden)
 #   make test     the test suite
@@ -10,16 +11,19 @@ PYTHON ?= .venv/bin/python
 DATA ?= data
 REPORTS ?= reports
 
-.PHONY: help sweep seed report test
+.PHONY: help sweep seed latency report test
 
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
 
 sweep:
 	$(PYTHON) -m echo_core sweep --grid quick --output-dir $(DATA)
 
 seed:
 	$(PYTHON) -m echo_core sweep --grid seed --output-dir $(DATA)
+
+latency:
+	$(PYTHON) -m echo_core sweep --grid latency --output-dir $(DATA)
 
 report:
 	@mkdir -p $(REPORTS)

@@ -291,6 +291,9 @@ class ExternalServer:
         killed = False
         if exited_before is None:
             killed = not self._terminate_group(timeout)
+        else:
+            # The leader is gone, but children it left in its group may still hold the port.
+            _signal_group(self.proc.pid, signal.SIGKILL)
         self.returncode = self.proc.returncode
         why = _last_line(self._stderr.name) if self._stderr else ""
         self._close_stderr()

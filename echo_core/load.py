@@ -486,8 +486,9 @@ def format_summary(r):
             f"({r['latency_samples']:,} samples)"
         )
         if r["unanswered"]:
-            lines.append(f"  unanswered  {r['unanswered']:,} requests still open at the window's end "
-                         "(in the latency percentiles as waiting until that end)")
+            counted = ("in the latency percentiles as waiting until that end" if r["mode"] == "rate"
+                       else "closed loop: one per connection is normal; not in the percentiles")
+            lines.append(f"  unanswered  {r['unanswered']:,} requests still open at the window's end ({counted})")
     if r["mode"] == "rate":
         lines.append(
             f"  schedule    {r['rate']:,.0f} req/s offered, {r['arrivals']} arrivals (seed {r['seed']}); "

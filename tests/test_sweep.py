@@ -59,7 +59,7 @@ def test_plan_gives_rate_mode_one_cell_per_offered_load():
 def test_named_grids():
     assert grids.count_runs(grids.grid_params("quick")) == 48
     assert grids.count_runs(grids.grid_params("seed")) == 8 * 5 * 2 * 2 * 3
-    assert grids.count_runs(grids.grid_params("latency")) == 2 * 2 * 6 * 2 * 3
+    assert grids.count_runs(grids.grid_params("latency")) == 2 * 2 * 9 * 2 * 3
     assert grids.GRIDS["seed"]["connections"] == (1, 8, 512, 1000, 10000)
     # Offered loads given as overrides replace the grid's of either kind.
     params = grids.grid_params("latency", rates=[1000.0])

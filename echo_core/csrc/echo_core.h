@@ -129,12 +129,13 @@ struct ec_load_result {
 	uint64_t connected;       /* connections established */
 	uint64_t msgs;            /* messages fully echoed inside the window */
 	uint64_t bytes;           /* echoed bytes received inside the window */
-	uint64_t latency_count;   /* latency samples (rr, rate), censored ones included */
+	uint64_t latency_count;   /* latency samples (rr; rate, censored ones included) */
 	double lat_mean_us;
 	double lat_min_us;
 	double p50_us, p90_us, p99_us, p999_us;
 	double max_us;
-	uint64_t unanswered;      /* rr, rate: requests due before the window end, unanswered at it */
+	uint64_t unanswered;      /* rr, rate: requests due before the window end, unanswered at it
+				     (rate: also in the percentiles at window end - due) */
 	uint64_t never_answered;  /* requests sent whose echo never came (drain gave up; stream: payload units) */
 	double send_lag_p50_us;   /* rate: first send of a request minus its scheduled time */
 	double send_lag_p99_us;
@@ -155,7 +156,7 @@ struct ec_load_result {
 	int server_stats_snap;    /* 1: server_start/server_end were copied from server_stats */
 	struct ec_server_stats server_start;
 	struct ec_server_stats server_end;
-	uint64_t server_cpu_ns;   /* all threads of all server pids, from schedstat */
+	uint64_t server_cpu_ns;   /* all server pids, from their CPU-time clocks (exited threads included) */
 	double server_cpu_user_s; /* from /proc/PID/stat, clock-tick resolution */
 	double server_cpu_sys_s;
 	uint64_t latency_hist[EC_HIST_BUCKETS]; /* merged latency histogram (ns buckets) */

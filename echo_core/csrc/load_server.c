@@ -4,14 +4,15 @@
  * the timeline thread at the window's edges, so the server's numbers cover
  * exactly the window the client's numbers cover.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "load.h"
 
 /* Read a small /proc file into buf (NUL-terminated); returns its length or -errno. */
@@ -34,26 +35,23 @@ static int read_small(const char *path, char *buf, size_t size)
 	return (int)n;
 }
 
-/* Sum of the first schedstat field (ns on CPU) over every thread of pid. */
-static int task_cpu_ns(int pid, uint64_t *ns)
+/*
+ * CPU time (ns) of the whole process from its CPU-time clock: unlike a sum
+ * over /proc/PID/task/ *, it keeps the time of threads that exited, so a
+ * server whose pool threads retire mid-window cannot make it go backwards.
+ */
+static int process_cpu_ns(int pid, uint64_t *ns)
 {
-	char path[64], buf[128];
-	struct dirent *de;
-	DIR *dir;
+	struct timespec ts;
+	clockid_t cid;
+	int ret;
 
-	snprintf(path, sizeof(path), "/proc/%d/task", pid);
-	dir = opendir(path);
-	if (!dir)
+	ret = clock_getcpuclockid(pid, &cid);
+	if (ret)
+		return -ret;
+	if (clock_gettime(cid, &ts))
 		return -errno;
-	while ((de = readdir(dir))) {
-		if (de->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/%d/task/%.16s/schedstat", pid, de->d_name);
-		/* A thread that exited between readdir and open simply stops counting. */
-		if (read_small(path, buf, sizeof(buf)) > 0)
-			*ns += strtoull(buf, NULL, 10);
-	}
-	closedir(dir);
+	*ns += (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 	return 0;
 }
 
@@ -108,7 +106,7 @@ void ec_server_snap(const struct ec_load_config *cfg, struct server_snap *s)
 	if (!cfg->server_pids || !cfg->nserver_pids)
 		return;
 	for (i = 0; i < cfg->nserver_pids; i++) {
-		if (task_cpu_ns(cfg->server_pids[i], &s->cpu_ns) ||
+		if (process_cpu_ns(cfg->server_pids[i], &s->cpu_ns) ||
 		    proc_times(cfg->server_pids[i], &ut, &st))
 			return;
 	}

@@ -226,6 +226,13 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 			ec_window_publish(ld, start, start);
 			return;
 		}
+		/*
+		 * The sample for this start was taken WINDOW_LEAD_NS before it; if
+		 * this thread woke late, the start may already have passed, and the
+		 * workers would miss [start, publish).  Open it a little later.
+		 */
+		if (start < now_ns() + WINDOW_LEAD_NS / 2)
+			start = now_ns() + WINDOW_LEAD_NS / 2;
 		ec_window_publish(ld, start, start + dur);
 	}
 	start = ld->win_start;
@@ -248,7 +255,8 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 		res->server_start = s0.stats;
 		res->server_end = s1.stats;
 	}
-	if (s0.ok && s1.ok) {
+	/* A server process that exited between the snapshots takes its time with it: no figure. */
+	if (s0.ok && s1.ok && s1.cpu_ns >= s0.cpu_ns) {
 		res->server_snap = 1;
 		res->server_cpu_ns = s1.cpu_ns - s0.cpu_ns;
 		res->server_cpu_user_s = s1.user_s - s0.user_s;

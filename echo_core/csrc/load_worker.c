@@ -335,7 +335,8 @@ static void worker_run(struct worker *w)
 	}
 	if (ret == 1)
 		return;
-	if (w->ops->at_window_close)
+	/* A run stopped during warm-up publishes an empty window: nothing was measured. */
+	if (w->ops->at_window_close && w->win_start < w->win_end)
 		w->ops->at_window_close(w);
 	worker_drain(w);
 }
