@@ -82,7 +82,7 @@ def sweep_command(args):
         paths = report.save_charts(df, Path(df.attrs["csv"]).parent, df.attrs["name"])
         for path in paths.values():
             print(f"chart:    {path}")
-    table = stats.ratios(df)
+    table = stats.ratios(df) if {"uring", "epoll"} <= set(df["impl"]) else []
     if len(table):
         print("io_uring / epoll (median of paired per-repeat msgs/s ratios, 95 % CI):")
         for rec in table.to_dict("records"):
