@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 
-from echo_core.server import EXEC_PREFIX, validate_address
+from echo_core.server import EXEC_PREFIX, ServerProcess, validate_address
 
 
 def parse_exec(spec):
@@ -145,7 +145,7 @@ def _last_line(path):
     return lines[-1].strip() if lines else ""
 
 
-class ExternalServer:
+class ExternalServer(ServerProcess):
     """An external echo server (exec:CMD) in its own session and process group, optionally pinned.
 
     >>> with ExternalServer("exec:/usr/local/bin/my_echo --port {port}", cpu=1) as srv:
@@ -170,14 +170,6 @@ class ExternalServer:
         self.final_stats = None
         self.returncode = None
         self._stderr = None
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
-
-    @property
-    def address(self):
-        return self.host, self.port
 
     @property
     def stats_path(self):
@@ -340,11 +332,6 @@ class ExternalServer:
             self._stderr.close()
             self._stderr = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def _signal_group(pgid, sig):

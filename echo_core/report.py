@@ -86,7 +86,10 @@ def _log_x(ax, values):
     if len(values) > 1 and values[-1] / max(values[0], 1) >= 8:
         ax.set_xscale("log")
     ax.set_xticks(values)
-    ax.set_xticklabels([str(v) for v in values])
+    # Neighbours such as 512 and 1000 sit close on a log axis: short labels, slanted when crowded.
+    crowded = any(b / max(a, 1) < 2.5 for a, b in zip(values, values[1:]))
+    ax.set_xticklabels([_rate_label(v) for v in values], rotation=40 if crowded else 0,
+                       ha="right" if crowded else "center")
     ax.minorticks_off()
 
 

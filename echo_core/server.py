@@ -213,7 +213,28 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
         os.close(listen_fd)
 
 
-class Server:
+class ServerProcess:
+    """What every server run in its own process offers the harness: start()/stop() as a context
+    manager, its pid and address.  Subclasses set impl, host, port, cpu and proc."""
+
+    proc = None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def address(self):
+        return self.host, self.port
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Server(ServerProcess):
     """An echo server in its own (optionally CPU-pinned) process.
 
     >>> with Server("uring", port=0, cpu=1) as srv:
@@ -231,14 +252,6 @@ class Server:
         self.final_stats = None
         self._stats_file = None
         self._shared = None
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc else None
-
-    @property
-    def address(self):
-        return self.host, self.port
 
     def pids(self):
         """The server's process (one process; its CPU time is the sum over its threads)."""
@@ -329,12 +342,6 @@ class Server:
         if self._stats_file is not None:
             self._stats_file.close()
             self._stats_file = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 def print_listening(host, port):

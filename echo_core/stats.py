@@ -69,6 +69,14 @@ def _groups(df, keys):
     return df.groupby(keys, sort=True, dropna=False)
 
 
+def _cells(df):
+    """Per cell (CELL): a record with the cell's keys, n (valid runs) and n_excluded, and its valid runs."""
+    data = df.assign(_valid=valid_mask(df))
+    for key, group in _groups(data, CELL):
+        good = group[group["_valid"]]
+        yield {**dict(zip(CELL, key)), "n": len(good), "n_excluded": int((~group["_valid"]).sum())}, good
+
+
 def _key(values):
     """A group key with NaN (offered_rate outside rate mode) as None, so equal keys compare equal."""
     values = values if isinstance(values, tuple) else (values,)
@@ -84,13 +92,8 @@ def summarize(df, metrics=METRICS, level=0.95):
     """
     import pandas as pd
 
-    data = df.copy()
-    data["_valid"] = valid_mask(data)
     out = []
-    for key, group in _groups(data, CELL):
-        good = group[group["_valid"]]
-        rec = dict(zip(CELL, key))
-        rec["n"], rec["n_excluded"] = len(good), int((~group["_valid"]).sum())
+    for rec, good in _cells(df):
         for metric in metrics:
             values = pd.to_numeric(good[metric], errors="coerce") if metric in good.columns else []
             low, high = bootstrap_median_ci(values, level=level)
@@ -182,15 +185,11 @@ def latency_vs_load(df, quantiles=(0.5, 0.99, 0.999)):
     """
     import pandas as pd
 
-    data = df[df["mode"] == "rate"].copy()
+    data = df[df["mode"] == "rate"]
     if data.empty:
         return pd.DataFrame()
-    data["_valid"] = valid_mask(data)
     out = []
-    for key, group in _groups(data, CELL):
-        good = group[group["_valid"]]
-        rec = dict(zip(CELL, key))
-        rec["n"], rec["n_excluded"] = len(good), int((~group["_valid"]).sum())
+    for rec, good in _cells(data):
         rec["achieved"] = median(pd.to_numeric(good["msgs_per_s"], errors="coerce"))
         rec["achieved_fraction"] = rec["achieved"] / rec["offered_rate"] if rec["offered_rate"] else math.nan
         # Empty histograms read back from a CSV as NaN.

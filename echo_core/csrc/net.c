@@ -81,3 +81,15 @@ int ec_raise_nofile(void)
 	}
 	return rl.rlim_cur > 1 << 30 ? 1 << 30 : (int)rl.rlim_cur;
 }
+
+int ec_notify_ready(int ready_fd)
+{
+	ssize_t r;
+
+	if (ready_fd < 0)
+		return 0;
+	do {
+		r = write(ready_fd, "R", 1);
+	} while (r < 0 && errno == EINTR);
+	return r == 1 ? 0 : r < 0 ? -errno : -EIO;
+}

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "echo_core.h"
+#include "net.h"
 
 #define MAX_EVENTS	512		/* events harvested per epoll_wait */
 #define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
@@ -413,19 +414,6 @@ static int run_loop(struct server *s)
 	}
 }
 
-/* Tell whoever waits on ready_fd that set-up is done. Returns 0 or -errno. */
-static int notify_ready(int fd)
-{
-	ssize_t r;
-
-	if (fd < 0)
-		return 0;
-	do {
-		r = write(fd, "R", 1);
-	} while (r < 0 && errno == EINTR);
-	return r == 1 ? 0 : r < 0 ? -errno : -EIO;
-}
-
 static void server_free(struct server *s)
 {
 	uint32_t fd;
@@ -524,7 +512,7 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	if (!ret) {
 		/* Counters read "running" as soon as the waiter hears we are ready. */
 		stats->running = 1;
-		ret = notify_ready(cfg->ready_fd);
+		ret = ec_notify_ready(cfg->ready_fd);
 	}
 	if (!ret)
 		ret = run_loop(&s);

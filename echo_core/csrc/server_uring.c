@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "echo_core.h"
+#include "net.h"
 
 #define BUF_GROUP 0
 
@@ -366,19 +367,6 @@ static void teardown(struct server *s, int ring_up)
 	free(s->starved);
 }
 
-/* Tell whoever waits on ready_fd that set-up is done. Returns 0 or -errno. */
-static int notify_ready(int fd)
-{
-	ssize_t r;
-
-	if (fd < 0)
-		return 0;
-	do {
-		r = write(fd, "R", 1);
-	} while (r < 0 && errno == EINTR);
-	return r == 1 ? 0 : r < 0 ? -errno : -EIO;
-}
-
 /*
  * Queue the stop watch and the multishot accept and hand them to the
  * kernel, so that "ready" means both are really in place.  Returns 0 or
@@ -456,7 +444,7 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	if (!ret) {
 		/* Counters read "running" as soon as the waiter hears we are ready. */
 		stats->running = 1;
-		ret = notify_ready(s.ready_fd);
+		ret = ec_notify_ready(s.ready_fd);
 	}
 	if (!ret)
 		ret = run_loop(&s);
