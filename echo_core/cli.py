@@ -1,4 +1,4 @@
-"""Command line: python -m echo_core serve|load|sweep ..."""
+"""Command line: python -m echo_core serve|load|sweep|charts ..."""
 
 import argparse
 import sys
@@ -38,12 +38,14 @@ def build_parser():
     _add_serve_arguments(sub.add_parser("serve", help="run an echo server until SIGINT/SIGTERM"))
     load.add_load_arguments(sub.add_parser("load", help="run the load generator against a server"))
     sweep_cli.add_sweep_arguments(sub.add_parser("sweep", help="run a grid of benchmarks: CSV + JSON + charts"))
+    sweep_cli.add_charts_arguments(sub.add_parser("charts", help="redraw a result set's charts from its CSV"))
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweep_cli.sweep_command}
+    handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweep_cli.sweep_command,
+                "charts": sweep_cli.charts_command}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from echo_core.results import excluded_counts, excluded_note, valid_rows
-from echo_core.stats import IMPL_LABELS, knees, latency_vs_load, ratios, summarize
+from echo_core.stats import IMPL_LABELS, knees, latency_vs_load, ratios, summarize, up_to_saturation
 
 #: Chart name -> function, in the order save_charts() draws them.
 CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load")
@@ -251,10 +251,10 @@ def plot_latency_load(df):
     from matplotlib.ticker import FuncFormatter
 
     title = "Latency vs load (open loop)"
-    curves = latency_vs_load(df)
-    curves = curves[curves["n"] > 0] if not curves.empty else curves
+    curves, beyond = up_to_saturation(latency_vs_load(df))
     if curves.empty:
         return _empty(title)
+    curves = curves.copy()
     curves["implementation"] = curves["impl"].map(lambda i: IMPL_LABELS.get(i, i))
     panels = sorted(set(zip(curves["payload"], curves["connections"])))
     ncols = min(len(panels), 2)
@@ -288,6 +288,9 @@ def plot_latency_load(df):
     fig.suptitle(f"{title}: percentiles of every request of every valid repeat; knee = last load before p99 "
                  f"> 3x its low-load value or achieved < 90 % of offered", fontsize=10, y=1 - 0.05 / fig.get_figheight(),
                  va="top")
+    if beyond:
+        fig.text(0.99, 0.0, f"{beyond} offered load(s) past saturation not drawn (see latency_load_table).",
+                 fontsize=8, color="0.35", ha="right", va="top")
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
     return fig
 

@@ -229,3 +229,22 @@ def knees(curves):
                 rec["knee_offered"], rec["knee_achieved"] = before["offered_rate"], before["achieved"]
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def up_to_saturation(curves):
+    """The part of each latency_vs_load() curve a chart should draw: offered loads in increasing order
+    up to and including the first one the server no longer kept up with (achieved < KNEE_ACHIEVED of
+    offered), and none past an offered load without a valid run.  Beyond saturation the achieved
+    throughput falls back while queues grow for as long as the window lasts, so those points say more
+    about the window's length than about the server.  Returns (kept rows, number of rows left out)."""
+    if curves.empty:
+        return curves, 0
+    keep = []
+    for _, group in curves.groupby(["impl", "payload", "connections"], sort=True):
+        for index, rec in group.sort_values("offered_rate").iterrows():
+            if rec["n"] == 0:
+                break
+            keep.append(index)
+            if rec["achieved_fraction"] < KNEE_ACHIEVED:
+                break
+    return curves.loc[keep], len(curves) - len(keep)

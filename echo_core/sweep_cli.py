@@ -63,6 +63,27 @@ OVERRIDES = ("duration", "warmup", "warmup_max", "repeats", "impls", "modes", "p
              "load_fractions", "arrivals", "target_ci", "max_repeats")
 
 
+def add_charts_arguments(parser):
+    """Add the `charts` subcommand's options: redraw a result set's charts from its CSV."""
+    parser.add_argument("csv", nargs="+", help="result set CSV(s), e.g. data/sweep-20261127-115922.csv")
+    return parser
+
+
+def charts_command(args):
+    """Redraw every chart of each result set beside its CSV (figures come from the table alone)."""
+    from echo_core import report
+
+    report.use_headless_backend()
+    for path in map(Path, args.csv):
+        if not path.is_file():
+            raise ValueError(f"no such result set: {path}")
+        df = results.load_csv(path)
+        for chart in report.save_charts(df, path.parent, path.stem).values():
+            print(f"chart:    {chart}")
+        print(results.excluded_note(df))
+    return 0
+
+
 def sweep_command(args):
     """Run the grid, then CSV + JSON + charts.  Exit status 0, or 1 when a run failed or lost bytes
     (runs that are invalid only because their window was unsteady are reported, not failures)."""

@@ -287,6 +287,18 @@ def test_rate_sweep_at_load_fractions_measures_capacity_first(tmp_path):
     assert set(paths) == {"latency-load"} and paths["latency-load"].stat().st_size > 1000
 
 
+def test_latency_curves_stop_at_saturation_and_knees_mark_the_last_good_load():
+    curves = pd.DataFrame({"impl": "uring", "payload": 512, "connections": 64,
+                           "offered_rate": [100.0, 200.0, 300.0, 400.0, 500.0],
+                           "n": [3, 3, 3, 0, 3], "achieved": [100.0, 200.0, 240.0, math.nan, 200.0],
+                           "achieved_fraction": [1.0, 1.0, 0.8, math.nan, 0.4],
+                           "p99_us": [100.0, 250.0, 5000.0, math.nan, 9000.0]})
+    kept, left_out = stats.up_to_saturation(curves)
+    assert kept["offered_rate"].tolist() == [100.0, 200.0, 300.0] and left_out == 2
+    (knee,) = stats.knees(curves).to_dict("records")
+    assert knee["knee_offered"] == 200.0 and knee["knee_achieved"] == 200.0
+
+
 def test_adaptive_repeats_stop_at_the_target_or_the_maximum(tmp_path):
     common = dict(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=2,
                   output_dir=tmp_path, **TINY)
@@ -347,6 +359,19 @@ def test_sweep_command_writes_csv_json_and_charts(tmp_path, capsys):
     for chart in ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap"):
         png = tmp_path / f"cli-{chart}.png"
         assert png.stat().st_size > 1000, chart
+
+
+def test_charts_are_redrawn_from_the_csv_alone(tiny, tmp_path):
+    _, out = tiny
+    csv_copy = tmp_path / "tiny.csv"
+    csv_copy.write_bytes((out / "tiny.csv").read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "echo_core", "charts", str(csv_copy)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "tiny-ratio-heatmap.png").stat().st_size > 1000 and "all 8 runs valid" in proc.stdout
+    missing = subprocess.run([sys.executable, "-m", "echo_core", "charts", str(tmp_path / "nope.csv")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no such result set")
 
 
 def test_python_m_echo_core_sweep_in_rate_mode(tmp_path):
