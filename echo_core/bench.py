@@ -7,7 +7,7 @@ import sys
 
 from echo_core import validity
 from echo_core.load import check_load_args
-from echo_core.server import make_server
+from echo_core.server import exit_description, make_server
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
 SATURATED = 0.90
@@ -86,7 +86,8 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
 def _parse_record(out, err, code):
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
-        raise RuntimeError(f"load generator failed (exit {code}): {err.strip() or out.strip()}")
+        detail = (err.strip() or out.strip()).splitlines()
+        raise RuntimeError(f"load generator {exit_description(code)}" + (f": {detail[-1]}" if detail else ""))
     # The CLI writes NaN (no latency in stream mode, no rate outside rate mode) as JSON null.
     return {k: float("nan") if v is None else v for k, v in json.loads(lines[-1]).items()}
 

@@ -108,6 +108,17 @@ class _CsvAppender:
         self.fields = list(leading)
         self.rows = 0
 
+    @classmethod
+    def existing(cls, path):
+        """Append to a CSV written earlier (a resumed sweep): its header and row count carry on."""
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, [])
+            count = sum(1 for _ in reader)
+        appender = cls(path, header)
+        appender.rows = count
+        return appender
+
     def write(self, row):
         new = [k for k in row if k not in self.fields]
         if new and self.rows:
@@ -195,7 +206,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
           duration=2.0, repeats=3, warmup=0.5, warmup_max=None, rates=None, load_fractions=None,
           arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
           server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
-          host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None):
+          host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None,
+          resume=False):
     """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
 
     Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
@@ -207,7 +219,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     docstring).  ``on_row(row)`` is called after each row is written (raise from it to stop);
     ``on_error`` "record" keeps a failed run as a row with an ``error`` text, "raise" stops.
     server_cpu, client_cpus, threads, window and host go to run_benchmark.  A misspelt keyword is a
-    TypeError before any server starts.
+    TypeError before any server starts.  ``resume=True`` continues the result set ``name`` (see
+    resume_sweep): planned runs it already holds as valid rows are skipped, the rest are appended.
     """
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
@@ -219,9 +232,12 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
               load_fractions, arrivals, target_ci, max_repeats)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    name = _unique_name(output_dir, name)
+    previous = _previous_rows(output_dir, name) if resume else []
+    name = name if resume else _unique_name(output_dir, name)
     csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
-    runs = plan(impls, modes, payloads, connections, repeats, rates, load_fractions)
+    done = {row_key(row) for row in previous if row["valid"]}
+    runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions)
+            if _plan_key(run) not in done]
     params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
               "duration": duration, "warmup": warmup, "warmup_max": warmup_max, "repeats": repeats,
               "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,
@@ -233,6 +249,12 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
             "finished_at": None, "elapsed_s": None, "rows": 0, "failed_runs": 0, "invalid_runs": 0,
             "parameters": params, "machine": machine.machine_info(features_file)}
+    if resume:
+        # The set keeps its first start and machine; each resumption is recorded beside them.
+        earlier = json.loads(json_path.read_text()) if json_path.exists() else {}
+        resumed = earlier.get("resumed", []) + [{"at": meta["started_at"], "runs_skipped": len(done),
+                                                 "runs_planned": len(runs), "machine": meta["machine"]}]
+        meta.update({k: earlier[k] for k in ("started_at", "machine") if k in earlier}, resumed=resumed)
     _write_json(json_path, meta)
 
     def bench(impl, mode, payload, conns, rate=None):
@@ -241,9 +263,13 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
                              threads=threads, host=host, window=window, server_options=server_options)
 
     capacity = _Capacity(impls, bench)
+    # Offered loads of a resumed set stay what they were: reuse the capacities its rows were scaled by.
+    for row in previous:
+        if row.get("capacity_msgs_per_s", math.nan) > 0:
+            capacity.known[(int(row["payload"]), int(row["connections"]))] = row["capacity_msgs_per_s"]
     cpu_before, t0 = machine.cpu_times_total(), time.monotonic()
-    writer = _CsvAppender(csv_path, leading=SWEEP_COLUMNS + CELL)
-    rows = []
+    writer = _CsvAppender.existing(csv_path) if previous else _CsvAppender(csv_path, leading=SWEEP_COLUMNS + CELL)
+    rows = list(previous)
     bar = _tqdm()(total=len(runs), desc=name, unit="run", disable=not progress, dynamic_ncols=True)
 
     def run_all(batch):
@@ -280,6 +306,46 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     df = load_csv(csv_path)
     df.attrs.update(name=name, csv=str(csv_path), json=str(json_path), metadata=meta)
     return df
+
+
+def _previous_rows(output_dir, name):
+    """The rows of the result set a resumed sweep continues, as dicts."""
+    if not name:
+        raise ValueError("resume needs the name of the result set to continue")
+    path = output_dir / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume {name!r}: {path} does not exist")
+    return load_csv(path).to_dict("records")
+
+
+def _plan_key(run):
+    return (run["impl"], run["mode"], int(run["payload"]), int(run["connections"]), run["load"], int(run["repeat"]))
+
+
+def row_key(row):
+    """The _plan_key of the planned run a row recorded."""
+    load = None
+    if row["mode"] == "rate":
+        fraction = row.get("load_fraction", math.nan)
+        load = ("fraction", float(fraction)) if fraction == fraction else ("rate", float(row["offered_rate"]))
+    return (row["impl"], row["mode"], int(row["payload"]), int(row["connections"]), load, int(row["repeat"]))
+
+
+#: The sweep() parameters a result set's metadata records and resume_sweep() passes back.
+RESUMABLE = ("impls", "modes", "payloads", "connections", "duration", "warmup", "warmup_max", "repeats", "rates",
+             "load_fractions", "arrivals", "target_ci", "max_repeats", "server_options", "server_cpu",
+             "client_cpus", "threads", "window", "host", "on_error", "grid")
+
+
+def resume_sweep(name, output_dir="data", progress=True, on_row=None):
+    """Continue an interrupted sweep into the same result set with the parameters it recorded:
+    runs already recorded valid are skipped; failed, invalid and missing ones run (again)."""
+    json_path = Path(output_dir) / f"{name}.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"cannot resume {name!r}: {json_path} does not exist")
+    params = json.loads(json_path.read_text()).get("parameters", {})
+    return sweep(output_dir=output_dir, name=name, resume=True, progress=progress, on_row=on_row,
+                 **{k: params[k] for k in RESUMABLE if k in params})
 
 
 def _offered(run, capacity):
@@ -362,4 +428,4 @@ def sweep_grid(name, /, output_dir="data", **overrides):
     return sweep(output_dir=output_dir, grid=name, **grid_params(name, **overrides))
 
 
-__all__ = ["GRIDS", "sweep", "sweep_grid"]
+__all__ = ["GRIDS", "resume_sweep", "sweep", "sweep_grid"]

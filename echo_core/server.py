@@ -331,7 +331,8 @@ class Server(ServerProcess):
         self.final_stats = struct_to_dict(ffi.from_buffer("struct ec_server_stats *", self._shared))
         self._cleanup()
         if code != 0:
-            raise RuntimeError(f"{self.impl} server exited with status {code}: {err.strip()}")
+            # A server that died during the run (e.g. SIGKILL) said nothing on stderr: say how it ended.
+            raise RuntimeError(f"{self.impl} server {exit_description(code)}" + (f": {err.strip()}" if err.strip() else ""))
         return dict(self.final_stats)
 
     def _cleanup(self):
@@ -342,6 +343,16 @@ class Server(ServerProcess):
         if self._stats_file is not None:
             self._stats_file.close()
             self._stats_file = None
+
+
+def exit_description(code):
+    """'exited with status 3' or 'was killed by SIGKILL' for a subprocess return code."""
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def print_listening(host, port):

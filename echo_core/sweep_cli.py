@@ -5,7 +5,7 @@ from pathlib import Path
 
 from echo_core import results, stats
 from echo_core.grids import GRIDS, count_runs, estimate_seconds, grid_params
-from echo_core.runner import sweep
+from echo_core.runner import resume_sweep, row_key, sweep
 
 
 def _list(kind, what):
@@ -54,6 +54,9 @@ def add_sweep_arguments(parser):
                         help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width is below this "
                              "fraction (e.g. 0.03), up to --max-repeats")
     parser.add_argument("--max-repeats", type=int, default=None, help="with --target-ci: at most this many repeats")
+    parser.add_argument("--resume", metavar="NAME", default=None,
+                        help="continue the interrupted result set NAME in --output-dir with the parameters it "
+                             "recorded, skipping runs it already holds as valid (grid options are ignored)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -87,11 +90,15 @@ def charts_command(args):
 def sweep_command(args):
     """Run the grid, then CSV + JSON + charts.  Exit status 0, or 1 when a run failed or lost bytes
     (runs that are invalid only because their window was unsteady are reported, not failures)."""
-    params = grid_params(args.grid, **{k: getattr(args, k) for k in OVERRIDES})
-    eta = estimate_seconds(params)
-    about = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
-    print(f"{args.grid} grid: {count_runs(params)} runs, about {about}", flush=True)
-    df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid, **params)
+    if args.resume:
+        print(f"resuming {args.resume} in {args.output_dir}", flush=True)
+        df = resume_sweep(args.resume, output_dir=args.output_dir, progress=not args.quiet)
+    else:
+        params = grid_params(args.grid, **{k: getattr(args, k) for k in OVERRIDES})
+        eta = estimate_seconds(params)
+        about = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
+        print(f"{args.grid} grid: {count_runs(params)} runs, about {about}", flush=True)
+        df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid, **params)
     meta = df.attrs["metadata"]
     print(f"{meta['rows']} runs in {meta['elapsed_s']:.0f} s")
     print(f"results:  {df.attrs['csv']}")
@@ -113,8 +120,11 @@ def sweep_command(args):
             print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns{load}  "
                   f"{rec['ratio']:.2f}{ci}{excluded}")
     print(results.excluded_note(df))
-    invalid = results.excluded_rows(df)
-    broken = [r for r in invalid["invalid_reason"] if any(not part.startswith("unsteady") for part in r.split("; "))]
+    # Failed or corrupt runs count unless a resumed sweep has since recorded the same run valid.
+    redone = {row_key(row) for row in results.valid_rows(df).to_dict("records")}
+    invalid = [row for row in results.excluded_rows(df).to_dict("records") if row_key(row) not in redone]
+    broken = [r["invalid_reason"] for r in invalid
+              if any(not part.startswith("unsteady") for part in r["invalid_reason"].split("; "))]
     if broken:
         print(f"warning: {len(broken)} run(s) failed, e.g. {broken[0]}")
         return 1

@@ -4,9 +4,23 @@ import resource
 import pytest
 
 import echo_core
+from echo_core.machine import io_uring_info
 
-# Leave CPU 0 to the test client; pin servers to the last CPU.
+# Leave the other CPUs to the test client; pin servers to the last CPU this process may use.
 SERVER_CPU = max(os.sched_getaffinity(0))
+
+
+def io_uring_refused():
+    """Why io_uring cannot be used here (kernel.io_uring_disabled, a seccomp profile, ...), or None."""
+    info = io_uring_info()
+    if info["setup_permitted"]:
+        return None
+    return (f"io_uring refused by this kernel: {info['setup_error']} "
+            f"(kernel.io_uring_disabled = {info['io_uring_disabled']})")
+
+
+#: Computed once per test session: the probe sets up (and tears down) one ring.
+IO_URING_REFUSED = io_uring_refused()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -19,6 +33,9 @@ def raise_fd_limit():
 
 @pytest.fixture(params=echo_core.IMPLS)
 def impl(request):
+    """Each server implementation; io_uring tests skip, saying why, where the kernel refuses io_uring."""
+    if request.param == "uring" and IO_URING_REFUSED:
+        pytest.skip(IO_URING_REFUSED)
     return request.param
 
 

@@ -409,7 +409,6 @@ def stats_path(srv):
     return getattr(srv, "stats_path", None) or srv._stats_file.name
 
 
-@pytest.mark.parametrize("impl", ["uring", "epoll"])
 def test_window_snapshot_of_the_server(impl):
     # The load generator snapshots the server at its own window edges: in a steady stream the
     # server sent what the client received in that window, give or take what is in flight.
@@ -444,7 +443,6 @@ def test_fixed_warmup_is_reported_as_such():
     assert r["warmup_min_s"] == r["warmup_max_s"] == 0.15
 
 
-@pytest.mark.parametrize("impl", ["uring", "epoll"])
 def test_adaptive_warmup_finds_steady_state(impl):
     with echo_core.Server(impl, port=0, cpu=max(os.sched_getaffinity(0))) as srv:
         r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=0.3,
@@ -918,7 +916,6 @@ def test_run_from_a_thread():
 # --------------------------------------------------- the project's servers
 
 
-@pytest.mark.parametrize("impl", ["uring", "epoll"])
 def test_ten_thousand_connections_against_project_server(impl):
     with echo_core.Server(impl, port=0, cpu=1) as srv:
         r = run_load(port=srv.port, mode="rr", payload=64, connections=10000, duration=1.0,

@@ -16,7 +16,10 @@ import pytest
 
 from echo_core.report import CHART_MODES, CHART_NAMES, HEATMAP_TITLE
 
+from conftest import IO_URING_REFUSED
+
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the notebooks compare io_uring with epoll: {IO_URING_REFUSED}")
 NOTEBOOKS = REPO / "notebooks"
 CONNECTIONS = [1, 4]
 #: The charts a closed-loop (rr, stream) sweep draws.

@@ -15,7 +15,10 @@ import pytest
 
 from echo_core import grids, report, results, runner, stats, sweep_cli, validity
 
+from conftest import IO_URING_REFUSED
+
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"sweeps compare io_uring with epoll: {IO_URING_REFUSED}")
 TINY = {"duration": 0.3, "warmup": 0.1, "progress": False}
 FAULTY = f"exec:{sys.executable} {REPO / 'tests' / 'faulty_echo.py'} --port {{port}}"
 
@@ -311,6 +314,87 @@ def test_adaptive_repeats_stop_at_the_target_or_the_maximum(tmp_path):
     assert len(df) == 4 and meta["repeats_run"] == 2 and meta["cells"][0]["met"] is True
     with pytest.raises(ValueError, match="max_repeats"):
         runner.sweep(name="x", target_ci=0.1, max_repeats=1, **common)
+
+
+def _children(marker):
+    """Live child processes of this test process whose command line contains marker."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and marker in cmdline:
+            out.append(int(pid))
+    return out
+
+
+@pytest.mark.parametrize("victim, reason", [("echo_core serve", "uring server was killed by SIGKILL"),
+                                            ("echo_core load", "load generator was killed by SIGKILL")])
+def test_a_sweep_survives_a_process_killed_mid_run(tmp_path, victim, reason):
+    import signal
+    import threading
+    import time
+
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            pids = _children(victim)
+            if pids:
+                time.sleep(0.5)  # well inside the first run's window
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(2,), repeats=1,
+                      duration=1.0, warmup=0.1, output_dir=tmp_path, name="killed", progress=False)
+    thread.join(timeout=5)
+    assert killed
+    first, second = df.to_dict("records")
+    assert reason in first["error"] and not first["valid"], first["error"]
+    assert second["impl"] == "epoll" and second["valid"], second["invalid_reason"]  # a fresh server, a good run
+    assert not _children("echo_core serve")  # nothing left behind
+
+
+def test_resume_continues_the_same_result_set_and_skips_valid_runs(tmp_path):
+    common = dict(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
+                  output_dir=tmp_path, name="cut", **TINY)
+
+    def stop_after_two(row):
+        if row["run_index"] == 1:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        runner.sweep(on_row=stop_after_two, **common)
+    rows = _csv_rows(tmp_path / "cut.csv")
+    assert len(rows) == 2
+    # Pretend the first run had been recorded invalid: resuming must run it again.
+    rows[0]["valid"], rows[0]["invalid_reason"] = "False", "1 mismatched bytes"
+    with open(tmp_path / "cut.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    proc = subprocess.run([sys.executable, "-m", "echo_core", "sweep", "--resume", "cut", "--output-dir", str(tmp_path),
+                           "--quiet", "--no-plots"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    df = results.load_csv(tmp_path / "cut.csv")
+    assert df["run_index"].tolist() == [0, 1, 2, 3, 4]
+    planned = {(r["impl"], r["connections"]) for r in grids.plan(("uring", "epoll"), ("rr",), (512,), (1, 2), 1)}
+    assert {(r.impl, r.connections) for r in df[df["valid"]].itertuples()} == planned
+    assert (df.iloc[2]["impl"], df.iloc[2]["connections"]) == (rows[0]["impl"], int(rows[0]["connections"]))
+    assert len(df[df["valid"]]) == 4 and not df.iloc[0]["valid"]
+    meta = json.loads((tmp_path / "cut.json").read_text())
+    assert meta["status"] == "complete" and meta["rows"] == 5 and len(meta["resumed"]) == 1
+    assert meta["resumed"][0]["runs_skipped"] == 1
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        runner.resume_sweep("nope", output_dir=tmp_path)
 
 
 def test_csv_header_widens_when_a_later_row_has_new_columns(tmp_path):
