@@ -8,6 +8,9 @@ from echo_core.machine import io_uring_info
 
 # Leave the other CPUs to the test client; pin servers to the last CPU this process may use.
 SERVER_CPU = max(os.sched_getaffinity(0))
+CLIENT_CPUS = sorted(os.sched_getaffinity(0) - {SERVER_CPU}) or [SERVER_CPU]
+#: Connections a many-connection test may open: 10,000, or what the hard fd limit leaves room for.
+MANY_CONNECTIONS = min(10000, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 64)
 
 
 def io_uring_refused():

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import echo_core
+from conftest import SERVER_CPU
 from echo_client import connect, recv_exact
 
 SERVE = [sys.executable, "-m", "echo_core", "serve"]
@@ -111,7 +112,7 @@ def test_cli_port_in_use_is_an_error(impl):
 
 
 def test_api_counters_while_running_and_at_exit(impl):
-    with echo_core.Server(impl, port=0, cpu=0) as srv:
+    with echo_core.Server(impl, port=0, cpu=SERVER_CPU) as srv:
         with connect(srv.port) as s:
             s.sendall(b"x" * 5000)
             recv_exact(s, 5000)

@@ -22,6 +22,7 @@ import time
 import pytest
 
 import echo_core
+from conftest import CLIENT_CPUS, MANY_CONNECTIONS, SERVER_CPU
 from echo_core import histogram
 from echo_core.load import run_load
 
@@ -917,10 +918,10 @@ def test_run_from_a_thread():
 
 
 def test_ten_thousand_connections_against_project_server(impl):
-    with echo_core.Server(impl, port=0, cpu=1) as srv:
-        r = run_load(port=srv.port, mode="rr", payload=64, connections=10000, duration=1.0,
-                     cpus=[0], connect_timeout=20)
-    assert r["connected"] == 10000
+    with echo_core.Server(impl, port=0, cpu=SERVER_CPU) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=64, connections=MANY_CONNECTIONS, duration=1.0,
+                     cpus=CLIENT_CPUS[:1], connect_timeout=20)
+    assert r["connected"] == MANY_CONNECTIONS
     assert r["mismatches"] == 0
     assert r["errors"] == 0
     assert r["messages"] > 10000
