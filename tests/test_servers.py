@@ -242,3 +242,49 @@ def test_full_connection_table_keeps_serving_and_recovers(start_server):
     assert echo_all(again, payloads, timeout=15) == payloads
     for s in again:
         s.close()
+
+
+def assert_waiting(socks):
+    """Each socket is open and unanswered: no EOF and no reset, just nothing to read yet."""
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        try:
+            chunk = s.recv(1)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise AssertionError(f"waiting client {i} was dropped: {exc!r}") from None
+        raise AssertionError(f"waiting client {i} got {chunk!r} (EOF or an echo) from a full server")
+
+
+def test_clients_beyond_max_conns_wait_and_are_all_served_once_slots_free(start_server):
+    n = 12
+    srv = start_server(max_conns=n)
+    first = [connect(srv.port) for _ in range(n)]
+    payloads = [distinct_payload(i, 1000) for i in range(n)]
+    assert echo_all(first, payloads) == payloads
+    extra = [connect(srv.port) for _ in range(10)]
+    early = [distinct_payload(100 + i, 500) for i in range(10)]
+    try:
+        # They sit in the listen backlog, data and all, while the table is full.
+        for s, data in zip(extra, early):
+            s.sendall(data)
+        time.sleep(0.5)
+        assert srv.stats()["conns_active"] == n
+        assert srv.stats()["conns_accepted"] == n
+        assert_waiting(extra)
+        # The full table still echoes for the connections it has.
+        assert echo_all(first, payloads) == payloads
+        for s in first[:10]:
+            s.close()
+        # Every waiting client is served, what it sent while waiting first.
+        assert [recv_exact(s, 500, timeout=15) for s in extra] == early
+        more = [distinct_payload(200 + i, 3000) for i in range(10)]
+        assert echo_all(extra, more, timeout=15) == more
+        assert echo_all(first[10:], payloads[10:]) == payloads[10:]
+    finally:
+        for s in first + extra:
+            s.close()
+    assert wait_for(srv, "conns_active", 0) == 0
+    live = srv.stats()
+    assert live["conns_accepted"] == n + 10 and live["conns_closed"] == n + 10

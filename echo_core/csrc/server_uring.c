@@ -1,8 +1,12 @@
 /*
  * server_uring.c - RFC 862 echo server on io_uring.
  *
- * One ring, one thread.  Connections arrive through a multishot accept
- * into direct (fixed) descriptors; each connection has exactly one
+ * One ring, one thread.  Connections arrive through single-shot accepts
+ * into direct (fixed) descriptors, each armed only with a table slot
+ * reserved for it: a multishot accept would let the kernel accept a
+ * connection it then has no slot for and drops (-ENFILE), whereas with
+ * reservations the connections beyond max_conns wait in the listen
+ * backlog until a close frees a slot.  Each connection has exactly one
  * operation in flight: a recv that picks a buffer from the provided-buffer
  * ring, then a send of that buffer (resent until complete), then the next
  * recv.  One io_uring_enter per loop turn submits and waits.
@@ -20,6 +24,8 @@
 #include "net.h"
 
 #define BUF_GROUP 0
+#define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
+#define ACCEPT_RETRY_MS 100	/* wait before accepting again after EMFILE and co. */
 
 enum op {
 	OP_ACCEPT = 1,
@@ -27,6 +33,7 @@ enum op {
 	OP_SEND,
 	OP_CLOSE,
 	OP_STOP,
+	OP_TIMER,
 };
 
 enum conn_state {
@@ -60,7 +67,12 @@ struct server {
 	int listen_fd;
 	int stop_fd;
 	int ready_fd;
-	int accept_armed;
+	uint32_t nconns;          /* slots holding a connection (closing ones too) */
+	uint32_t accepts;         /* accepts in flight, each with a slot reserved */
+	int accept_paused;        /* resource error: wait for a close or the timer */
+	int timer_armed;
+	int table_full;           /* counted once in accept_pauses per full spell */
+	struct __kernel_timespec retry_ts;
 	int stopping;
 	struct ec_server_stats *stats;
 };
@@ -83,14 +95,43 @@ static struct io_uring_sqe *get_sqe(struct server *s)
 	return sqe;
 }
 
+/* One accept into a free slot of the table; the caller has reserved it. */
 static void arm_accept(struct server *s)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
-	io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
+	/*
+	 * The helper stores file_index + 1, and older liburing does not map
+	 * IORING_FILE_INDEX_ALLOC itself: ALLOC - 1 means "allocate" in both.
+	 */
+	io_uring_prep_accept_direct(sqe, s->listen_fd, NULL, NULL, 0, IORING_FILE_INDEX_ALLOC - 1);
 	io_uring_sqe_set_data64(sqe, make_data(OP_ACCEPT, 0));
-	s->accept_armed = 1;
+	s->accepts++;
 	s->stats->accept_calls++;
+}
+
+static void arm_timer(struct server *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	s->retry_ts.tv_sec = 0;
+	s->retry_ts.tv_nsec = ACCEPT_RETRY_MS * 1000000LL;
+	io_uring_prep_timeout(sqe, &s->retry_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, make_data(OP_TIMER, 0));
+	s->timer_armed = 1;
+}
+
+/*
+ * Keep up to ACCEPT_DEPTH accepts in flight, but never more than there are
+ * free slots: the kernel must never hold a connection with nowhere to put
+ * it.  Connections beyond max_conns stay in the listen backlog.
+ */
+static void fill_accepts(struct server *s)
+{
+	if (s->stopping || s->accept_paused)
+		return;
+	while (s->accepts < ACCEPT_DEPTH && s->nconns + s->accepts < s->max_conns)
+		arm_accept(s);
 }
 
 static void arm_recv(struct server *s, uint32_t idx)
@@ -163,30 +204,48 @@ static void rearm_starved(struct server *s)
 	}
 }
 
-static void on_accept(struct server *s, struct io_uring_cqe *cqe)
+/* Errors that concern one connection only: the next accept may succeed. */
+static int accept_error_is_transient(int err)
 {
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		s->accept_armed = 0;
+	switch (err) {
+	case -ECONNABORTED:
+	case -EPROTO:
+	case -EPERM:
+	case -EINTR:
+	case -ENETDOWN:
+	case -ENETUNREACH:
+	case -EHOSTUNREACH:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
+{
+	s->accepts--;
 	if (cqe->res < 0) {
-		s->stats->accept_errors++;
-		/*
-		 * ENFILE: the fixed-file table is full.  Accepting resumes when
-		 * a close frees a slot (see on_close); anything else re-arms now.
-		 */
-		if (cqe->res == -ENFILE) {
-			s->stats->accept_pauses++;
+		if (cqe->res == -ECANCELED)
 			return;
+		s->stats->accept_errors++;
+		/* Out of files or memory (or worse): pause, retry on a close or the timer. */
+		if (!accept_error_is_transient(cqe->res) && !s->accept_paused) {
+			s->accept_paused = 1;
+			s->stats->accept_pauses++;
+			if (!s->timer_armed)
+				arm_timer(s);
 		}
-		if (!s->accept_armed && !s->stopping)
-			arm_accept(s);
 		return;
 	}
+	s->nconns++;
 	s->stats->conns_accepted++;
-	s->stats->conns_active++;
+	s->stats->conns_active = s->nconns;
 	s->conns[cqe->res].sent = 0;
 	arm_recv(s, (uint32_t)cqe->res);
-	if (!s->accept_armed && !s->stopping)
-		arm_accept(s);
+	if (s->nconns == s->max_conns && !s->table_full) {
+		s->table_full = 1;
+		s->stats->accept_pauses++;
+	}
 }
 
 static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
@@ -239,13 +298,21 @@ static void on_send(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 	arm_recv(s, idx);
 }
 
+/* The slot is free again (close_direct has completed): accepting may resume. */
 static void on_close(struct server *s, uint32_t idx)
 {
 	s->conns[idx].state = CONN_FREE;
-	s->stats->conns_active--;
+	s->nconns--;
+	s->stats->conns_active = s->nconns;
 	s->stats->conns_closed++;
-	if (!s->accept_armed && !s->stopping)
-		arm_accept(s);
+	s->table_full = 0;
+	s->accept_paused = 0;
+}
+
+static void on_timer(struct server *s)
+{
+	s->timer_armed = 0;
+	s->accept_paused = 0;
 }
 
 static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
@@ -268,6 +335,9 @@ static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
 		break;
 	case OP_STOP:
 		s->stopping = 1;
+		break;
+	case OP_TIMER:
+		on_timer(s);
 		break;
 	}
 }
@@ -380,7 +450,7 @@ static int arm_first(struct server *s)
 	sqe = get_sqe(s);
 	io_uring_prep_poll_add(sqe, s->stop_fd, POLLIN);
 	io_uring_sqe_set_data64(sqe, make_data(OP_STOP, 0));
-	arm_accept(s);
+	fill_accepts(s);
 	ret = io_uring_submit(&s->ring);
 	s->stats->wait_calls++;
 	return ret < 0 ? ret : 0;
@@ -404,6 +474,7 @@ static int run_loop(struct server *s)
 		}
 		io_uring_cq_advance(&s->ring, seen);
 		rearm_starved(s);
+		fill_accepts(s);
 	}
 	return 0;
 }
