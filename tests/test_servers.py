@@ -288,3 +288,38 @@ def test_clients_beyond_max_conns_wait_and_are_all_served_once_slots_free(start_
     assert wait_for(srv, "conns_active", 0) == 0
     live = srv.stats()
     assert live["conns_accepted"] == n + 10 and live["conns_closed"] == n + 10
+
+
+@pytest.mark.parametrize("over", [1, 2**31 - 20000])
+def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
+    # Both servers raise the soft limit to the hard one first, so that is the bound.
+    import errno
+    import resource
+
+    import echo_core
+    from echo_core.native import ffi, lib
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = min(hard, lib.EC_MAX_CONNS)
+    srv = echo_core.Server(impl, port=0, max_conns=limit + over)
+    with pytest.raises(RuntimeError, match=f"{impl} server did not start: .*set-up failed: "
+                                           f"Too many open files .*max_conns {limit + over} is above"):
+        srv.start()
+    # The C functions refuse it on their own (and the io_uring one does not loop sizing its CQ).
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bound = ffi.new("int *")
+    listen_fd = lib.ec_listen(b"127.0.0.1", 0, 16, bound)
+    assert listen_fd >= 0
+    r, w = os.pipe()
+    try:
+        cfg = ffi.new("struct ec_server_config *", dict(buf_size=4096, buf_count=16, ring_entries=64,
+                                                       epoll_budget=4, ready_fd=-1))
+        stats = ffi.new("struct ec_server_stats *")
+        serve = getattr(lib, f"ec_{impl}_serve")
+        for max_conns in (min(soft, lib.EC_MAX_CONNS) + 1, 2**31 - 1, 2**32 - 1):
+            cfg.max_conns = max_conns
+            assert serve(listen_fd, r, cfg, stats) == -errno.EMFILE, max_conns
+    finally:
+        os.close(listen_fd)
+        os.close(r)
+        os.close(w)

@@ -29,7 +29,7 @@
 #define MAX_EVENTS	512		/* events harvested per epoll_wait */
 #define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
 #define ACCEPT_RETRY_MS	100		/* idle wait before retrying accept after EMFILE and co. */
-#define MAX_SLOTS	(1u << 20)	/* table cap when RLIMIT_NOFILE is huge or infinite */
+#define MAX_SLOTS	EC_MAX_CONNS	/* table cap when RLIMIT_NOFILE is huge or infinite */
 
 enum accept_state {
 	ACCEPT_ON,
@@ -459,13 +459,13 @@ static int server_init(struct server *s, int listen_fd, int stop_fd,
 	/*
 	 * The table is indexed by fd, so it must cover every fd we can get:
 	 * the soft RLIMIT_NOFILE.  max_conns, when set, caps how many of those
-	 * slots are in use at once.
+	 * slots are in use at once, so it may not exceed them (as for io_uring).
 	 */
 	if (getrlimit(RLIMIT_NOFILE, &rl))
 		return -errno;
 	slots = rl.rlim_cur;
-	if (slots < cfg->max_conns)
-		slots = cfg->max_conns;
+	if (cfg->max_conns > slots || cfg->max_conns > MAX_SLOTS)
+		return -EMFILE;
 	if (slots > MAX_SLOTS)
 		slots = MAX_SLOTS;
 	if (slots < 1)

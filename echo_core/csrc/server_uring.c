@@ -25,7 +25,8 @@
 
 #define BUF_GROUP 0
 #define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
-#define ACCEPT_RETRY_MS 100	/* wait before accepting again after EMFILE and co. */
+#define ACCEPT_RETRY_MS 100
+#define CQ_MAX (1u << 20)		/* CQ size asked for at most (the kernel clamps further) */	/* wait before accepting again after EMFILE and co. */
 
 enum op {
 	OP_ACCEPT = 1,
@@ -345,11 +346,17 @@ static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
 static int setup_ring(struct server *s, uint32_t entries)
 {
 	struct io_uring_params p;
+	uint64_t want = (uint64_t)s->max_conns + ACCEPT_DEPTH + 64;
 	uint32_t cq = 1;
 	int ret;
 
-	/* Room for one completion per connection plus accept and stop. */
-	while (cq < s->max_conns + 64 || cq < 2 * entries)
+	/*
+	 * Room for one completion per connection plus accepts, stop and timer;
+	 * IORING_SETUP_CLAMP trims anything above the kernel's maximum.
+	 */
+	if (want < 2 * (uint64_t)entries)
+		want = 2 * (uint64_t)entries;
+	while (cq < want && cq < CQ_MAX)
 		cq <<= 1;
 	memset(&p, 0, sizeof(p));
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
@@ -404,15 +411,19 @@ static int setup_buffers(struct server *s)
 	return 0;
 }
 
-static uint32_t table_size(const struct ec_server_config *cfg)
+/* The most connections the table may hold: the soft fd limit, capped. */
+static uint32_t conns_limit(void)
 {
 	struct rlimit rl;
 
-	if (cfg->max_conns)
-		return cfg->max_conns;
-	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur > 1 << 20)
-		return 1 << 20;
-	return (uint32_t)rl.rlim_cur;
+	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur > EC_MAX_CONNS)
+		return EC_MAX_CONNS;
+	return rl.rlim_cur ? (uint32_t)rl.rlim_cur : 1;
+}
+
+static uint32_t table_size(const struct ec_server_config *cfg)
+{
+	return cfg->max_conns ? cfg->max_conns : conns_limit();
 }
 
 static int check_config(const struct ec_server_config *cfg)
@@ -422,6 +433,9 @@ static int check_config(const struct ec_server_config *cfg)
 	/* Buffer ids are 16 bits and the ring size must be a power of two. */
 	if (!cfg->buf_count || cfg->buf_count > 32768 || (cfg->buf_count & (cfg->buf_count - 1)))
 		return -EINVAL;
+	/* The same bound as the epoll server's (and register_files_sparse's). */
+	if (cfg->max_conns > conns_limit())
+		return -EMFILE;
 	return 0;
 }
 
