@@ -26,7 +26,8 @@
 #define BUF_GROUP 0
 #define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
 #define ACCEPT_RETRY_MS 100
-#define CQ_MAX (1u << 20)		/* CQ size asked for at most (the kernel clamps further) */	/* wait before accepting again after EMFILE and co. */
+#define CQ_MAX (1u << 20)
+#define SUBMIT_TRIES 4		/* flushes get_sqe tries before it gives up (and defers) */		/* CQ size asked for at most (the kernel clamps further) */	/* wait before accepting again after EMFILE and co. */
 
 enum op {
 	OP_ACCEPT = 1,
@@ -65,6 +66,8 @@ struct server {
 	uint32_t max_conns;
 	uint32_t *starved;        /* FIFO of connections waiting for a buffer */
 	uint32_t starved_head, starved_len;
+	uint32_t *deferred;       /* FIFO of connections whose next op found no SQE */
+	uint32_t deferred_head, deferred_len;
 	int listen_fd;
 	int stop_fd;
 	int ready_fd;
@@ -83,24 +86,43 @@ static inline uint64_t make_data(enum op op, uint32_t idx)
 	return (uint64_t)op << 32 | idx;
 }
 
-/* Get an SQE, flushing the submission queue to the kernel when it is full. */
+/*
+ * Get an SQE, flushing the submission queue to the kernel when it is full.
+ * The kernel may refuse for a while (-EBUSY while completions overflow,
+ * -EAGAIN when short of memory): flush those into the CQ and try again a
+ * few times, then give up with NULL, and the caller defers the operation
+ * to the next loop turn, after completions have been reaped.
+ */
 static struct io_uring_sqe *get_sqe(struct server *s)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	int tries, ret;
 
-	while (!sqe) {
-		io_uring_submit(&s->ring);
+	for (tries = 0; !sqe && tries < SUBMIT_TRIES; tries++) {
+		ret = io_uring_submit(&s->ring);
 		s->stats->wait_calls++;
+		if (ret == -EBUSY || ret == -EAGAIN)
+			io_uring_get_events(&s->ring);
+		else if (ret < 0 && ret != -EINTR)
+			return NULL;	/* fatal: the loop's own submit reports it */
 		sqe = io_uring_get_sqe(&s->ring);
 	}
 	return sqe;
 }
 
+static void defer(struct server *s, uint32_t idx)
+{
+	s->deferred[(s->deferred_head + s->deferred_len) % s->max_conns] = idx;
+	s->deferred_len++;
+}
+
 /* One accept into a free slot of the table; the caller has reserved it. */
-static void arm_accept(struct server *s)
+static int arm_accept(struct server *s)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	if (!sqe)
+		return -EBUSY;
 	/*
 	 * The helper stores file_index + 1, and older liburing does not map
 	 * IORING_FILE_INDEX_ALLOC itself: ALLOC - 1 means "allocate" in both.
@@ -109,12 +131,15 @@ static void arm_accept(struct server *s)
 	io_uring_sqe_set_data64(sqe, make_data(OP_ACCEPT, 0));
 	s->accepts++;
 	s->stats->accept_calls++;
+	return 0;
 }
 
 static void arm_timer(struct server *s)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	if (!sqe)
+		return;		/* fill_accepts tries again next turn */
 	s->retry_ts.tv_sec = 0;
 	s->retry_ts.tv_nsec = ACCEPT_RETRY_MS * 1000000LL;
 	io_uring_prep_timeout(sqe, &s->retry_ts, 0, 0);
@@ -129,21 +154,32 @@ static void arm_timer(struct server *s)
  */
 static void fill_accepts(struct server *s)
 {
-	if (s->stopping || s->accept_paused)
+	if (s->stopping)
 		return;
-	while (s->accepts < ACCEPT_DEPTH && s->nconns + s->accepts < s->max_conns)
-		arm_accept(s);
+	if (s->accept_paused) {
+		if (!s->timer_armed)
+			arm_timer(s);
+		return;
+	}
+	while (s->accepts < ACCEPT_DEPTH && s->nconns + s->accepts < s->max_conns) {
+		if (arm_accept(s))
+			return;
+	}
 }
 
 static void arm_recv(struct server *s, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	s->conns[idx].state = CONN_RECV;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_recv(sqe, idx, NULL, s->buf_size, 0);
 	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
 	io_uring_sqe_set_data64(sqe, make_data(OP_RECV, idx));
-	s->conns[idx].state = CONN_RECV;
 	s->stats->recv_calls++;
 }
 
@@ -153,10 +189,14 @@ static void arm_send(struct server *s, uint32_t idx)
 	struct io_uring_sqe *sqe = get_sqe(s);
 	unsigned char *buf = s->bufs + (size_t)c->bid * s->buf_size;
 
+	c->state = CONN_SEND;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_send(sqe, idx, buf + c->sent, c->len - c->sent, MSG_NOSIGNAL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
-	c->state = CONN_SEND;
 	s->stats->send_calls++;
 }
 
@@ -164,9 +204,39 @@ static void arm_close(struct server *s, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	s->conns[idx].state = CONN_CLOSING;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_close_direct(sqe, idx);
 	io_uring_sqe_set_data64(sqe, make_data(OP_CLOSE, idx));
-	s->conns[idx].state = CONN_CLOSING;
+}
+
+/* Arm what each deferred connection was about to do, in order, while SQEs last. */
+static void drain_deferred(struct server *s)
+{
+	uint32_t n = s->deferred_len;
+
+	while (n--) {
+		uint32_t idx = s->deferred[s->deferred_head];
+
+		s->deferred_head = (s->deferred_head + 1) % s->max_conns;
+		s->deferred_len--;
+		switch (s->conns[idx].state) {
+		case CONN_RECV:
+			arm_recv(s, idx);
+			break;
+		case CONN_SEND:
+			arm_send(s, idx);
+			break;
+		case CONN_CLOSING:
+			arm_close(s, idx);
+			break;
+		default:
+			break;
+		}
+	}
 }
 
 static void recycle_buffer(struct server *s, uint16_t bid)
@@ -185,17 +255,16 @@ static void starve(struct server *s, uint32_t idx)
 }
 
 /*
- * Re-arm every starved connection once buffers are back.  An armed recv
- * takes a buffer only when data arrives, so arming fewer than all could
- * leave a connection waiting forever behind idle ones; those that lose the
- * race again simply return to the back of the queue.
+ * Re-arm starved connections, oldest first, about as many as there are free
+ * buffers: arming all of them for one free buffer only buys an -ENOBUFS
+ * storm.  An armed recv takes a buffer only when data arrives, so the
+ * armed ones may sit idle while buffers stay free; run_loop then does not
+ * block, and the next turns arm the rest of the queue.
  */
 static void rearm_starved(struct server *s)
 {
-	uint32_t n = s->starved_len;
+	uint32_t n = s->starved_len < s->bufs_free ? s->starved_len : s->bufs_free;
 
-	if (!s->bufs_free)
-		return;
 	while (n--) {
 		uint32_t idx = s->starved[s->starved_head];
 
@@ -249,7 +318,7 @@ static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
 	}
 }
 
-static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
 
@@ -259,9 +328,11 @@ static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 		return;
 	}
 	if (cqe->res <= 0) {
-		/* The kernel may still hand us a buffer on error; give it back. */
-		if (cqe->flags & IORING_CQE_F_BUFFER)
+		/* The kernel may still hand us a buffer on error: it left the ring, give it back. */
+		if (cqe->flags & IORING_CQE_F_BUFFER) {
+			s->bufs_free--;
 			recycle_buffer(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		}
 		if (cqe->res < 0)
 			s->stats->conn_errors++;
 		/* res == 0 is EOF; everything received was already echoed. */
@@ -278,7 +349,7 @@ static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 	arm_send(s, idx);
 }
 
-static void on_send(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
 
@@ -316,7 +387,7 @@ static void on_timer(struct server *s)
 	s->accept_paused = 0;
 }
 
-static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
+static void on_cqe(struct server *s, const struct io_uring_cqe *cqe)
 {
 	uint64_t data = io_uring_cqe_get_data64(cqe);
 	uint32_t idx = (uint32_t)data;
@@ -449,6 +520,7 @@ static void teardown(struct server *s, int ring_up)
 		munmap(s->br, s->br_size);
 	free(s->conns);
 	free(s->starved);
+	free(s->deferred);
 }
 
 /*
@@ -462,6 +534,8 @@ static int arm_first(struct server *s)
 	int ret;
 
 	sqe = get_sqe(s);
+	if (!sqe)
+		return -EBUSY;
 	io_uring_prep_poll_add(sqe, s->stop_fd, POLLIN);
 	io_uring_sqe_set_data64(sqe, make_data(OP_STOP, 0));
 	fill_accepts(s);
@@ -470,23 +544,40 @@ static int arm_first(struct server *s)
 	return ret < 0 ? ret : 0;
 }
 
+/*
+ * Handle the completions there are, each marked seen before it is handled,
+ * so that the kernel has CQ room for what the handlers submit.
+ */
+static void reap(struct server *s)
+{
+	struct io_uring_cqe *cqe, copy;
+	unsigned n = s->ring.cq.ring_entries;
+
+	while (n-- && !io_uring_peek_cqe(&s->ring, &cqe)) {
+		copy = *cqe;
+		io_uring_cqe_seen(&s->ring, cqe);
+		on_cqe(s, &copy);
+	}
+}
+
+/* Work left that needs no completion to go ahead: do not block in the wait. */
+static int must_not_block(const struct server *s)
+{
+	return s->deferred_len || (s->starved_len && s->bufs_free);
+}
+
 static int run_loop(struct server *s)
 {
 	while (!s->stopping) {
-		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
 		int ret;
 
-		ret = io_uring_submit_and_wait(&s->ring, 1);
+		ret = io_uring_submit_and_wait(&s->ring, must_not_block(s) ? 0 : 1);
 		s->stats->wait_calls++;
 		s->stats->loop_iterations++;
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
 			return ret;
-		io_uring_for_each_cqe(&s->ring, head, cqe) {
-			on_cqe(s, cqe);
-			seen++;
-		}
-		io_uring_cq_advance(&s->ring, seen);
+		reap(s);
+		drain_deferred(s);
 		rearm_starved(s);
 		fill_accepts(s);
 	}
@@ -512,7 +603,8 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	s.max_conns = table_size(cfg);
 	s.conns = calloc(s.max_conns, sizeof(*s.conns));
 	s.starved = calloc(s.max_conns, sizeof(*s.starved));
-	if (!s.conns || !s.starved) {
+	s.deferred = calloc(s.max_conns, sizeof(*s.deferred));
+	if (!s.conns || !s.starved || !s.deferred) {
 		teardown(&s, 0);
 		return -ENOMEM;
 	}
