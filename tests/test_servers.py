@@ -357,3 +357,55 @@ def test_tiny_submission_queue_still_serves_everyone(start_server):
             s.close()
     assert wait_for(srv, "conns_active", 0) == 0
     assert srv.stats()["conns_closed"] == n
+
+
+def _low_fd_limit():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+
+def test_epoll_out_of_fds_keeps_clients_waiting_and_serves_them_when_fds_free():
+    # A 48-fd limit (hard too, so the server cannot raise it): it runs out of fds, not table slots.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "echo_core", "serve", "--impl", "epoll", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_low_fd_limit)
+    socks = []
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), (line, proc.stderr.read() if proc.poll() else "")
+        port = int(line.rsplit(":", 1)[1])
+        socks = [connect(port) for _ in range(60)]
+        payloads = [distinct_payload(i, 300) for i in range(60)]
+        for s, data in zip(socks, payloads):
+            s.sendall(data)
+        time.sleep(0.5)
+        served, waiting = [], []
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            try:
+                chunk = s.recv(1 << 16)
+            except BlockingIOError:
+                waiting.append(i)
+                continue
+            assert chunk, f"client {i} got EOF"
+            s.setblocking(True)
+            assert chunk + recv_exact(s, 300 - len(chunk)) == payloads[i]
+            served.append(i)
+        # Sockets are accepted in order until the fds run out; the rest wait in the backlog.
+        assert 20 < len(served) < 48 and served == list(range(len(served))), served
+        assert waiting == list(range(len(served), 60))
+        for i in served:
+            socks[i].close()
+        for i in waiting:
+            socks[i].setblocking(True)
+            assert recv_exact(socks[i], 300, timeout=15) == payloads[i], f"client {i}"
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
