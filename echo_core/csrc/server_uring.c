@@ -524,9 +524,8 @@ static void teardown(struct server *s, int ring_up)
 }
 
 /*
- * Queue the stop watch and the multishot accept and hand them to the
- * kernel, so that "ready" means both are really in place.  Returns 0 or
- * -errno.
+ * Queue the stop watch and the first accepts and hand them to the kernel,
+ * so that "ready" means they are really in place.  Returns 0 or -errno.
  */
 static int arm_first(struct server *s)
 {
