@@ -82,6 +82,18 @@ def validate(impl, host, port, cpu, options):
     return merged
 
 
+def check_max_conns(impl, max_conns, nofile):
+    """max_conns must fit the (raised) soft fd limit and EC_MAX_CONNS, for both servers alike.
+
+    Raises the OSError (EMFILE) the C servers would return, with the limit spelled out.
+    """
+    limit = min(nofile, lib.EC_MAX_CONNS)
+    if max_conns > limit:
+        raise OSError(errno.EMFILE, f"{impl} server set-up failed: {os.strerror(errno.EMFILE)} "
+                                    f"(max_conns {max_conns} is above the limit {limit}: the fd limit "
+                                    f"{nofile}, at most {lib.EC_MAX_CONNS})")
+
+
 def make_server(impl, host="127.0.0.1", port=0, cpu=None, **options):
     """A Server for "uring"/"epoll", an ExternalServer for "exec:CMD"; neither is started yet."""
     check_impl(impl)
@@ -177,7 +189,8 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
         raise RuntimeError("serve() must run on the main thread; use Server for anything else")
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
-    check(lib.ec_raise_nofile(), "cannot raise the fd limit")
+    nofile = check(lib.ec_raise_nofile(), "cannot raise the fd limit")
+    check_max_conns(impl, opts["max_conns"], nofile)
     cfg = ffi.new("struct ec_server_config *")
     for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "max_conns"):
         setattr(cfg, name, opts[name])

@@ -242,3 +242,170 @@ def test_full_connection_table_keeps_serving_and_recovers(start_server):
     assert echo_all(again, payloads, timeout=15) == payloads
     for s in again:
         s.close()
+
+
+def assert_waiting(socks):
+    """Each socket is open and unanswered: no EOF and no reset, just nothing to read yet."""
+    for i, s in enumerate(socks):
+        s.setblocking(False)
+        try:
+            chunk = s.recv(1)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise AssertionError(f"waiting client {i} was dropped: {exc!r}") from None
+        raise AssertionError(f"waiting client {i} got {chunk!r} (EOF or an echo) from a full server")
+
+
+def test_clients_beyond_max_conns_wait_and_are_all_served_once_slots_free(start_server):
+    n = 12
+    srv = start_server(max_conns=n)
+    first = [connect(srv.port) for _ in range(n)]
+    payloads = [distinct_payload(i, 1000) for i in range(n)]
+    assert echo_all(first, payloads) == payloads
+    extra = [connect(srv.port) for _ in range(10)]
+    early = [distinct_payload(100 + i, 500) for i in range(10)]
+    try:
+        # They sit in the listen backlog, data and all, while the table is full.
+        for s, data in zip(extra, early):
+            s.sendall(data)
+        time.sleep(0.5)
+        assert srv.stats()["conns_active"] == n
+        assert srv.stats()["conns_accepted"] == n
+        assert_waiting(extra)
+        # The full table still echoes for the connections it has.
+        assert echo_all(first, payloads) == payloads
+        for s in first[:10]:
+            s.close()
+        # Every waiting client is served, what it sent while waiting first.
+        assert [recv_exact(s, 500, timeout=15) for s in extra] == early
+        more = [distinct_payload(200 + i, 3000) for i in range(10)]
+        assert echo_all(extra, more, timeout=15) == more
+        assert echo_all(first[10:], payloads[10:]) == payloads[10:]
+    finally:
+        for s in first + extra:
+            s.close()
+    assert wait_for(srv, "conns_active", 0) == 0
+    live = srv.stats()
+    assert live["conns_accepted"] == n + 10 and live["conns_closed"] == n + 10
+
+
+@pytest.mark.parametrize("over", [1, 2**31 - 20000])
+def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
+    # Both servers raise the soft limit to the hard one first, so that is the bound.
+    import errno
+    import resource
+
+    import echo_core
+    from echo_core.native import ffi, lib
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    limit = min(hard, lib.EC_MAX_CONNS)
+    srv = echo_core.Server(impl, port=0, max_conns=limit + over)
+    with pytest.raises(RuntimeError, match=f"{impl} server did not start: .*set-up failed: "
+                                           f"Too many open files .*max_conns {limit + over} is above"):
+        srv.start()
+    # The C functions refuse it on their own (and the io_uring one does not loop sizing its CQ).
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    bound = ffi.new("int *")
+    listen_fd = lib.ec_listen(b"127.0.0.1", 0, 16, bound)
+    assert listen_fd >= 0
+    r, w = os.pipe()
+    try:
+        cfg = ffi.new("struct ec_server_config *", dict(buf_size=4096, buf_count=16, ring_entries=64,
+                                                       epoll_budget=4, ready_fd=-1))
+        stats = ffi.new("struct ec_server_stats *")
+        serve = getattr(lib, f"ec_{impl}_serve")
+        for max_conns in (min(soft, lib.EC_MAX_CONNS) + 1, 2**31 - 1, 2**32 - 1):
+            cfg.max_conns = max_conns
+            assert serve(listen_fd, r, cfg, stats) == -errno.EMFILE, max_conns
+    finally:
+        os.close(listen_fd)
+        os.close(r)
+        os.close(w)
+
+
+def test_starved_connections_are_rearmed_without_an_enobufs_storm(start_server, impl):
+    if impl != "uring":
+        pytest.skip("provided buffers are io_uring's")
+    srv = start_server(buf_count=2, buf_size=512)
+    n, size = 200, 5000
+    socks = [connect(srv.port) for _ in range(n)]
+    payloads = [distinct_payload(i, size) for i in range(n)]
+    try:
+        assert echo_all(socks, payloads, timeout=60) == payloads
+    finally:
+        for s in socks:
+            s.close()
+    stats = srv.stats()
+    uses = stats["bytes_in"] // 512
+    # Re-arming every starved connection whenever a buffer came back made ~90 ENOBUFS a buffer
+    # use here (170,000 in all); re-arming about one per free buffer keeps it near one.
+    assert 0 < stats["enobufs"] < 5 * uses, (stats["enobufs"], uses)
+
+
+def test_tiny_submission_queue_still_serves_everyone(start_server):
+    # Two SQEs: nearly every operation finds the queue full and has to flush it first.
+    srv = start_server(ring_entries=2, buf_count=4, buf_size=1024)
+    n = 100
+    socks = [connect(srv.port) for _ in range(n)]
+    payloads = [distinct_payload(i, 20000) for i in range(n)]
+    try:
+        assert echo_all(socks, payloads, timeout=60) == payloads
+    finally:
+        for s in socks:
+            s.close()
+    assert wait_for(srv, "conns_active", 0) == 0
+    assert srv.stats()["conns_closed"] == n
+
+
+def _low_fd_limit():
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+
+
+def test_epoll_out_of_fds_keeps_clients_waiting_and_serves_them_when_fds_free():
+    # A 48-fd limit (hard too, so the server cannot raise it): it runs out of fds, not table slots.
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "echo_core", "serve", "--impl", "epoll", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_low_fd_limit)
+    socks = []
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), (line, proc.stderr.read() if proc.poll() else "")
+        port = int(line.rsplit(":", 1)[1])
+        socks = [connect(port) for _ in range(60)]
+        payloads = [distinct_payload(i, 300) for i in range(60)]
+        for s, data in zip(socks, payloads):
+            s.sendall(data)
+        time.sleep(0.5)
+        served, waiting = [], []
+        for i, s in enumerate(socks):
+            s.setblocking(False)
+            try:
+                chunk = s.recv(1 << 16)
+            except BlockingIOError:
+                waiting.append(i)
+                continue
+            assert chunk, f"client {i} got EOF"
+            s.setblocking(True)
+            assert chunk + recv_exact(s, 300 - len(chunk)) == payloads[i]
+            served.append(i)
+        # Sockets are accepted in order until the fds run out; the rest wait in the backlog.
+        assert 20 < len(served) < 48 and served == list(range(len(served))), served
+        assert waiting == list(range(len(served), 60))
+        for i in served:
+            socks[i].close()
+        for i in waiting:
+            socks[i].setblocking(True)
+            assert recv_exact(socks[i], 300, timeout=15) == payloads[i], f"client {i}"
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err

@@ -13,12 +13,18 @@
 
 /* ---------------------------------------------------------------- servers */
 
+/*
+ * Largest max_conns either server takes (io_uring's fixed-file table cap);
+ * max_conns must also be at most the soft RLIMIT_NOFILE, else -EMFILE.
+ */
+#define EC_MAX_CONNS 1048576
+
 struct ec_server_config {
 	uint32_t buf_size;      /* bytes per receive buffer (both servers) */
 	uint32_t buf_count;     /* io_uring: provided buffers, a power of two */
 	uint32_t ring_entries;  /* io_uring: submission queue entries */
 	uint32_t epoll_budget;  /* epoll: recv/send operations per connection per turn */
-	uint32_t max_conns;     /* connection table size; 0 = soft RLIMIT_NOFILE */
+	uint32_t max_conns;     /* connection table size; 0 = soft RLIMIT_NOFILE (capped at EC_MAX_CONNS) */
 	int ready_fd;           /* -1, or a fd that gets one byte once set-up is done and the loop starts */
 };
 

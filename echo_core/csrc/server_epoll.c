@@ -21,6 +21,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "echo_core.h"
@@ -28,8 +29,8 @@
 
 #define MAX_EVENTS	512		/* events harvested per epoll_wait */
 #define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
-#define ACCEPT_RETRY_MS	100		/* idle wait before retrying accept after EMFILE and co. */
-#define MAX_SLOTS	(1u << 20)	/* table cap when RLIMIT_NOFILE is huge or infinite */
+#define ACCEPT_RETRY_MS	100		/* wait before retrying accept after EMFILE and co. */
+#define MAX_SLOTS	EC_MAX_CONNS	/* table cap when RLIMIT_NOFILE is huge or infinite */
 
 enum accept_state {
 	ACCEPT_ON,
@@ -58,6 +59,7 @@ struct server {
 	uint32_t q_head, q_len;
 	bool listen_ready;	/* the listener may have connections we have not accepted */
 	enum accept_state accept_state;
+	uint64_t retry_at_ms;	/* ACCEPT_ERROR: retry accepting by then even if nothing closes */
 	struct ec_server_stats *st;
 };
 
@@ -311,10 +313,28 @@ static int add_conn(struct server *s, int fd)
 	return 0;
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 static void pause_accept(struct server *s, enum accept_state why)
 {
 	s->accept_state = why;
 	s->st->accept_pauses++;
+	if (why == ACCEPT_ERROR)
+		s->retry_at_ms = now_ms() + ACCEPT_RETRY_MS;
+}
+
+/* Milliseconds until the accept retry is due (0 if it is). */
+static int retry_wait_ms(const struct server *s)
+{
+	uint64_t now = now_ms();
+
+	return now >= s->retry_at_ms ? 0 : (int)(s->retry_at_ms - now);
 }
 
 /* Accept up to ACCEPT_BATCH connections; leaves listen_ready set if there may be more. */
@@ -379,7 +399,7 @@ static int run_loop(struct server *s)
 		if (s->q_len || (s->listen_ready && s->accept_state == ACCEPT_ON))
 			timeout = 0;
 		else if (s->accept_state == ACCEPT_ERROR)
-			timeout = ACCEPT_RETRY_MS;
+			timeout = retry_wait_ms(s);
 
 		s->st->wait_calls++;
 		n = epoll_wait(s->epfd, events, MAX_EVENTS, timeout);
@@ -400,11 +420,11 @@ static int run_loop(struct server *s)
 				conn_event(s, fd, events[i].events);
 		}
 		/*
-		 * A quiet wait while out of fds or memory: if the shortage is
-		 * elsewhere in the process no close of ours will resume accepting,
-		 * so retry now and then.
+		 * Out of fds or memory: a close of ours resumes accepting (see
+		 * close_conn), but the shortage may be elsewhere in the process,
+		 * so retry every ACCEPT_RETRY_MS too, busy or not.
 		 */
-		if (n == 0 && timeout == ACCEPT_RETRY_MS) {
+		if (s->accept_state == ACCEPT_ERROR && !retry_wait_ms(s)) {
 			s->accept_state = ACCEPT_ON;
 			s->listen_ready = true;
 		}
@@ -459,13 +479,13 @@ static int server_init(struct server *s, int listen_fd, int stop_fd,
 	/*
 	 * The table is indexed by fd, so it must cover every fd we can get:
 	 * the soft RLIMIT_NOFILE.  max_conns, when set, caps how many of those
-	 * slots are in use at once.
+	 * slots are in use at once, so it may not exceed them (as for io_uring).
 	 */
 	if (getrlimit(RLIMIT_NOFILE, &rl))
 		return -errno;
 	slots = rl.rlim_cur;
-	if (slots < cfg->max_conns)
-		slots = cfg->max_conns;
+	if (cfg->max_conns > slots || cfg->max_conns > MAX_SLOTS)
+		return -EMFILE;
 	if (slots > MAX_SLOTS)
 		slots = MAX_SLOTS;
 	if (slots < 1)

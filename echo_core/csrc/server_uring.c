@@ -1,8 +1,12 @@
 /*
  * server_uring.c - RFC 862 echo server on io_uring.
  *
- * One ring, one thread.  Connections arrive through a multishot accept
- * into direct (fixed) descriptors; each connection has exactly one
+ * One ring, one thread.  Connections arrive through single-shot accepts
+ * into direct (fixed) descriptors, each armed only with a table slot
+ * reserved for it: a multishot accept would let the kernel accept a
+ * connection it then has no slot for and drops (-ENFILE), whereas with
+ * reservations the connections beyond max_conns wait in the listen
+ * backlog until a close frees a slot.  Each connection has exactly one
  * operation in flight: a recv that picks a buffer from the provided-buffer
  * ring, then a send of that buffer (resent until complete), then the next
  * recv.  One io_uring_enter per loop turn submits and waits.
@@ -20,6 +24,10 @@
 #include "net.h"
 
 #define BUF_GROUP 0
+#define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
+#define ACCEPT_RETRY_MS 100
+#define CQ_MAX (1u << 20)
+#define SUBMIT_TRIES 4		/* flushes get_sqe tries before it gives up (and defers) */		/* CQ size asked for at most (the kernel clamps further) */	/* wait before accepting again after EMFILE and co. */
 
 enum op {
 	OP_ACCEPT = 1,
@@ -27,6 +35,7 @@ enum op {
 	OP_SEND,
 	OP_CLOSE,
 	OP_STOP,
+	OP_TIMER,
 };
 
 enum conn_state {
@@ -57,10 +66,17 @@ struct server {
 	uint32_t max_conns;
 	uint32_t *starved;        /* FIFO of connections waiting for a buffer */
 	uint32_t starved_head, starved_len;
+	uint32_t *deferred;       /* FIFO of connections whose next op found no SQE */
+	uint32_t deferred_head, deferred_len;
 	int listen_fd;
 	int stop_fd;
 	int ready_fd;
-	int accept_armed;
+	uint32_t nconns;          /* slots holding a connection (closing ones too) */
+	uint32_t accepts;         /* accepts in flight, each with a slot reserved */
+	int accept_paused;        /* resource error: wait for a close or the timer */
+	int timer_armed;
+	int table_full;           /* counted once in accept_pauses per full spell */
+	struct __kernel_timespec retry_ts;
 	int stopping;
 	struct ec_server_stats *stats;
 };
@@ -70,38 +86,100 @@ static inline uint64_t make_data(enum op op, uint32_t idx)
 	return (uint64_t)op << 32 | idx;
 }
 
-/* Get an SQE, flushing the submission queue to the kernel when it is full. */
+/*
+ * Get an SQE, flushing the submission queue to the kernel when it is full.
+ * The kernel may refuse for a while (-EBUSY while completions overflow,
+ * -EAGAIN when short of memory): flush those into the CQ and try again a
+ * few times, then give up with NULL, and the caller defers the operation
+ * to the next loop turn, after completions have been reaped.
+ */
 static struct io_uring_sqe *get_sqe(struct server *s)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	int tries, ret;
 
-	while (!sqe) {
-		io_uring_submit(&s->ring);
+	for (tries = 0; !sqe && tries < SUBMIT_TRIES; tries++) {
+		ret = io_uring_submit(&s->ring);
 		s->stats->wait_calls++;
+		if (ret == -EBUSY || ret == -EAGAIN)
+			io_uring_get_events(&s->ring);
+		else if (ret < 0 && ret != -EINTR)
+			return NULL;	/* fatal: the loop's own submit reports it */
 		sqe = io_uring_get_sqe(&s->ring);
 	}
 	return sqe;
 }
 
-static void arm_accept(struct server *s)
+static void defer(struct server *s, uint32_t idx)
+{
+	s->deferred[(s->deferred_head + s->deferred_len) % s->max_conns] = idx;
+	s->deferred_len++;
+}
+
+/* One accept into a free slot of the table; the caller has reserved it. */
+static int arm_accept(struct server *s)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
-	io_uring_prep_multishot_accept_direct(sqe, s->listen_fd, NULL, NULL, 0);
+	if (!sqe)
+		return -EBUSY;
+	/*
+	 * The helper stores file_index + 1, and older liburing does not map
+	 * IORING_FILE_INDEX_ALLOC itself: ALLOC - 1 means "allocate" in both.
+	 */
+	io_uring_prep_accept_direct(sqe, s->listen_fd, NULL, NULL, 0, IORING_FILE_INDEX_ALLOC - 1);
 	io_uring_sqe_set_data64(sqe, make_data(OP_ACCEPT, 0));
-	s->accept_armed = 1;
+	s->accepts++;
 	s->stats->accept_calls++;
+	return 0;
+}
+
+static void arm_timer(struct server *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	if (!sqe)
+		return;		/* fill_accepts tries again next turn */
+	s->retry_ts.tv_sec = 0;
+	s->retry_ts.tv_nsec = ACCEPT_RETRY_MS * 1000000LL;
+	io_uring_prep_timeout(sqe, &s->retry_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, make_data(OP_TIMER, 0));
+	s->timer_armed = 1;
+}
+
+/*
+ * Keep up to ACCEPT_DEPTH accepts in flight, but never more than there are
+ * free slots: the kernel must never hold a connection with nowhere to put
+ * it.  Connections beyond max_conns stay in the listen backlog.
+ */
+static void fill_accepts(struct server *s)
+{
+	if (s->stopping)
+		return;
+	if (s->accept_paused) {
+		if (!s->timer_armed)
+			arm_timer(s);
+		return;
+	}
+	while (s->accepts < ACCEPT_DEPTH && s->nconns + s->accepts < s->max_conns) {
+		if (arm_accept(s))
+			return;
+	}
 }
 
 static void arm_recv(struct server *s, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	s->conns[idx].state = CONN_RECV;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_recv(sqe, idx, NULL, s->buf_size, 0);
 	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
 	io_uring_sqe_set_data64(sqe, make_data(OP_RECV, idx));
-	s->conns[idx].state = CONN_RECV;
 	s->stats->recv_calls++;
 }
 
@@ -111,10 +189,14 @@ static void arm_send(struct server *s, uint32_t idx)
 	struct io_uring_sqe *sqe = get_sqe(s);
 	unsigned char *buf = s->bufs + (size_t)c->bid * s->buf_size;
 
+	c->state = CONN_SEND;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_send(sqe, idx, buf + c->sent, c->len - c->sent, MSG_NOSIGNAL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
-	c->state = CONN_SEND;
 	s->stats->send_calls++;
 }
 
@@ -122,9 +204,39 @@ static void arm_close(struct server *s, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
+	s->conns[idx].state = CONN_CLOSING;
+	if (!sqe) {
+		defer(s, idx);
+		return;
+	}
 	io_uring_prep_close_direct(sqe, idx);
 	io_uring_sqe_set_data64(sqe, make_data(OP_CLOSE, idx));
-	s->conns[idx].state = CONN_CLOSING;
+}
+
+/* Arm what each deferred connection was about to do, in order, while SQEs last. */
+static void drain_deferred(struct server *s)
+{
+	uint32_t n = s->deferred_len;
+
+	while (n--) {
+		uint32_t idx = s->deferred[s->deferred_head];
+
+		s->deferred_head = (s->deferred_head + 1) % s->max_conns;
+		s->deferred_len--;
+		switch (s->conns[idx].state) {
+		case CONN_RECV:
+			arm_recv(s, idx);
+			break;
+		case CONN_SEND:
+			arm_send(s, idx);
+			break;
+		case CONN_CLOSING:
+			arm_close(s, idx);
+			break;
+		default:
+			break;
+		}
+	}
 }
 
 static void recycle_buffer(struct server *s, uint16_t bid)
@@ -143,17 +255,16 @@ static void starve(struct server *s, uint32_t idx)
 }
 
 /*
- * Re-arm every starved connection once buffers are back.  An armed recv
- * takes a buffer only when data arrives, so arming fewer than all could
- * leave a connection waiting forever behind idle ones; those that lose the
- * race again simply return to the back of the queue.
+ * Re-arm starved connections, oldest first, about as many as there are free
+ * buffers: arming all of them for one free buffer only buys an -ENOBUFS
+ * storm.  An armed recv takes a buffer only when data arrives, so the
+ * armed ones may sit idle while buffers stay free; run_loop then does not
+ * block, and the next turns arm the rest of the queue.
  */
 static void rearm_starved(struct server *s)
 {
-	uint32_t n = s->starved_len;
+	uint32_t n = s->starved_len < s->bufs_free ? s->starved_len : s->bufs_free;
 
-	if (!s->bufs_free)
-		return;
 	while (n--) {
 		uint32_t idx = s->starved[s->starved_head];
 
@@ -163,33 +274,51 @@ static void rearm_starved(struct server *s)
 	}
 }
 
-static void on_accept(struct server *s, struct io_uring_cqe *cqe)
+/* Errors that concern one connection only: the next accept may succeed. */
+static int accept_error_is_transient(int err)
 {
-	if (!(cqe->flags & IORING_CQE_F_MORE))
-		s->accept_armed = 0;
-	if (cqe->res < 0) {
-		s->stats->accept_errors++;
-		/*
-		 * ENFILE: the fixed-file table is full.  Accepting resumes when
-		 * a close frees a slot (see on_close); anything else re-arms now.
-		 */
-		if (cqe->res == -ENFILE) {
-			s->stats->accept_pauses++;
-			return;
-		}
-		if (!s->accept_armed && !s->stopping)
-			arm_accept(s);
-		return;
+	switch (err) {
+	case -ECONNABORTED:
+	case -EPROTO:
+	case -EPERM:
+	case -EINTR:
+	case -ENETDOWN:
+	case -ENETUNREACH:
+	case -EHOSTUNREACH:
+		return 1;
+	default:
+		return 0;
 	}
-	s->stats->conns_accepted++;
-	s->stats->conns_active++;
-	s->conns[cqe->res].sent = 0;
-	arm_recv(s, (uint32_t)cqe->res);
-	if (!s->accept_armed && !s->stopping)
-		arm_accept(s);
 }
 
-static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
+{
+	s->accepts--;
+	if (cqe->res < 0) {
+		if (cqe->res == -ECANCELED)
+			return;
+		s->stats->accept_errors++;
+		/* Out of files or memory (or worse): pause, retry on a close or the timer. */
+		if (!accept_error_is_transient(cqe->res) && !s->accept_paused) {
+			s->accept_paused = 1;
+			s->stats->accept_pauses++;
+			if (!s->timer_armed)
+				arm_timer(s);
+		}
+		return;
+	}
+	s->nconns++;
+	s->stats->conns_accepted++;
+	s->stats->conns_active = s->nconns;
+	s->conns[cqe->res].sent = 0;
+	arm_recv(s, (uint32_t)cqe->res);
+	if (s->nconns == s->max_conns && !s->table_full) {
+		s->table_full = 1;
+		s->stats->accept_pauses++;
+	}
+}
+
+static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
 
@@ -199,9 +328,11 @@ static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 		return;
 	}
 	if (cqe->res <= 0) {
-		/* The kernel may still hand us a buffer on error; give it back. */
-		if (cqe->flags & IORING_CQE_F_BUFFER)
+		/* The kernel may still hand us a buffer on error: it left the ring, give it back. */
+		if (cqe->flags & IORING_CQE_F_BUFFER) {
+			s->bufs_free--;
 			recycle_buffer(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
+		}
 		if (cqe->res < 0)
 			s->stats->conn_errors++;
 		/* res == 0 is EOF; everything received was already echoed. */
@@ -218,7 +349,7 @@ static void on_recv(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 	arm_send(s, idx);
 }
 
-static void on_send(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
+static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
 
@@ -239,16 +370,24 @@ static void on_send(struct server *s, uint32_t idx, struct io_uring_cqe *cqe)
 	arm_recv(s, idx);
 }
 
+/* The slot is free again (close_direct has completed): accepting may resume. */
 static void on_close(struct server *s, uint32_t idx)
 {
 	s->conns[idx].state = CONN_FREE;
-	s->stats->conns_active--;
+	s->nconns--;
+	s->stats->conns_active = s->nconns;
 	s->stats->conns_closed++;
-	if (!s->accept_armed && !s->stopping)
-		arm_accept(s);
+	s->table_full = 0;
+	s->accept_paused = 0;
 }
 
-static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
+static void on_timer(struct server *s)
+{
+	s->timer_armed = 0;
+	s->accept_paused = 0;
+}
+
+static void on_cqe(struct server *s, const struct io_uring_cqe *cqe)
 {
 	uint64_t data = io_uring_cqe_get_data64(cqe);
 	uint32_t idx = (uint32_t)data;
@@ -269,17 +408,26 @@ static void on_cqe(struct server *s, struct io_uring_cqe *cqe)
 	case OP_STOP:
 		s->stopping = 1;
 		break;
+	case OP_TIMER:
+		on_timer(s);
+		break;
 	}
 }
 
 static int setup_ring(struct server *s, uint32_t entries)
 {
 	struct io_uring_params p;
+	uint64_t want = (uint64_t)s->max_conns + ACCEPT_DEPTH + 64;
 	uint32_t cq = 1;
 	int ret;
 
-	/* Room for one completion per connection plus accept and stop. */
-	while (cq < s->max_conns + 64 || cq < 2 * entries)
+	/*
+	 * Room for one completion per connection plus accepts, stop and timer;
+	 * IORING_SETUP_CLAMP trims anything above the kernel's maximum.
+	 */
+	if (want < 2 * (uint64_t)entries)
+		want = 2 * (uint64_t)entries;
+	while (cq < want && cq < CQ_MAX)
 		cq <<= 1;
 	memset(&p, 0, sizeof(p));
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
@@ -334,15 +482,19 @@ static int setup_buffers(struct server *s)
 	return 0;
 }
 
-static uint32_t table_size(const struct ec_server_config *cfg)
+/* The most connections the table may hold: the soft fd limit, capped. */
+static uint32_t conns_limit(void)
 {
 	struct rlimit rl;
 
-	if (cfg->max_conns)
-		return cfg->max_conns;
-	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur > 1 << 20)
-		return 1 << 20;
-	return (uint32_t)rl.rlim_cur;
+	if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur > EC_MAX_CONNS)
+		return EC_MAX_CONNS;
+	return rl.rlim_cur ? (uint32_t)rl.rlim_cur : 1;
+}
+
+static uint32_t table_size(const struct ec_server_config *cfg)
+{
+	return cfg->max_conns ? cfg->max_conns : conns_limit();
 }
 
 static int check_config(const struct ec_server_config *cfg)
@@ -352,6 +504,9 @@ static int check_config(const struct ec_server_config *cfg)
 	/* Buffer ids are 16 bits and the ring size must be a power of two. */
 	if (!cfg->buf_count || cfg->buf_count > 32768 || (cfg->buf_count & (cfg->buf_count - 1)))
 		return -EINVAL;
+	/* The same bound as the epoll server's (and register_files_sparse's). */
+	if (cfg->max_conns > conns_limit())
+		return -EMFILE;
 	return 0;
 }
 
@@ -365,12 +520,12 @@ static void teardown(struct server *s, int ring_up)
 		munmap(s->br, s->br_size);
 	free(s->conns);
 	free(s->starved);
+	free(s->deferred);
 }
 
 /*
- * Queue the stop watch and the multishot accept and hand them to the
- * kernel, so that "ready" means both are really in place.  Returns 0 or
- * -errno.
+ * Queue the stop watch and the first accepts and hand them to the kernel,
+ * so that "ready" means they are really in place.  Returns 0 or -errno.
  */
 static int arm_first(struct server *s)
 {
@@ -378,32 +533,52 @@ static int arm_first(struct server *s)
 	int ret;
 
 	sqe = get_sqe(s);
+	if (!sqe)
+		return -EBUSY;
 	io_uring_prep_poll_add(sqe, s->stop_fd, POLLIN);
 	io_uring_sqe_set_data64(sqe, make_data(OP_STOP, 0));
-	arm_accept(s);
+	fill_accepts(s);
 	ret = io_uring_submit(&s->ring);
 	s->stats->wait_calls++;
 	return ret < 0 ? ret : 0;
 }
 
+/*
+ * Handle the completions there are, each marked seen before it is handled,
+ * so that the kernel has CQ room for what the handlers submit.
+ */
+static void reap(struct server *s)
+{
+	struct io_uring_cqe *cqe, copy;
+	unsigned n = s->ring.cq.ring_entries;
+
+	while (n-- && !io_uring_peek_cqe(&s->ring, &cqe)) {
+		copy = *cqe;
+		io_uring_cqe_seen(&s->ring, cqe);
+		on_cqe(s, &copy);
+	}
+}
+
+/* Work left that needs no completion to go ahead: do not block in the wait. */
+static int must_not_block(const struct server *s)
+{
+	return s->deferred_len || (s->starved_len && s->bufs_free);
+}
+
 static int run_loop(struct server *s)
 {
 	while (!s->stopping) {
-		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
 		int ret;
 
-		ret = io_uring_submit_and_wait(&s->ring, 1);
+		ret = io_uring_submit_and_wait(&s->ring, must_not_block(s) ? 0 : 1);
 		s->stats->wait_calls++;
 		s->stats->loop_iterations++;
-		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY)
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
 			return ret;
-		io_uring_for_each_cqe(&s->ring, head, cqe) {
-			on_cqe(s, cqe);
-			seen++;
-		}
-		io_uring_cq_advance(&s->ring, seen);
+		reap(s);
+		drain_deferred(s);
 		rearm_starved(s);
+		fill_accepts(s);
 	}
 	return 0;
 }
@@ -427,7 +602,8 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	s.max_conns = table_size(cfg);
 	s.conns = calloc(s.max_conns, sizeof(*s.conns));
 	s.starved = calloc(s.max_conns, sizeof(*s.starved));
-	if (!s.conns || !s.starved) {
+	s.deferred = calloc(s.max_conns, sizeof(*s.deferred));
+	if (!s.conns || !s.starved || !s.deferred) {
 		teardown(&s, 0);
 		return -ENOMEM;
 	}
