@@ -6,15 +6,16 @@
 #   make report   execute notebooks/report.ipynb on every result set in $(DATA)/ and render
 #                 $(REPORTS)/report.html (standalone, code hidden)
 #   make test     the test suite
+#   make test-sanitize  C core built with ASan+UBSan into build/sanitize/; server and load tests (~1.5 min)
 
 PYTHON ?= .venv/bin/python
 DATA ?= data
 REPORTS ?= reports
 
-.PHONY: help sweep seed latency report test
+.PHONY: help sweep seed latency report test test-sanitize
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
 
 sweep:
 	$(PYTHON) -m echo_core sweep --grid quick --output-dir $(DATA)
@@ -34,3 +35,6 @@ report:
 
 test:
 	$(PYTHON) -m pytest -q
+
+test-sanitize:
+	PYTHON=$(PYTHON) bash scripts/test_sanitize.sh

@@ -11,6 +11,13 @@ SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "histogram.c", "probe.c"
            # the load generator (see csrc/load.h for which file does what)
            "loadgen.c", "load_connect.c", "load_worker.c", "load_timeline.c", "load_server.c",
            "load_stream.c", "load_rr.c", "load_rate.c", "pattern.c", "arrivals.c"]
+# ECHO_CORE_SANITIZE=1 builds the C core with AddressSanitizer and UndefinedBehaviorSanitizer (-O1 -g,
+# every report fatal) for `make test-sanitize` (scripts/test_sanitize.sh), which builds it into
+# build/sanitize/ and never over the normal extension.  NDEBUG stays defined, as in the normal build;
+# -fno-wrapv undoes CPython's -fwrapv so that UBSan can see signed overflow.
+SANITIZE = os.environ.get("ECHO_CORE_SANITIZE", "") not in ("", "0")
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                  "-fno-wrapv"]
 LIBURING_HEADER_DIRS = ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
 
 
@@ -45,7 +52,8 @@ ffibuilder.set_source(
     include_dirs=[CSRC],
     libraries=["uring", "pthread"],
     define_macros=[("NDEBUG", None), ("_GNU_SOURCE", None)],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+    extra_compile_args=(["-O1", "-g"] + SANITIZE_FLAGS if SANITIZE else ["-O2"]) + ["-Wall", "-Wextra", "-std=gnu11"],
+    extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
 )
 
 if __name__ == "__main__":

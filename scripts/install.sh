@@ -7,6 +7,8 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
+# gcc brings gcc-N -> libgcc-N-dev, which depends on the ASan and UBSan runtimes (Debian 12: libasan8,
+# libubsan1) and binutils (readelf) that `make test-sanitize` uses: nothing more to install for it.
 $SUDO apt-get install -y -qq --no-install-recommends \
     gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd >/dev/null
 python3 -m venv .venv
