@@ -325,9 +325,8 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
         os.close(w)
 
 
-def test_starved_connections_are_rearmed_without_an_enobufs_storm(start_server, impl):
-    if impl != "uring":
-        pytest.skip("provided buffers are io_uring's")
+@pytest.mark.parametrize("impl", ["uring"], indirect=True)  # provided buffers are io_uring's alone
+def test_starved_connections_are_rearmed_without_an_enobufs_storm(start_server):
     srv = start_server(buf_count=2, buf_size=512)
     n, size = 200, 5000
     socks = [connect(srv.port) for _ in range(n)]
