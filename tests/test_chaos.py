@@ -1,0 +1,116 @@
+"""The seeded chaos client: both servers survive it, a seed reproduces its scripts, a faulty server
+is caught, and the CLI speaks one line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import echo_core
+from echo_core import chaos
+
+SERVER_CPU = max(os.sched_getaffinity(0))
+FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
+CHAOS = [sys.executable, "-m", "echo_core", "chaos"]
+
+
+def faulty(fault, *extra):
+    return " ".join([f"exec:{sys.executable}", FAULTY, "--port", "{port}", "--fault", fault, *extra])
+
+
+def _cli(args, timeout=60):
+    return subprocess.run(CHAOS + args, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("impl", echo_core.IMPLS)
+def test_chaos_finds_nothing_wrong_and_exercises_everything(impl):
+    r = chaos.run_chaos(impl, seconds=3.0, seed=7, cpu=SERVER_CPU)
+    assert r["ok"], chaos.verdict(r)
+    assert r["violations"] == [] and r["violation_count"] == 0
+    assert r["connections"] > 100 and r["scripts"] > 50
+    assert r["bytes_sent"] > 0 and r["bytes_echoed"] > 0
+    assert r["resets"] > 0 and r["half_closes"] > 0 and r["flood_connections"] > 0
+    assert r["nonreaders"] > 0 and r["idles"] > 0
+    # The server saw it all: every connection accepted, every verified byte went through it.
+    assert r["conns_accepted"] == r["connections"]
+    assert r["bytes_out"] >= r["bytes_echoed"] and r["bytes_in"] >= r["bytes_out"]
+    assert r["conn_errors"] > 0  # the resets reached it
+    assert r["server_alive"] and r["fds_end"] == r["fds_start"] and r["conns_active_end"] == 0
+    assert r["rss_start_kib"] <= r["rss_max_kib"] <= r["rss_bound_kib"]
+
+
+def test_same_seed_same_scripts():
+    a, b = chaos.plan(5, 300), chaos.plan(5, 300)
+    assert a == b
+    assert chaos.make_script(5, 123) == a[123]  # random access: a failing index replays alone
+    assert a != chaos.plan(6, 300)
+    assert {s["kind"] for s in a} == set(chaos.KINDS)
+    assert len({s["sub_seed"] for s in a}) == 300
+    assert chaos.pattern_block(5) == chaos.pattern_block(5) != chaos.pattern_block(6)
+    for s in a:  # every script ends by closing its connection one way or another
+        assert s["actions"][-1][0] in ("close", "rst", "shutdown")
+
+
+def test_faulty_server_is_caught():
+    r = chaos.run_chaos(faulty("flip", "--after", "1000"), seconds=1.0, seed=3, cpu=SERVER_CPU)
+    assert not r["ok"] and r["violation_count"] > 0
+    first = r["violations"][0]
+    assert "stream offset 1000" in first and "sub-seed 0x" in first and first.startswith("script ")
+    # The index and sub-seed in the report are those of the plan.
+    index = int(first.split()[1])
+    assert f"{chaos.make_script(3, index)['sub_seed']:#x}" in first
+
+
+def test_faulty_server_cli_exits_1_with_one_line():
+    proc = _cli(["--impl", faulty("drop", "--after", "5000"), "--seconds", "1", "--seed", "2"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chaos FAILED: "), proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_hung_server_is_reported_as_stalled():
+    r = chaos.run_chaos(faulty("freeze", "--after", "0.5"), seconds=1.0, seed=4, cpu=SERVER_CPU,
+                        drain_timeout=1.0)
+    assert not r["ok"]
+    assert any("stalled" in v for v in r["violations"]), r["violations"][:3]
+
+
+def test_existing_server_by_port_and_pid_cli_ok():
+    with echo_core.Server("epoll", port=0, cpu=SERVER_CPU) as srv:
+        proc = _cli(["--port", str(srv.port), "--pid", str(srv.pid), "--seconds", "1", "--seed", "9",
+                     "--connections", "16"])
+        assert srv.stats()["conns_accepted"] > 0
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("chaos ok: "), proc.stdout
+    assert "fds " in lines[0] and "rss max" in lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    ["--impl", "nope"],
+    ["--impl", "epoll", "--seconds", "abc"],
+    ["--impl", "epoll", "--seconds", "0"],
+    ["--impl", "epoll", "--seed", "-1"],
+    ["--impl", "epoll", "--connections", "0"],
+    ["--impl", "epoll", "--host", "10.1.2.3"],
+    ["--impl", "epoll", "--option", "buf_count=3"],
+    ["--impl", "epoll", "--option", "bogus=1"],
+    ["--impl", "epoll", "--pid", "1"],
+    ["--port", "70000"],
+    [],
+])
+def test_bad_input_exits_2_with_one_line(args):
+    proc = _cli(args, timeout=30)
+    assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert proc.stdout == ""
+
+
+def test_bad_input_raises_value_error():
+    for kwargs in (dict(seconds=-1), dict(seed="x"), dict(connections=0), dict(host="8.8.8.8"),
+                   dict(port=0), dict(server_options={"nope": 1})):
+        with pytest.raises(ValueError):
+            chaos.run_chaos("epoll", **kwargs)
