@@ -567,13 +567,17 @@ def _raise_fd_limit(need):
 
 
 def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1", cpu=None,
-              server_options=None, port=None, pid=None, drain_timeout=10.0):
+              server_options=None, port=None, pid=None, drain_timeout=10.0, server_stats=None,
+              rss_bound_kib=None):
     """Run the chaos client for `seconds` (then let scripts finish, up to drain_timeout) and check.
 
     Without port: starts its own server (echo_core.server.make_server(impl, ...)) pinned to `cpu`
     (default: the last CPU) with the client on another CPU if there is one, and stops it after.
     With port: targets the server already listening there (impl is only a label); the alive, RSS
-    and fd checks need its pid (pid=...) and are skipped without it; conns_active is not checked.
+    and fd checks need its pid (pid=...) and are skipped without it; conns_active is checked only
+    if server_stats (a callable returning the server's counters, e.g. Server.stats) is given.
+    rss_bound_kib overrides the RSS bound (default: RSS at the start + rss_margin_kib()), e.g. to
+    hold a long soak to the server's RSS before its first chunk.
 
     Returns a dict; result["violations"] (at most MAX_VIOLATIONS strings, violation_count is the
     total) is empty and result["ok"] true when nothing went wrong.
@@ -604,11 +608,13 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     try:
         if client_cpu is not None and srv is not None:
             os.sched_setaffinity(0, {client_cpu})
-        stats_fn = srv.stats if srv is not None and srv.stats() is not None else None
+        stats_fn = srv.stats if srv is not None and srv.stats() is not None else server_stats
         # Let the server settle (an exec: server's readiness probe connection must be gone).
         fds_start = _settled_fds(pid, None, 0.3) if pid is not None else None
         rss_start = rss_kib(pid) if pid is not None else None
-        bound = rss_start + rss_margin_kib(impl, server_options, connections) if rss_start else None
+        bound = rss_bound_kib
+        if bound is None and rss_start:
+            bound = rss_start + rss_margin_kib(impl, server_options, connections)
         stats_start = stats_fn() if stats_fn else None
         client = ChaosClient(host, port, seed, connections, seconds, drain_timeout, pid=pid,
                              stats=stats_fn, rss_bound_kib=bound)
