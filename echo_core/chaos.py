@@ -194,7 +194,7 @@ class _Conn:
 
 class ChaosClient:
     def __init__(self, host, port, seed, connections, seconds, drain_timeout, pid=None, stats=None,
-                 rss_bound_kib=None):
+                 rss_bound_kib=None, settle_s=SETTLE_S):
         self.host, self.port, self.seed = host, port, seed
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.connections, self.seconds, self.drain_timeout = connections, seconds, drain_timeout
@@ -218,12 +218,11 @@ class ChaosClient:
 
     def violate(self, conn, what):
         self.violation_count += 1
-        if len(self.violations) < MAX_VIOLATIONS:
-            if conn is None:
-                self.violations.append(what)
-            else:
-                s = conn.script
-                self.violations.append(f"script {s['index']} (sub-seed {s['sub_seed']:#x}, {s['kind']}): {what}")
+        if conn is None:  # server-wide findings are few: always kept
+            self.violations.append(what)
+        elif len(self.violations) < MAX_VIOLATIONS:
+            s = conn.script
+            self.violations.append(f"script {s['index']} (sub-seed {s['sub_seed']:#x}, {s['kind']}): {what}")
 
     # -- sockets
 
@@ -527,7 +526,7 @@ class ChaosClient:
 # ----------------------------------------------------------------- the API
 
 
-def _check_args(seconds, seed, connections, drain_timeout):
+def _check_args(seconds, seed, connections, drain_timeout, settle_s=SETTLE_S):
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 86400:
         raise ValueError(f"seconds must be a number in (0, 86400], got {seconds!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -536,6 +535,8 @@ def _check_args(seconds, seed, connections, drain_timeout):
         raise ValueError(f"connections must be an integer in 1..5000, got {connections!r}")
     if isinstance(drain_timeout, bool) or not isinstance(drain_timeout, (int, float)) or not 0 < drain_timeout <= 600:
         raise ValueError(f"drain_timeout must be a number in (0, 600], got {drain_timeout!r}")
+    if isinstance(settle_s, bool) or not isinstance(settle_s, (int, float)) or not 0 <= settle_s <= 600:
+        raise ValueError(f"settle_s must be a number in [0, 600], got {settle_s!r}")
 
 
 def _cpus(cpu):
@@ -568,7 +569,7 @@ def _raise_fd_limit(need):
 
 def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1", cpu=None,
               server_options=None, port=None, pid=None, drain_timeout=10.0, server_stats=None,
-              rss_bound_kib=None):
+              rss_bound_kib=None, settle_s=SETTLE_S):
     """Run the chaos client for `seconds` (then let scripts finish, up to drain_timeout) and check.
 
     Without port: starts its own server (echo_core.server.make_server(impl, ...)) pinned to `cpu`
@@ -577,15 +578,16 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     and fd checks need its pid (pid=...) and are skipped without it; conns_active is checked only
     if server_stats (a callable returning the server's counters, e.g. Server.stats) is given.
     rss_bound_kib overrides the RSS bound (default: RSS at the start + rss_margin_kib()), e.g. to
-    hold a long soak to the server's RSS before its first chunk.
+    hold a long soak to the server's RSS before its first chunk.  settle_s: how long the fd count
+    and conns_active may take to return after the last client close.
 
-    Returns a dict; result["violations"] (at most MAX_VIOLATIONS strings, violation_count is the
-    total) is empty and result["ok"] true when nothing went wrong.
+    Returns a dict; result["violations"] (at most MAX_VIOLATIONS per-connection strings plus every
+    server-wide one; violation_count is the total) is empty and result["ok"] true when nothing went wrong.
     """
     from echo_core.load import check_host
     from echo_core.server import check_impl, make_server
 
-    _check_args(seconds, seed, connections, drain_timeout)
+    _check_args(seconds, seed, connections, drain_timeout, settle_s)
     host = check_host(host)
     if port is None:
         check_impl(impl)
@@ -624,18 +626,18 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
             client.violate(None, f"server process {pid} is gone")
         fds_end = None
         if pid is not None and alive:
-            fds_end = _settled_fds(pid, fds_start, SETTLE_S)
+            fds_end = _settled_fds(pid, fds_start, settle_s)
             if fds_end != fds_start:
                 client.violate(None, f"server fd count {fds_end} did not return to {fds_start} within "
-                                     f"{SETTLE_S:g} s of the last client close")
+                                     f"{settle_s:g} s of the last client close")
         active = None
         if stats_fn and alive:
-            deadline = time.monotonic() + SETTLE_S
+            deadline = time.monotonic() + settle_s
             while stats_fn()["conns_active"] and time.monotonic() < deadline:
                 time.sleep(0.02)
             active = stats_fn()["conns_active"]
             if active:
-                client.violate(None, f"server conns_active is {active}, not 0, {SETTLE_S:g} s after "
+                client.violate(None, f"server conns_active is {active}, not 0, {settle_s:g} s after "
                                      "the last client close")
         stats_end = stats_fn() if stats_fn else None
     finally:
