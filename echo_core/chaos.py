@@ -194,7 +194,7 @@ class _Conn:
 
 class ChaosClient:
     def __init__(self, host, port, seed, connections, seconds, drain_timeout, pid=None, stats=None,
-                 rss_bound_kib=None, settle_s=SETTLE_S):
+                 rss_bound_kib=None, only=None):
         self.host, self.port, self.seed = host, port, seed
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.connections, self.seconds, self.drain_timeout = connections, seconds, drain_timeout
@@ -213,6 +213,7 @@ class ChaosClient:
                            nonreader_bytes=0, closes=0, by_kind={k: 0 for k in KINDS})
         self.rss_samples = []
         self.server_gone = False
+        self.only = only
 
     # -- bookkeeping
 
@@ -443,9 +444,11 @@ class ChaosClient:
 
     # -- the run
 
-    def _start_script(self):
-        script = make_script(self.seed, self.next_index)
-        self.next_index += 1
+    def _start_script(self, index=None):
+        if index is None:
+            index = self.next_index
+            self.next_index += 1
+        script = make_script(self.seed, index)
         self.counts["scripts"] += 1
         self.counts["by_kind"][script["kind"]] += 1
         if script["kind"] == "idle":
@@ -488,6 +491,11 @@ class ChaosClient:
         hard_stop = stop_new + self.drain_timeout
         next_rss = t0
         self._sample_rss()
+        if self.only is not None:  # a replay: just these scripts, all at once
+            for index in self.only:
+                self._start_script(index)
+            stop_new = t0
+            hard_stop = t0 + self.seconds + self.drain_timeout
         while True:
             now = time.monotonic()
             if now < stop_new:
@@ -569,7 +577,7 @@ def _raise_fd_limit(need):
 
 def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1", cpu=None,
               server_options=None, port=None, pid=None, drain_timeout=10.0, server_stats=None,
-              rss_bound_kib=None, settle_s=SETTLE_S):
+              rss_bound_kib=None, settle_s=SETTLE_S, scripts=None):
     """Run the chaos client for `seconds` (then let scripts finish, up to drain_timeout) and check.
 
     Without port: starts its own server (echo_core.server.make_server(impl, ...)) pinned to `cpu`
@@ -579,7 +587,8 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     if server_stats (a callable returning the server's counters, e.g. Server.stats) is given.
     rss_bound_kib overrides the RSS bound (default: RSS at the start + rss_margin_kib()), e.g. to
     hold a long soak to the server's RSS before its first chunk.  settle_s: how long the fd count
-    and conns_active may take to return after the last client close.
+    and conns_active may take to return after the last client close.  scripts: replay only these
+    script indices of `seed` (all at once, each once; `seconds` + drain_timeout bound the replay).
 
     Returns a dict; result["violations"] (at most MAX_VIOLATIONS per-connection strings plus every
     server-wide one; violation_count is the total) is empty and result["ok"] true when nothing went wrong.
@@ -589,6 +598,11 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
 
     _check_args(seconds, seed, connections, drain_timeout, settle_s)
     host = check_host(host)
+    if scripts is not None:
+        scripts = list(scripts)
+        if not scripts or len(scripts) > 5000 or any(isinstance(i, bool) or not isinstance(i, int) or i < 0
+                                                     for i in scripts):
+            raise ValueError(f"scripts must be 1..5000 non-negative script indices, got {scripts!r}")
     if port is None:
         check_impl(impl)
     elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
@@ -619,7 +633,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
             bound = rss_start + rss_margin_kib(impl, server_options, connections)
         stats_start = stats_fn() if stats_fn else None
         client = ChaosClient(host, port, seed, connections, seconds, drain_timeout, pid=pid,
-                             stats=stats_fn, rss_bound_kib=bound)
+                             stats=stats_fn, rss_bound_kib=bound, only=scripts)
         elapsed = client.run()
         alive = pid_alive(pid) if pid is not None else None
         if alive is False:
@@ -728,6 +742,8 @@ def add_chaos_arguments(p):
                    help="after the run, how long scripts may take to finish (default 10)")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="server option, e.g. buf_count=256 (repeatable)")
+    p.add_argument("--script", action="append", default=None, metavar="INDEX",
+                   help="replay only script INDEX of --seed (repeatable), e.g. one a violation named")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return p
 
@@ -775,6 +791,8 @@ def chaos_command(args):
             options[name.strip().replace("-", "_")] = _int(f"option {name}", value)
         if options:
             kwargs["server_options"] = options
+        if args.script:
+            kwargs["scripts"] = [_int("script", i) for i in args.script]
         if kwargs.get("cpu") is not None and kwargs["cpu"] not in os.sched_getaffinity(0):
             raise ValueError(f"cpu {kwargs['cpu']} is not available (available: {sorted(os.sched_getaffinity(0))})")
         if args.port is None:
@@ -794,6 +812,12 @@ def chaos_command(args):
         return 2
     except (RuntimeError, OSError) as exc:
         print(f"chaos FAILED: {impl}: {exc}", flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug in the client itself: still one line, still a failure
+        print(f"chaos FAILED: {impl}: internal error: {type(exc).__name__}: {exc}", flush=True)
         return 1
     if args.json:
         print(json.dumps(result), flush=True)

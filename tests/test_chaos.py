@@ -74,6 +74,11 @@ def test_faulty_server_is_caught():
     # The index and sub-seed in the report are those of the plan.
     index = int(first.split()[1])
     assert f"{chaos.make_script(3, index)['sub_seed']:#x}" in first
+    # ... and replaying that one script alone reproduces the finding.
+    again = chaos.run_chaos(faulty("flip", "--after", "1000"), seconds=1.0, seed=3, cpu=SERVER_CPU,
+                            scripts=[index])
+    assert again["scripts"] == 1 and again["violation_count"] == 1
+    assert again["violations"][0].split(" (")[:2] == first.split(" (")[:2]
 
 
 def test_faulty_server_cli_exits_1_with_one_line():
@@ -115,6 +120,8 @@ def test_existing_server_by_port_and_pid_cli_ok():
     ["--impl", "epoll", "--option", "bogus=1"],
     ["--impl", "epoll", "--pid", "1"],
     ["--port", "70000"],
+    ["--impl", "epoll", "--script", "x"],
+    ["--impl", "exec:/bin/true"],
     [],
 ])
 def test_bad_input_exits_2_with_one_line(args):
