@@ -354,6 +354,8 @@ class ChaosClient:
                 break  # now read to EOF (handled in _read)
             elif op == "reopen":
                 self.counts["flood_connections"] += 1
+                if act[1] == "rst":
+                    self.counts["resets"] += 1
                 self._close(conn, "rst" if act[1] == "rst" else "close")
                 conn.pos += 1
                 if not self._open(conn):
@@ -708,7 +710,8 @@ def verdict(result):
     """One line: 'chaos ok: ...' or 'chaos FAILED: ...'."""
     r = result
     head = f"{r['impl']} seed {r['seed']} {r['seconds']:g} s"
-    body = (f"{r['scripts']} scripts, {r['connections']} connections, {r['bytes_sent'] / 2**20:.1f} MiB sent, "
+    body = (f"{r['scripts']} scripts, {r['connections']} connections, {r['bytes_sent'] / 2**20:.1f} MiB sent "
+            f"({r['nonreader_bytes'] / 2**20:.1f} to non-readers), "
             f"{r['bytes_echoed'] / 2**20:.1f} MiB echoed+verified, {r['resets']} resets, "
             f"{r['half_closes']} half-closes, {r['flood_connections']} flood, {r['nonreaders']} non-readers")
     if r["server"]:

@@ -32,8 +32,9 @@ def test_chaos_finds_nothing_wrong_and_exercises_everything(impl):
     assert r["bytes_sent"] > 0 and r["bytes_echoed"] > 0
     assert r["resets"] > 0 and r["half_closes"] > 0 and r["flood_connections"] > 0
     assert r["nonreaders"] > 0 and r["idles"] > 0
-    # The server saw it all: every connection accepted, every verified byte went through it.
-    assert r["conns_accepted"] == r["connections"]
+    # The server saw it all: every connection accepted (a flood connection closed before its
+    # handshake ended may never be), every verified byte went through it.
+    assert r["connections"] - r["flood_connections"] <= r["conns_accepted"] <= r["connections"]
     assert r["bytes_out"] >= r["bytes_echoed"] and r["bytes_in"] >= r["bytes_out"]
     assert r["conn_errors"] > 0  # the resets reached it
     assert r["server_alive"] and r["fds_end"] == r["fds_start"] and r["conns_active_end"] == 0
