@@ -53,7 +53,7 @@ import time
 PERIOD = 1048573
 MAX_CHUNK = 1 << 16
 KINDS = ("echo", "halfclose", "reset", "idle", "flood", "nonreader")
-WEIGHTS = (30, 22, 18, 10, 12, 8)
+WEIGHTS = (32, 22, 18, 10, 12, 6)
 RSS_SAMPLE_S = 0.25
 SETTLE_S = 5.0
 MAX_VIOLATIONS = 50
@@ -122,7 +122,7 @@ def make_script(seed, index):
         actions = [("reopen", rng.choice(("close", "rst", "now"))) for _ in range(rng.randint(2, 12))]
         actions.append(("rst",) if rng.random() < 0.5 else ("close",))
     else:  # nonreader
-        actions = [("noread", 1e9), ("send", _size(rng, 64 << 10, 8 << 20)),
+        actions = [("noread", 1e9), ("send", _size(rng, 64 << 10, 4 << 20)),
                    ("blocked", round(rng.uniform(0.1, 0.5), 3)), ("close",)]
     return {"index": index, "sub_seed": sub, "kind": kind, "phase": sub % PERIOD, "actions": actions}
 

@@ -138,3 +138,36 @@ def test_bad_input_raises_value_error():
                    dict(port=0), dict(server_options={"nope": 1})):
         with pytest.raises(ValueError):
             chaos.run_chaos("epoll", **kwargs)
+
+
+def test_server_checks_report_rss_and_stuck_connections():
+    """The RSS bound and the conns_active check fire (forced: a tiny bound, counters that never settle)."""
+    with echo_core.Server("epoll", port=0, cpu=SERVER_CPU) as srv:
+        def stuck_stats():
+            return {**srv.stats(), "conns_active": 1}
+
+        r = chaos.run_chaos("epoll", seconds=0.5, seed=1, connections=8, port=srv.port, pid=srv.pid,
+                            server_stats=stuck_stats, rss_bound_kib=1, settle_s=0.2)
+    assert not r["ok"]
+    assert any("RSS" in v and "above the bound" in v for v in r["violations"]), r["violations"]
+    assert any("conns_active is 1" in v for v in r["violations"]), r["violations"]
+    assert r["fds_end"] == r["fds_start"] and r["server_alive"]
+
+
+def test_dead_server_is_reported():
+    import signal
+    import threading
+
+    srv = echo_core.Server("uring", port=0, cpu=SERVER_CPU).start()
+    killer = threading.Timer(0.5, os.kill, (srv.pid, signal.SIGKILL))
+    killer.start()
+    try:
+        r = chaos.run_chaos("uring", seconds=3.0, seed=1, connections=16, port=srv.port, pid=srv.pid,
+                            server_stats=srv.stats, drain_timeout=1.0, settle_s=0.2)
+    finally:
+        killer.join()
+        with pytest.raises(RuntimeError):
+            srv.stop()
+    assert not r["ok"] and r["server_alive"] is False
+    assert any("is gone" in v for v in r["violations"]), r["violations"][-3:]
+    assert r["elapsed_s"] < 2.5  # the run stops early once the server is gone
