@@ -438,11 +438,29 @@ class ChaosClient:
             want = self.block[off:off + n]
             i = next(j for j in range(n) if data[j] != want[j])
             self.violate(conn, f"byte at stream offset {conn.echoed + i} is {data[i]:#04x}, expected "
-                               f"{want[i]:#04x} ({conn.sent} sent)")
+                               f"{want[i]:#04x}{self._diagnose(data, want, i, off)} ({conn.sent} sent)")
             self._finish(conn, "rst")
             return
         conn.echoed += n
         self.counts["bytes_echoed"] += n
+
+    def _diagnose(self, data, want, i, off):
+        """What a mismatch at data[i] looks like: corrupted bytes, a skip (lost) or a step back (repeated)."""
+        tail = len(data) - i
+        if tail > 1:
+            wrong = sum(1 for a, b in zip(data[i:], want[i:]) if a != b)
+            if wrong * 4 < tail:
+                return f": {wrong} of the {tail} bytes from there differ (corrupted in place)"
+        probe = bytes(data[i:i + 32])
+        if len(probe) < 8:
+            return ""
+        at = off + i
+        found = self.block.find(probe, max(0, at - 2 * MAX_CHUNK), at + 2 * MAX_CHUNK + len(probe))
+        if found < 0:
+            return ": the bytes match no nearby stream offset (foreign or garbled data)"
+        if found > at:
+            return f": the stream skips {found - at} bytes there (bytes lost)"
+        return f": the stream steps back {at - found} bytes there (bytes repeated or reordered)"
 
     # -- the run
 
@@ -724,8 +742,12 @@ def verdict(result):
         body += f", fds {r['fds_start']}->{r['fds_end']}"
     if r["ok"]:
         return f"chaos ok: {head}: {body}"
-    return (f"chaos FAILED: {head}: {r['violation_count']} violation(s); first: {r['violations'][0]} "
-            f"[{body}]")
+    first = r["violations"][0]
+    replay = ""
+    if first.startswith("script ") and r.get("impl") and not str(r["impl"]).startswith("port "):
+        replay = (f" (replay it alone: python -m echo_core chaos --impl '{r['impl']}' --seed {r['seed']} "
+                  f"--script {first.split()[1]})")
+    return f"chaos FAILED: {head}: {r['violation_count']} violation(s); first: {first}{replay} [{body}]"
 
 
 # ----------------------------------------------------------------- CLI

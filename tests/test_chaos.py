@@ -72,6 +72,8 @@ def test_faulty_server_is_caught():
     assert not r["ok"] and r["violation_count"] > 0
     first = r["violations"][0]
     assert "stream offset 1000" in first and "sub-seed 0x" in first and first.startswith("script ")
+    assert any("corrupted in place" in v for v in r["violations"])
+    assert "replay it alone" in chaos.verdict(r) and f"--script {first.split()[1]}" in chaos.verdict(r)
     # The index and sub-seed in the report are those of the plan.
     index = int(first.split()[1])
     assert f"{chaos.make_script(3, index)['sub_seed']:#x}" in first
@@ -87,7 +89,14 @@ def test_faulty_server_cli_exits_1_with_one_line():
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("chaos FAILED: "), proc.stdout
+    assert "stream offset 5000" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_dropped_byte_is_diagnosed_as_lost():
+    r = chaos.run_chaos(faulty("drop", "--after", "3000"), seconds=1.0, seed=2, cpu=SERVER_CPU)
+    assert not r["ok"]
+    assert any("stream offset 3000" in v and "skips 1 bytes" in v for v in r["violations"]), r["violations"][:3]
 
 
 def test_hung_server_is_reported_as_stalled():
