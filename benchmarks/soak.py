@@ -38,7 +38,7 @@ def soak_one(impl, minutes, seed, chunk, connections, server_cpu, client_cpu):
         rss_max = rss0
         k = 0
         while time.monotonic() < end - 1.0:
-            secs = min(chunk, end - time.monotonic())
+            secs = round(min(chunk, end - time.monotonic()), 1)
             r = chaos.run_chaos(impl, seconds=secs, seed=seed + k, connections=connections, port=srv.port,
                                 pid=srv.pid, server_stats=srv.stats, rss_bound_kib=bound)
             rss_max = max(rss_max, r["rss_max_kib"] or 0)

@@ -180,3 +180,9 @@ def test_dead_server_is_reported():
     assert not r["ok"] and r["server_alive"] is False
     assert any("is gone" in v for v in r["violations"]), r["violations"][-3:]
     assert r["elapsed_s"] < 2.5  # the run stops early once the server is gone
+
+
+def test_ipv6_loopback():
+    r = chaos.run_chaos("epoll", seconds=0.5, seed=12, connections=8, host="::1", cpu=SERVER_CPU)
+    assert r["ok"], chaos.verdict(r)
+    assert r["host"] == "::1" and r["bytes_echoed"] > 0
