@@ -3,6 +3,11 @@ byte verified.
 
     python -m echo_core chaos --impl uring|epoll|exec:CMD --seconds N --seed S [--connections C]
     python -m echo_core chaos --port P [--pid PID] --seconds N --seed S     (an existing server)
+    python -m echo_core chaos --impl uring --seed S --script I [--script J]  (replay scripts alone)
+
+Prints one line, "chaos ok: ..." (exit 0) or "chaos FAILED: ..." (exit 1, with the first violation
+and the command that replays its script alone); bad input is one "error: ..." line on stderr, exit 2.
+API: run_chaos(...) -> result dict, verdict(result) -> that line, plan(seed, n) -> the scripts.
 
 A correctness tool, not a benchmark: pure Python (selectors, non-blocking sockets), one thread.
 
@@ -23,8 +28,9 @@ the scripts without running anything).  Kinds:
 Verification.  Connection c sends the stream PATTERN[(phase_c + k) % P] for k = 0, 1, ... where
 PATTERN is a seeded random block of P = 1048573 (prime) bytes and phase_c comes from the script's
 sub-seed; each received chunk is compared with the pattern at the connection's echo offset, so a
-lost, duplicated, reordered, corrupted or foreign byte is caught at its offset; more bytes back than
-sent, EOF or a reset the client did not cause, and a stalled echo (nothing finished within
+lost, duplicated, reordered, corrupted or foreign byte is caught at its offset (and the report says
+which it looks like: corrupted in place, a skip = lost bytes, a step back = repeated); more bytes
+back than sent, EOF or a reset the client did not cause, and a stall (a script still unfinished
 drain_timeout after the run) are violations too.
 
 Server checks (when the server's pid is known): it is still alive at the end; its RSS (VmRSS,
@@ -34,7 +40,9 @@ returns to 0, polled for up to SETTLE_S.
 
 RSS margin (generous on purpose: it catches leaks that grow with the work done, not tight use):
 64 MiB + the receive buffers the server may legitimately touch: io_uring buf_count x buf_size,
-epoll 2 x buf_size per concurrent connection; an external server gets 256 MiB.
+epoll 2 x buf_size per concurrent connection; an external server gets 256 MiB.  With io_uring's
+default 4096 x 64 KiB ring that is loose (its RSS does climb to start + 256 MiB as the kernel fills
+buffers); --option buf_count=256 gives a tight bound.
 """
 
 import errno
