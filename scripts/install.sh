@@ -12,6 +12,8 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd >/dev/null
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
+# setuptools >= 77 (the build backend pyproject.toml names) also for `make test-sanitize`, which builds
+# the sanitized extension with this venv's setup.py rather than in pip's isolated build environment.
+.venv/bin/pip install -q --upgrade pip "setuptools>=77"
 .venv/bin/pip install -q -e ".[dev]"
 .venv/bin/python -c "import echo_core; print('echo_core', echo_core.__version__, 'installed in .venv')"
