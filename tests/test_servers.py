@@ -151,9 +151,11 @@ def test_request_response_has_no_nagle_stall(start_server, size):
             s.sendall(data)
             recv_exact(s, size)
             rtts.append(time.perf_counter() - t)
-    # A Nagle + delayed-ACK stall costs ~40 ms a round trip.
-    assert statistics.median(rtts) < 1e-3
-    assert sorted(rtts)[int(len(rtts) * 0.9)] < 5e-3
+    # A Nagle + delayed-ACK stall costs ~40 ms a round trip; without it a 100 kB round trip takes well
+    # under 1 ms on an idle machine, and a few ms on a busy 2-CPU one or under the sanitizers.  The
+    # bounds sit between the two, 4x below a stall.
+    assert statistics.median(rtts) < 10e-3
+    assert sorted(rtts)[int(len(rtts) * 0.9)] < 20e-3
 
 
 def test_tiny_buffers_every_streaming_connection_progresses(start_server, impl):
