@@ -85,31 +85,34 @@ def check_host(host):
     return str(addr)
 
 
+def _listed(value, parse_part, usage):
+    """None or "" -> [], an int -> [it], "a,b,..." -> parse_part() of each part, an iterable -> its items."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, str):
+        try:
+            return [item for part in value.split(",") for item in parse_part(part.strip())]
+        except ValueError:
+            raise ValueError(f"{usage}, got {value!r}") from None
+    return list(value)
+
+
+def _cpu_part(part):
+    if "-" not in part:
+        return [int(part)]
+    lo, hi = (int(x) for x in part.split("-", 1))
+    if hi < lo:
+        raise ValueError
+    return range(lo, hi + 1)
+
+
 def parse_cpus(cpus):
     """None, an int, "0", "0,1", "0-3" or an iterable of ints -> list of ints or None."""
-    if cpus is None or cpus == "":
-        return None
-    if isinstance(cpus, int) and not isinstance(cpus, bool):
-        items = [cpus]
-    elif isinstance(cpus, str):
-        items = []
-        for part in cpus.split(","):
-            part = part.strip()
-            try:
-                if "-" in part:
-                    lo, hi = (int(x) for x in part.split("-", 1))
-                    if hi < lo:
-                        raise ValueError
-                    items.extend(range(lo, hi + 1))
-                else:
-                    items.append(int(part))
-            except ValueError:
-                raise ValueError(f'cpu list must look like "0", "0,1" or "0-3", got {cpus!r}') from None
-    else:
-        items = list(cpus)
     allowed = os.sched_getaffinity(0)
     out = []
-    for cpu in items:
+    for cpu in _listed(cpus, _cpu_part, 'cpu list must look like "0", "0,1" or "0-3"'):
         cpu = _int("cpu", cpu, 0, 1 << 16)
         if cpu not in allowed:
             raise ValueError(f"cpu {cpu} is not available to this process (allowed: {sorted(allowed)})")
@@ -119,28 +122,15 @@ def parse_cpus(cpus):
 
 def parse_pids(pids):
     """None, an int, "123", "123,456" or an iterable of ints -> list of live pids or None."""
-    if pids is None or pids == "" or pids == []:
-        return None
-    if isinstance(pids, int) and not isinstance(pids, bool):
-        items = [pids]
-    elif isinstance(pids, str):
-        items = []
-        for part in pids.split(","):
-            try:
-                items.append(int(part.strip()))
-            except ValueError:
-                raise ValueError(f'server pid list must look like "1234" or "1234,1235", got {pids!r}') from None
-    else:
-        items = list(pids)
     out = []
-    for pid in items:
+    for pid in _listed(pids, lambda part: [int(part)], 'server pid list must look like "1234" or "1234,1235"'):
         pid = _int("server pid", pid, 1, (1 << 31) - 1)
         if not os.path.isdir(f"/proc/{pid}/task"):
             raise ValueError(f"server pid {pid} is not a running process")
         out.append(pid)
     if len(out) > MAX_SERVER_PIDS:
         raise ValueError(f"at most {MAX_SERVER_PIDS} server pids, got {len(out)}")
-    return out
+    return out or None
 
 
 def _map_server_stats(path):

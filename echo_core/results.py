@@ -105,20 +105,22 @@ def _reason_kinds(reasons):
             for text in reasons if isinstance(text, str) for part in text.split("; ") if part]
 
 
+def by_cell(df):
+    """Per cell (CELL, NaN offered_rate kept): (the cell's keys as a dict, its valid runs, its excluded runs)."""
+    data = df.assign(_valid=valid_mask(df))
+    for key, group in data.groupby(CELL, sort=True, dropna=False):
+        yield dict(zip(CELL, key)), group[group["_valid"]], group[~group["_valid"]]
+
+
 def excluded_counts(df):
     """Per cell: runs in total, valid, excluded, and the most common reason (cells with exclusions first)."""
     import pandas as pd
 
-    data = df.copy()
-    data["_valid"] = valid_mask(data)
-    if "invalid_reason" not in data.columns:
-        data["invalid_reason"] = ""
     out = []
-    for key, group in data.groupby(CELL, sort=True, dropna=False):
-        bad = group[~group["_valid"]]
-        reasons = _reason_kinds(bad["invalid_reason"])
-        out.append({**dict(zip(CELL, key)), "runs": len(group), "valid": int(group["_valid"].sum()),
-                    "excluded": len(bad), "reason": max(sorted(set(reasons)), key=reasons.count) if reasons else ""})
+    for cell, good, bad in by_cell(df):
+        reasons = _reason_kinds(bad["invalid_reason"]) if "invalid_reason" in bad.columns else []
+        out.append({**cell, "runs": len(good) + len(bad), "valid": len(good), "excluded": len(bad),
+                    "reason": max(sorted(set(reasons)), key=reasons.count) if reasons else ""})
     table = pd.DataFrame(out)
     if table.empty:
         return table

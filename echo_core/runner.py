@@ -37,7 +37,7 @@ from pathlib import Path
 
 from echo_core import machine, stats, validity
 from echo_core.bench import run_benchmark
-from echo_core.grids import CELL, GRIDS, grid_params, plan
+from echo_core.grids import CELL, GRIDS, grid_params, offered_loads, plan
 from echo_core.load import MODES
 from echo_core.results import load_csv
 from echo_core.server import check_impl
@@ -79,8 +79,7 @@ def _validate(impls, modes, payloads, connections, duration, repeats, warmup, wa
         raise ValueError("duration must be > 0 and warmup >= 0")
     if warmup_max is not None and not warmup_max >= warmup:
         raise ValueError(f"warmup_max must be >= warmup ({warmup}), got {warmup_max!r}")
-    if rates and load_fractions:
-        raise ValueError("give either rates (requests/s) or load_fractions, not both")
+    offered_loads(rates, load_fractions)  # refuses rates and load_fractions together
     _positive_numbers(rates or [], "rates")
     _positive_numbers(load_fractions or [], "load_fractions")
     if (rates or load_fractions) and "rate" not in modes:

@@ -15,7 +15,7 @@ import math
 
 from echo_core import histogram
 from echo_core.grids import CELL
-from echo_core.results import valid_mask
+from echo_core.results import by_cell, valid_mask
 
 #: Metrics summarize() reports.
 METRICS = ["msgs_per_s", "bytes_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg"]
@@ -71,10 +71,8 @@ def _groups(df, keys):
 
 def _cells(df):
     """Per cell (CELL): a record with the cell's keys, n (valid runs) and n_excluded, and its valid runs."""
-    data = df.assign(_valid=valid_mask(df))
-    for key, group in _groups(data, CELL):
-        good = group[group["_valid"]]
-        yield {**dict(zip(CELL, key)), "n": len(good), "n_excluded": int((~group["_valid"]).sum())}, good
+    for cell, good, bad in by_cell(df):
+        yield {**cell, "n": len(good), "n_excluded": len(bad)}, good
 
 
 def _key(values):
