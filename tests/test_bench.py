@@ -30,8 +30,10 @@ def test_run_benchmark_row(impl, mode):
     assert row["valid"] is True and row["invalid_reason"] == "" and row["load_exit"] == 0
     assert 0 < row["server_util"] <= 1.1 and 0 < row["client_util"] <= 1.1
     assert row["bottleneck"] in {"server", "client", "both", "none"}
-    if impl == "uring":  # io_uring batches: far fewer system calls than operations
-        assert row["server_syscalls_per_msg"] < row["server_ops_per_msg"]
+    if impl == "uring":
+        # io_uring's operations are queue entries: at most one io_uring_enter each (fewer when a turn
+        # reaps several completions; equal when the load brings one completion a turn).
+        assert 0 < row["server_syscalls_per_msg"] <= row["server_ops_per_msg"]
     else:
         assert row["server_syscalls_per_msg"] >= row["server_ops_per_msg"]
     if mode == "rr":
