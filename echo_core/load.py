@@ -146,6 +146,14 @@ def _map_server_stats(path):
         raise ValueError(f"cannot map server stats file {path!r}: {e.strerror or e}") from None
 
 
+def _open_window_ctl(path):
+    """Open a window-control FIFO for writing; it must already have a reader (the profiler)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, f"window control FIFO {path}: {e.strerror} (it needs a reader, e.g. perf --control)") from None
+
+
 def _check_fd_limit(connections):
     # The C side raises the soft limit to the hard one; beyond that, connects would fail one by one.
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -227,6 +235,7 @@ def run_load(
     seed=1,
     server_pids=None,
     server_stats_path=None,
+    window_ctl_path=None,
 ):
     """Run one load against an echo server on host:port and return a flat dict.
 
@@ -242,6 +251,9 @@ def run_load(
     server_pids (pids or "pid,pid") and server_stats_path (the server's
     counters file) make the load generator snapshot the server's CPU time
     and counters exactly at the window's edges (server_* keys).
+    window_ctl_path names a FIFO that already has a reader (perf's
+    ``--control fifo:PATH``): it gets "enable\n" when the window opens and
+    "disable\n" when it closes, so a profiler samples the window only.
 
     Raises ValueError for bad arguments, ConnectionError if no connection
     could be established, OSError for other set-up failures.  ^C (on the
@@ -250,6 +262,7 @@ def run_load(
     a = check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
                         connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids)
     shared = _map_server_stats(server_stats_path) if server_stats_path else None
+    window_ctl = _open_window_ctl(window_ctl_path) if window_ctl_path else -1
 
     cfg = ffi.new("struct ec_load_config *")
     res = ffi.new("struct ec_load_result *")
@@ -277,6 +290,7 @@ def run_load(
     cfg.server_pids = pids_c
     cfg.nserver_pids = len(a["server_pids"]) if a["server_pids"] else 0
     cfg.server_stats = stats_c
+    cfg.window_ctl_fd = window_ctl
 
     try:
         # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
@@ -287,6 +301,8 @@ def run_load(
         del host_c, cpus_c, pids_c, stats_c
         if shared is not None:
             shared.close()
+        if window_ctl >= 0:
+            os.close(window_ctl)
 
     check(rc, "ec_load_run")
     if res.connected == 0:
@@ -425,6 +441,8 @@ def add_load_arguments(parser):
                         help="server pid(s), e.g. 1234 or 1234,1235: record their CPU time over the window")
     parser.add_argument("--server-stats", default=None, metavar="PATH",
                         help="the server's counters file: record their change over the window")
+    parser.add_argument("--window-ctl", default=None, metavar="FIFO",
+                        help='write "enable"/"disable" lines to FIFO at the window\'s edges (perf --control)')
     return parser
 
 
@@ -447,6 +465,7 @@ def _kwargs_from_args(args):
         seed=_number("seed", args.seed, int),
         server_pids=args.server_pid,
         server_stats_path=args.server_stats,
+        window_ctl_path=getattr(args, "window_ctl", None),
     )
 
 

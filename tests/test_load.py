@@ -856,6 +856,7 @@ def test_c_layer_rejects_bad_config():
         cfg.threads = 1
         cfg.duration_s = 0.1
         cfg.stop_fd = -1
+        cfg.window_ctl_fd = -1
         for k, v in overrides.items():
             setattr(cfg, k, v)
         res = ffi.new("struct ec_load_result *")

@@ -126,6 +126,8 @@ struct ec_load_config {
 	uint32_t nserver_pids;
 	const struct ec_server_stats *server_stats; /* the server's live counters (read-only); may be NULL */
 	int stop_fd;              /* -1, or a fd whose readability ends the run early */
+	int window_ctl_fd;        /* -1, or a fd (e.g. perf's --control fifo) that gets "enable\n"
+				     at the window's start and "disable\n" at its end */
 };
 
 struct ec_load_result {

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "clock.h"
 #include "load.h"
@@ -209,6 +210,21 @@ static double tv_s(const struct timeval *tv)
 	return (double)tv->tv_sec + (double)tv->tv_usec / 1e6;
 }
 
+/*
+ * Tell a window watcher (a profiler) that the window opened or closed.
+ * Best effort: a watcher that went away must not end the run.
+ */
+static void window_ctl(int fd, const char *cmd)
+{
+	ssize_t n;
+
+	if (fd < 0)
+		return;
+	do
+		n = write(fd, cmd, strlen(cmd));
+	while (n < 0 && errno == EINTR);
+}
+
 /* The timeline: warm-up, window edges, both sides' snapshots, early stop. */
 void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 {
@@ -243,8 +259,10 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 		return;
 	ec_server_snap(cfg, &s0);
 	getrusage(RUSAGE_SELF, &ru0);
+	window_ctl(cfg->window_ctl_fd, "enable\n");
 	if (sleep_until_edge(end, cfg->stop_fd))
 		end = now_ns();
+	window_ctl(cfg->window_ctl_fd, "disable\n");
 	ec_server_snap(cfg, &s1);
 	getrusage(RUSAGE_SELF, &ru1);
 	res->duration_s = (double)(end - start) / 1e9;

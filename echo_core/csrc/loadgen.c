@@ -86,7 +86,7 @@ static int validate(const struct ec_load_config *cfg)
 	for (i = 0; i < cfg->nserver_pids; i++)
 		if (cfg->server_pids[i] <= 0)
 			return -EINVAL;
-	if (!fd_ok(cfg->stop_fd))
+	if (!fd_ok(cfg->stop_fd) || !fd_ok(cfg->window_ctl_fd))
 		return -EBADF;
 	return 0;
 }
