@@ -139,7 +139,13 @@ def excluded_note(df):
 
 
 def pooling_differences(metas):
-    """Differences between pooled result sets that make their numbers less comparable: a list of texts."""
+    """Differences between pooled result sets that make their numbers less comparable: a list of texts.
+
+    Compares the window parameters and the machine facts that can explain a difference between
+    machines (machine.comparable_facts: CPU model and generation, caches, NUMA nodes, copy-related CPU
+    flags, hypervisor, kernel).  A fact only some sets recorded (older sets predate it) is named as
+    unverifiable rather than as a difference.
+    """
     keys = {"duration": "window (s)", "warmup": "warm-up (s)", "warmup_max": "max warm-up (s)"}
     out = []
     params = {name: (m or {}).get("parameters", {}) for name, m in metas.items()}
@@ -147,9 +153,17 @@ def pooling_differences(metas):
         values = {name: p.get(key) for name, p in params.items()}
         if len(set(map(str, values.values()))) > 1:
             out.append(f"{label} differs: " + ", ".join(f"{n}={v}" for n, v in sorted(values.items())))
-    machines = {name: ((m or {}).get("machine", {}).get("cpu", {}) or {}).get("model") for name, m in metas.items()}
-    if len(set(map(str, machines.values()))) > 1:
-        out.append("CPU model differs: " + ", ".join(f"{n}={v}" for n, v in sorted(machines.items())))
+    facts = {name: machine.comparable_facts((m or {}).get("machine")) for name, m in metas.items()}
+    labels = next(iter(facts.values()), {}).keys()
+    for label in labels:
+        values = {name: f[label] for name, f in facts.items()}
+        known = {name: v for name, v in values.items() if v is not None}
+        if len(set(known.values())) > 1:
+            out.append(f"{label} differs (different machines?): " + "; ".join(f"{n}: {v}" for n, v in sorted(known.items())))
+        elif known and len(known) < len(values):
+            missing = sorted(set(values) - set(known))
+            out.append(f"{label} not recorded in {', '.join(missing)} (measured before echo_core recorded it), "
+                       f"so it cannot be checked against {', '.join(sorted(known))}")
     return out
 
 
