@@ -17,7 +17,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from echo_core.results import excluded_counts, excluded_note, valid_rows
+from echo_core.machine import comparable_facts
+from echo_core.results import excluded_counts, excluded_note, pooling_differences, valid_rows
 from echo_core.stats import IMPL_LABELS, knees, latency_vs_load, ratios, summarize, up_to_saturation
 
 #: Chart name -> function, in the order save_charts() draws them.
@@ -439,6 +440,43 @@ def seed_comparison(df, path):
     return merged.set_index(["mode", "payload", "connections"])
 
 
+#: What the machine table shows for a fact a result set's metadata lacks (sets older than the fact).
+NOT_RECORDED = "not recorded"
+
+
+def _hypervisor_label(virt):
+    if not isinstance(virt, dict):
+        return NOT_RECORDED
+    container = virt.get("detect_virt_container")
+    return f"{virt.get('name')}" + (f" (container: {container})" if container and container != "none" else "")
+
+
+def _perf_label(perf, key):
+    """One cell of the machine table for perf_info()'s tool, tracefs or hardware_pmu: the fact or why not."""
+    if not isinstance(perf, dict):
+        return NOT_RECORDED
+    if key == "tool":
+        tool = perf.get("tool") or {}
+        return f"{tool.get('version')} ({tool.get('path')})" if tool.get("version") else f"no: {tool.get('reason')}"
+    if key == "tracefs":
+        tracefs = perf.get("tracefs") or {}
+        return f"mounted at {', '.join(tracefs['mount_points'])}" if tracefs.get("mounted") else f"no: {tracefs.get('reason')}"
+    return "yes" if perf.get("hardware_pmu") else f"no: {perf.get('hardware_pmu_reason')}"
+
+
+def machine_warning(metas):
+    """Markdown text warning that the pooled result sets come from different machines, kernels or commits
+    (None when they agree): the machine facts of results.pooling_differences plus the git commit."""
+    lines = [d for d in pooling_differences(metas) if "differs (different machines?)" in d]
+    commits = {name: ((meta or {}).get("machine") or {}).get("git_commit") for name, meta in metas.items()}
+    if len({c for c in commits.values() if c}) > 1:
+        lines.append("git commit differs: " + ", ".join(f"{n}: {(c or '?')[:12]}" for n, c in sorted(commits.items())))
+    if not lines:
+        return None
+    return ("**Warning:** the result sets come from different machines, kernels or commits; the pooled figures "
+            "mix them:\n\n" + "\n".join(f"- {line}" for line in lines))
+
+
 def machine_table(metas):
     """One column per result set: the machine facts a reader needs to judge the numbers."""
     rows = {}
@@ -450,6 +488,7 @@ def machine_table(metas):
         cpu = m.get("cpu", {}) or {}
         vulns = (m.get("mitigations", {}) or {}).get("vulnerabilities", {}) or {}
         steal = meta.get("cpu_steal_fraction") if meta else None
+        facts, perf = comparable_facts(m), m.get("perf")
         rows[name] = {
             "status": meta.get("status") if meta else None,
             "started": meta.get("started_at") if meta else None,
@@ -462,7 +501,16 @@ def machine_table(metas):
             "kernel": (m.get("kernel") or {}).get("release"),
             "OS": m.get("os"),
             "CPU": f"{cpu.get('model')} x{cpu.get('count')} (affinity {cpu.get('affinity')})",
+            "CPU vendor / family / model": facts["CPU vendor / family / model"] or NOT_RECORDED,
+            "caches": facts["caches"] or NOT_RECORDED,
+            "NUMA nodes": facts["NUMA nodes"] or NOT_RECORDED,
+            "copy-related CPU flags": facts["copy-related CPU flags"] or NOT_RECORDED,
             "virtualised": cpu.get("hypervisor"),
+            "hypervisor": _hypervisor_label(m.get("virtualization")),
+            "perf tool": _perf_label(perf, "tool"),
+            "perf_event_paranoid": perf.get("perf_event_paranoid") if perf else NOT_RECORDED,
+            "tracefs": _perf_label(perf, "tracefs"),
+            "hardware PMU (cycles, cache misses)": _perf_label(perf, "hardware_pmu"),
             "CPU steal during sweep": f"{steal:.1%}" if isinstance(steal, (int, float)) else None,
             "liburing": lib.get("version") or lib.get("package_version"),
             "io_uring permitted": io.get("setup_permitted"),
