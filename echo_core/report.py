@@ -19,10 +19,11 @@ import pandas as pd
 
 from echo_core.machine import comparable_facts
 from echo_core.results import excluded_counts, excluded_note, pooling_differences, valid_rows
-from echo_core.stats import IMPL_LABELS, knees, latency_vs_load, ratios, summarize, up_to_saturation
+from echo_core.stats import (COUNTERS, IMPL_LABELS, cell_medians, counters_note, counters_recorded, knees,
+                              latency_vs_load, ratios, summarize, up_to_saturation)
 
 #: Chart name -> function, in the order save_charts() draws them.
-CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load")
+CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load", "counters")
 #: Modes drawn against the number of connections (rate mode has its own chart, latency vs load).
 CLOSED_MODES = ("rr", "stream")
 #: Colours per implementation (same in every chart).
@@ -296,11 +297,71 @@ def plot_latency_load(df):
     return fig
 
 
+#: The per-message counters drawn by plot_counters: the two that separate io_uring's and epoll's paths most
+#: directly (an operation that could not complete at once arms a poll; each sleep is a context switch).
+COUNTER_CHART = ("server_poll_arms_per_msg", "server_ctx_switches_per_msg")
+#: The counters counters_table() shows by default, after throughput and server CPU per message.
+COUNTER_TABLE = ("server_poll_arms_per_msg", "server_ctx_switches_per_msg", "server_task_work_per_msg",
+                 "server_completions_per_wait", "server_bytes_per_recv")
+
+
+def _counters_x(data):
+    """plot_counters' x axis: connections or payload, whichever the results vary more (the other is the line style)."""
+    return "payload" if data["payload"].nunique() > data["connections"].nunique() else "connections"
+
+
+def plot_counters(df, counters=COUNTER_CHART):
+    """Per-message kernel counters by cell: one row of panels per counter, one column per mode; x is the
+    number of connections (or the payload, when the results vary it more), colour the implementation,
+    line style the other of the two.  Medians over valid runs.  Counters not recorded are left out."""
+    sns = _sns()
+    from matplotlib.ticker import FuncFormatter
+
+    title = "Kernel counters per message (median of valid repeats)"
+    data = _prepare(_closed(df))
+    recorded = counters_recorded(data, counters)
+    if data.empty or not recorded:
+        return _empty(f"{title}: {counters_note(_closed(df), dict((c, COUNTERS.get(c, c)) for c in counters))}")
+    x = _counters_x(data)
+    style = "connections" if x == "payload" else "payload size"
+    long = data.rename(columns={"payload_label": "payload size"}).melt(
+        id_vars=["implementation", "mode", "payload", "payload size", "connections", "repeat"],
+        value_vars=recorded, var_name="counter", value_name="per_msg")
+    long["counter"] = long["counter"].map(lambda c: COUNTERS.get(c, c))
+    long = long[np.isfinite(pd.to_numeric(long["per_msg"], errors="coerce"))]
+    modes = [m for m in CLOSED_MODES if m in set(long["mode"])]
+    rows = [COUNTERS.get(c, c) for c in recorded]
+    grid = sns.relplot(data=long, kind="line", x=x, y="per_msg", hue="implementation", style=style,
+                       row="counter", row_order=rows, col="mode", col_order=modes, estimator="median",
+                       errorbar=None, marker="o", markersize=5, palette=PALETTE,
+                       hue_order=[k for k in PALETTE if k in set(long["implementation"])],
+                       height=3.0, aspect=1.6, facet_kws={"sharey": "row", "sharex": True})
+    for (counter, mode), ax in grid.axes_dict.items():
+        ax.set_title(f"{MODE_LABELS.get(mode, mode)}: {counter}", fontsize=10)
+        _log_x(ax, long[x])
+        if x == "payload":
+            ax.set_xticklabels([_bytes_label(v) for v in sorted(set(long[x]))])
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(FuncFormatter(_rate_label))
+    grid.set_axis_labels("concurrent connections" if x == "connections" else "payload", "per message")
+    fig = grid.figure
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.85 / height))  # room on top for the title and the legend
+    if grid.legend is not None:
+        sns.move_legend(grid, "upper center", bbox_to_anchor=(0.5, 1 - 0.4 / height),
+                        ncol=len(grid.legend.get_texts()), frameon=False, title=None, fontsize=8)
+    fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=13)
+    return fig
+
+
 CHARTS = {"throughput": plot_throughput, "latency": plot_latency, "server-cpu": plot_server_cpu,
-          "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap, "latency-load": plot_latency_load}
+          "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap, "latency-load": plot_latency_load,
+          "counters": plot_counters}
 #: Which modes a chart needs (save_charts skips a chart whose modes are absent from the results).
 CHART_MODES = {"throughput": CLOSED_MODES, "latency": ("rr",), "server-cpu": CLOSED_MODES, "ratio": CLOSED_MODES,
-               "ratio-heatmap": CLOSED_MODES, "latency-load": ("rate",)}
+               "ratio-heatmap": CLOSED_MODES, "latency-load": ("rate",), "counters": CLOSED_MODES}
+#: Charts that also need columns older result sets lack: drawn only when one of them has a value in a valid run.
+CHART_COLUMNS = {"counters": COUNTER_CHART}
 
 
 def chart_path(output_dir, name, chart):
@@ -323,9 +384,11 @@ def draw(chart, df, output_dir=None, name=None, close=False, dpi=120):
 
 
 def applicable_charts(df):
-    """The charts the results have runs for (by mode), in CHART_NAMES order."""
+    """The charts the results have runs for (by mode) and, for CHART_COLUMNS, values for, in CHART_NAMES order."""
     modes = set(df["mode"])
-    return [chart for chart in CHART_NAMES if modes & set(CHART_MODES[chart])]
+    return [chart for chart in CHART_NAMES if modes & set(CHART_MODES[chart])
+            and (chart not in CHART_COLUMNS or counters_recorded(df[df["mode"].isin(CHART_MODES[chart])],
+                                                                 CHART_COLUMNS[chart]))]
 
 
 def save_charts(df, output_dir, name, charts=CHART_NAMES, close=True):
@@ -393,6 +456,23 @@ def ratio_table(df):
                                   "n_pairs": "pairs", "n_excluded": "runs excluded",
                                   "cpu_ratio": "server CPU/msg ratio"})
     return out.set_index(["mode", "payload", "connections"])
+
+
+def counters_table(df, counters=COUNTER_TABLE):
+    """Per closed-loop cell and implementation: valid runs, median msgs/s, server CPU µs per message and the
+    per-message counters, all medians over valid runs.  Counters no valid run recorded are left out
+    (counters_note() says which and why); an empty frame when none was recorded."""
+    data = _closed(df)
+    recorded = counters_recorded(data, counters)
+    if data.empty or not recorded:
+        return pd.DataFrame()
+    metrics = ["msgs_per_s", "server_cpu_us_per_msg"] + recorded
+    table = cell_medians(data, metrics)
+    table["implementation"] = table["impl"].map(lambda i: IMPL_LABELS.get(i, i))
+    cols = ["mode", "payload", "connections", "implementation", "n"] + metrics
+    table = table[cols].rename(columns={"n": "valid runs", "msgs_per_s": "msgs/s",
+                                        "server_cpu_us_per_msg": "server µs/msg", **COUNTERS})
+    return table.set_index(["mode", "payload", "connections", "implementation"]).sort_index()
 
 
 def excluded_table(df):

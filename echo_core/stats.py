@@ -25,6 +25,25 @@ BOOTSTRAP_RESAMPLES = 2000
 IMPL_LABELS = {"uring": "io_uring", "epoll": "epoll"}
 #: The cell of a ratio: CELL without the implementation.
 RATIO_CELL = [c for c in CELL if c != "impl"]
+#: Per-message kernel and server counters (runner columns; NaN where the kernel could not count, and
+#: absent from result sets measured before them), with their display labels, in the order tables show them.
+COUNTERS = {
+    "server_poll_arms_per_msg": "poll arms/msg",
+    "server_ctx_switches_per_msg": "ctx switches/msg",
+    "server_task_work_per_msg": "task work/msg",
+    "server_completions_per_wait": "completions/wait",
+    "server_bytes_per_recv": "bytes/recv",
+    "server_submit_reqs_per_msg": "submitted reqs/msg",
+    "server_async_punts_per_msg": "io-wq punts/msg",
+    "server_sched_switches_per_msg": "sched switches/msg",
+    "server_wakeups_per_msg": "wakeups/msg",
+    "server_minor_faults_per_msg": "minor faults/msg",
+    "server_recv_syscalls_per_msg": "recv syscalls/msg",
+    "server_send_syscalls_per_msg": "send syscalls/msg",
+    "server_wait_syscalls_per_msg": "wait syscalls/msg",
+}
+#: Why counters are missing, when a result set's rows carry no counters_note (it predates the counters).
+COUNTERS_PREDATE = "its CSV has no counter columns (measured before echo_core recorded them)"
 #: Bottleneck verdicts in the order ties are broken (deterministic, most severe first).
 VERDICT_ORDER = ("both", "server", "client", "none")
 
@@ -102,6 +121,67 @@ def summarize(df, metrics=METRICS, level=0.95):
             rec["bottleneck_share"] = verdicts.count(rec["bottleneck"]) / len(verdicts) if verdicts else math.nan
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def cell_medians(df, metrics):
+    """Median of each metric per cell over valid runs (no CIs: for wide tables of many metrics).
+
+    Columns: the cell (CELL), n (valid runs), n_excluded, then one column per metric (NaN when the
+    column is absent or has no finite value among the cell's valid runs).
+    """
+    import pandas as pd
+
+    out = []
+    for rec, good in _cells(df):
+        for metric in metrics:
+            rec[metric] = median(pd.to_numeric(good[metric], errors="coerce")) if metric in good.columns else math.nan
+        out.append(rec)
+    return pd.DataFrame(out, columns=CELL + ["n", "n_excluded"] + list(metrics))
+
+
+def counters_recorded(df, counters=COUNTERS):
+    """The counter columns with at least one finite value among the valid runs, in `counters` order."""
+    import pandas as pd
+
+    good = df[valid_mask(df)]
+    return [c for c in counters
+            if c in good.columns and _finite(pd.to_numeric(good[c], errors="coerce")).size]
+
+
+def _commonest_note(notes):
+    notes = [str(n) for n in notes if isinstance(n, str) and n.strip()]
+    return max(sorted(set(notes)), key=notes.count) if notes else None
+
+
+def counters_note(df, counters=COUNTERS):
+    """One line saying which kernel counters these results lack and why ('' when nothing is missing).
+
+    Per result set (``sweep``): a set whose valid runs have none of the counters is named with its
+    commonest ``counters_note`` (or COUNTERS_PREDATE when it has no such column); counters that no set
+    recorded while others were are listed with their label.
+    """
+    if df.empty:
+        return ""
+    sets = df.groupby("sweep", sort=True) if "sweep" in df.columns else [("this result set", df)]
+    lacking = {}
+    for name, part in sets:
+        if not counters_recorded(part, counters):
+            note = _commonest_note(part["counters_note"]) if "counters_note" in part.columns else None
+            if note is None and any(c in part.columns for c in counters):
+                note = "its counter columns are empty and no counters_note says why"
+            lacking.setdefault(note or COUNTERS_PREDATE, []).append(str(name))
+    pieces = []
+    n_sets = len(sets) if isinstance(sets, list) else sets.ngroups
+    for why, names in sorted(lacking.items()):
+        where = "this result set" if n_sets == 1 else ("any result set" if len(names) == n_sets else ", ".join(names))
+        pieces.append(f"kernel counters not recorded in {where}: {why}")
+    recorded = counters_recorded(df, counters)
+    if recorded:
+        absent = [counters[c] for c in counters if c not in recorded]
+        if absent:
+            note = _commonest_note(df["counters_note"]) if "counters_note" in df.columns else None
+            pieces.append("not recorded: " + ", ".join(absent) + (f" ({note})" if note else ""))
+    return "; ".join(pieces)
 
 
 def paired_ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll"):
