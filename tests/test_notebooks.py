@@ -14,7 +14,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from echo_core.report import CHART_MODES, CHART_NAMES, HEATMAP_TITLE
+from echo_core import report, results, stats
+from echo_core.report import CHART_COLUMNS, CHART_MODES, CHART_NAMES, HEATMAP_TITLE
 
 from conftest import IO_URING_REFUSED
 
@@ -22,8 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the notebooks compare io_uring with epoll: {IO_URING_REFUSED}")
 NOTEBOOKS = REPO / "notebooks"
 CONNECTIONS = [1, 4]
-#: The charts a closed-loop (rr, stream) sweep draws.
-CLOSED_CHARTS = [c for c in CHART_NAMES if "rr" in CHART_MODES[c] or "stream" in CHART_MODES[c]]
+#: The charts every closed-loop (rr, stream) sweep draws (the counters chart needs counters the kernel may refuse).
+CLOSED_CHARTS = [c for c in CHART_NAMES if ("rr" in CHART_MODES[c] or "stream" in CHART_MODES[c])
+                 and c not in CHART_COLUMNS]
+DATA = REPO / "data"
 
 
 def _errors(notebook_path):
@@ -78,10 +81,16 @@ def test_sweep_notebook_records_the_machine(swept):
 
 
 def test_sweep_notebook_saves_the_charts(swept):
-    _, data, _ = swept
+    _, data, out = swept
     for chart in CLOSED_CHARTS:
         png = data / f"nbtest-{chart}.png"
         assert png.exists() and png.stat().st_size > 1000, chart
+    # The kernel counters: their chart where a valid run recorded them, else the line saying why not.
+    df = results.load_csv(data / "nbtest.csv")
+    recorded = stats.counters_recorded(df, report.COUNTER_CHART)
+    assert (data / "nbtest-counters.png").exists() == bool(recorded)
+    if not stats.counters_recorded(df):
+        assert "kernel counters not recorded in this result set" in out.read_text()
 
 
 def test_report_renders_standalone_html_with_the_heatmap(swept):
@@ -106,6 +115,11 @@ def test_report_renders_standalone_html_with_the_heatmap(swept):
     assert re.search(r"all 8 runs valid|\d+ of 8 runs excluded", html)  # the count is always shown
     assert "report.draw(" not in html  # code hidden
     assert "nbtest" in html  # the result set is named in the provenance table
+    assert "Kernel counters per message" in html
+    counters = stats.counters_recorded(results.load_csv(data / "nbtest.csv"))
+    assert ("poll arms/msg" in html) if "server_poll_arms_per_msg" in counters else \
+        ("kernel counters not recorded in this result set" in html)
+    assert "caches" in html and "hypervisor" in html  # the machine table's new facts
     for chart in CLOSED_CHARTS:
         assert (reports / f"report-{chart}.png").stat().st_size > 1000, chart
     assert not (REPO / "data" / "nbtest.csv").exists()
@@ -126,3 +140,75 @@ def test_sweep_notebook_in_rate_mode_draws_latency_vs_load(tmp_path):
     assert len(df) == 4 and set(df["mode"]) == {"rate"} and df["valid"].all()
     assert (tmp_path / "rate-latency-load.png").stat().st_size > 1000
     assert not (tmp_path / "rate-throughput.png").exists()  # no closed-loop runs to draw
+
+
+# --------------------------------------------------------------------------- the committed result sets
+
+def _committed():
+    if not list(DATA.glob("*.csv")):
+        pytest.skip("no committed result sets in data/")
+    return results.load_results(DATA)
+
+
+def test_report_builds_on_the_committed_result_sets(tmp_path):
+    """data/ predates the kernel counters and the new machine facts: the report says so and still builds."""
+    _committed()
+    out = tmp_path / "report.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", "notebooks/report.ipynb", str(out), "-p", "results_dir",
+                           str(DATA), "-p", "output_dir", str(tmp_path), "--no-progress-bar"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not _errors(out)
+    text = out.read_text()
+    df, metas = results.load_results(DATA)
+    note = stats.counters_note(df)
+    assert (note in text) if note else ("poll arms/msg" in text)
+    assert "caches" in text and (report.NOT_RECORDED in text or "L1d" in text)
+    assert not list(DATA.glob("report-*.png"))  # charts went to tmp
+
+
+def test_counter_table_and_chart_on_real_per_message_columns(tmp_path):
+    """counters_table and the counters chart, fed the per-message columns every committed set has
+    (system calls and operations per message): medians over valid runs only, the excluded-runs note."""
+    df, _ = _committed()
+    columns = ("server_syscalls_per_msg", "server_ops_per_msg")
+    if not stats.counters_recorded(df, columns):
+        pytest.skip("the committed result sets have no per-message server columns")
+    table = report.counters_table(df, counters=columns)
+    good = results.valid_rows(df[df["mode"].isin(report.CLOSED_MODES)])
+    expected = good.groupby(["mode", "payload", "connections", "impl"])[list(columns)].median()
+    for (mode, payload, conns, impl), row in expected.iterrows():
+        got = table.loc[(mode, payload, conns, stats.IMPL_LABELS[impl])]
+        for column in columns:
+            assert got[column] == pytest.approx(row[column], nan_ok=True), (mode, payload, conns, impl, column)
+    assert {"valid runs", "msgs/s", "server µs/msg"} <= set(table.columns)
+    fig = report.plot_counters(df, counters=columns)
+    assert len(fig.axes) >= 2 * len(set(good["mode"]))  # one row of panels per counter, one column per mode
+
+
+def test_missing_counters_are_a_note_not_a_failure():
+    df, _ = _committed()
+    lacking = [name for name, part in df.groupby("sweep") if not stats.counters_recorded(part)]
+    if not lacking:
+        pytest.skip("every committed result set has the kernel counters")
+    part = df[df["sweep"] == lacking[0]]
+    assert stats.counters_note(part).startswith("kernel counters not recorded in this result set: ")
+    assert report.counters_table(part).empty and "counters" not in report.applicable_charts(part)
+    fig = report.draw("counters", part)  # drawn on request all the same: a panel saying why
+    assert "kernel counters not recorded" in fig.get_suptitle()
+    assert any(t.get_text().startswith("Valid runs only:") for t in fig.texts)  # the excluded-runs note
+
+
+def test_counters_table_on_a_committed_result_set_with_kernel_counters():
+    """Waits for a committed result set measured with the kernel counters (none is, yet)."""
+    df, _ = _committed()
+    sets = [name for name, part in df.groupby("sweep") if "server_poll_arms_per_msg" in stats.counters_recorded(part)]
+    if not sets:
+        pytest.skip("no committed result set in data/ has kernel counters yet: measure one with a sweep "
+                    "that records them and commit it")
+    part = df[df["sweep"] == sets[0]]
+    table = report.counters_table(part)
+    assert "poll arms/msg" in table.columns and "counters" in report.applicable_charts(part)
+    good = results.valid_rows(part[part["mode"].isin(report.CLOSED_MODES)])
+    epoll = good[good["impl"] == "epoll"]["server_poll_arms_per_msg"].dropna()
+    assert (epoll == 0).all()  # epoll submits no io_uring requests, so it arms no io_uring polls
