@@ -211,7 +211,8 @@ def cache_info(cpu_dir="/sys/devices/system/cpu"):
             continue
         key = (int(level), kind)
         size = _size_bytes(_read(os.path.join(index, "size")))
-        ways, line = _read(os.path.join(index, "ways_of_associativity")), _read(os.path.join(index, "coherency_line_size"))
+        ways = _read(os.path.join(index, "ways_of_associativity"))
+        line = _read(os.path.join(index, "coherency_line_size"))
         rec = entries.setdefault(key, {"name": _cache_name(*key), "level": key[0], "type": kind, "size_bytes": size,
                                        "ways": int(ways) if ways and ways.isdigit() else None,
                                        "line_bytes": int(line) if line and line.isdigit() else None,

@@ -540,7 +540,9 @@ def _perf_label(perf, key):
         return f"{tool.get('version')} ({tool.get('path')})" if tool.get("version") else f"no: {tool.get('reason')}"
     if key == "tracefs":
         tracefs = perf.get("tracefs") or {}
-        return f"mounted at {', '.join(tracefs['mount_points'])}" if tracefs.get("mounted") else f"no: {tracefs.get('reason')}"
+        if tracefs.get("mounted"):
+            return f"mounted at {', '.join(tracefs['mount_points'])}"
+        return f"no: {tracefs.get('reason')}"
     return "yes" if perf.get("hardware_pmu") else f"no: {perf.get('hardware_pmu_reason')}"
 
 

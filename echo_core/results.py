@@ -159,7 +159,8 @@ def pooling_differences(metas):
         values = {name: f[label] for name, f in facts.items()}
         known = {name: v for name, v in values.items() if v is not None}
         if len(set(known.values())) > 1:
-            out.append(f"{label} differs (different machines?): " + "; ".join(f"{n}: {v}" for n, v in sorted(known.items())))
+            out.append(f"{label} differs (different machines?): "
+                       + "; ".join(f"{n}: {v}" for n, v in sorted(known.items())))
         elif known and len(known) < len(values):
             missing = sorted(set(values) - set(known))
             out.append(f"{label} not recorded in {', '.join(missing)} (measured before echo_core recorded it), "

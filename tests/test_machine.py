@@ -107,7 +107,8 @@ def test_perf_availability_is_what_the_machine_offers():
     tool = info["tool"]
     assert tool["path"] == shutil.which("perf")
     assert (tool["version"] or "").startswith("perf version") or tool["reason"]
-    mounted = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[2] == "tracefs"]
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    mounted = [fields[1] for fields in mounts if fields[2] == "tracefs"]
     assert info["tracefs"]["mounted"] == bool(mounted) and info["tracefs"]["mount_points"] == mounted
     assert info["tracefs"]["reason"] is None if mounted else info["tracefs"]["reason"]
     assert info["event_sources"] == sorted(os.listdir("/sys/bus/event_source/devices"))
@@ -159,7 +160,8 @@ def test_pooling_sets_from_different_machines_warns_with_the_facts_that_differ()
     warning = report.machine_warning({"epyc": here, "xeon": there})
     assert warning.startswith("**Warning:**") and "caches differs" in warning
     table = report.machine_table({"epyc": here, "xeon": there})
-    assert table.loc["caches", "xeon"].startswith("L1d 48K") and table.loc["caches", "epyc"] != table.loc["caches", "xeon"]
+    assert table.loc["caches", "xeon"].startswith("L1d 48K")
+    assert table.loc["caches", "epyc"] != table.loc["caches", "xeon"]
     assert results.pooling_differences({"a": here, "b": copy.deepcopy(here)}) == []
     assert report.machine_warning({"a": here, "b": copy.deepcopy(here)}) is None
 

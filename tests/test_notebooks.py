@@ -78,6 +78,9 @@ def test_sweep_notebook_records_the_machine(swept):
     assert meta["machine"]["kernel"]["release"] == platform.release()
     assert meta["machine"]["liburing"]["version"]  # e.g. "2.3"
     assert meta["parameters"]["connections"] == CONNECTIONS
+    # the facts that can explain a difference between machines travel with every result set
+    assert {"caches", "numa", "virtualization", "perf"} <= set(meta["machine"])
+    assert "copy_flags" in meta["machine"]["cpu"]
 
 
 def test_sweep_notebook_saves_the_charts(swept):
