@@ -9,6 +9,7 @@ as a ``reason`` string) rather than guessed.  Nothing here raises on a machine t
 """
 
 import ctypes
+import errno
 import glob
 import os
 import platform
@@ -338,7 +339,8 @@ def _perf_tool():
     if status == 0 and out:
         return {"path": path, "version": out.splitlines()[0], "reason": None}
     # Debian's /usr/bin/perf wrapper fails like this when no perf matches the running kernel
-    return {"path": path, "version": None, "reason": f"`perf --version` failed: {(out or '').splitlines()[:1]}"}
+    first = (out or "").splitlines()[0] if out else f"exit status {status}"
+    return {"path": path, "version": None, "reason": f"`perf --version` failed: {first}"}
 
 
 def _tracefs(mounts_path="/proc/mounts"):
@@ -374,7 +376,10 @@ def _perf_event_open_cycles():
         os.close(fd)
         return True, None
     err = ctypes.get_errno()
-    return False, f"perf_event_open(PERF_TYPE_HARDWARE cycles): {os.strerror(err)} (errno {err})"
+    why = f"perf_event_open(PERF_TYPE_HARDWARE cycles): {os.strerror(err)} (errno {err})"
+    if err in (errno.EACCES, errno.EPERM):
+        return None, why + ": not permitted here, so the PMU could be there or not"
+    return False, why
 
 
 def perf_info(event_source_dir="/sys/bus/event_source/devices"):
@@ -390,9 +395,9 @@ def perf_info(event_source_dir="/sys/bus/event_source/devices"):
     sources = sorted(os.path.basename(p) for p in glob.glob(os.path.join(event_source_dir, "*")))
     hardware_sources = [s for s in sources if s in ("cpu", "cpu_core", "cpu_atom") or s.startswith("armv8_pmu")]
     opened, why = _perf_event_open_cycles()
-    if opened is None:
+    if opened is None:  # could not try, or not allowed to: the PMUs sysfs lists are the best evidence
         opened = True if hardware_sources else (False if sources else None)
-        why = why if opened is not True else None
+        why = None if opened else why
     if opened is False and not why:
         why = "no hardware PMU in " + event_source_dir
     return {"tool": _perf_tool(),
