@@ -542,6 +542,17 @@ def _warmup_text(r):
     return f"{r['warmup_s']:g} s warm-up ({how}; {r['warmup_min_s']:g}..{r['warmup_max_s']:g} s)"
 
 
+def _counters_text(r):
+    """One line of the server's kernel counters over the window (raw counts), or why there are none."""
+    shown = [("ctx switches", r.get("server_vol_ctx_switches", math.nan) + r.get("server_invol_ctx_switches", math.nan))]
+    shown += [(label, r.get(kcounters.raw_key(name), math.nan)) for label, name in
+              (("poll arms", "poll_arm"), ("submits", "submit_req"), ("sched switches", "sched_switch"),
+               ("io_uring_enter", "sys_io_uring_enter"), ("epoll_wait", "sys_epoll_wait"))]
+    text = ", ".join(f"{label} {v:,.0f}" for label, v in shown if isinstance(v, (int, float)) and math.isfinite(v))
+    note = f" ({r['counters_note']})" if r["counters_note"] else ""
+    return f"  kernel      {text or 'no counts'}{note}"
+
+
 def format_summary(r):
     lines = [
         f"{r['mode']} to {r['host']}:{r['port']}: payload {r['payload']} B, {r['connected']}/{r['connections']} "
@@ -570,6 +581,8 @@ def format_summary(r):
             f"  server      cpu {r['server_cpu_s']:.3f} s ({r['server_cpu_user_s']:.2f} user, "
             f"{r['server_cpu_sys_s']:.2f} sys), {r['server_bytes_out']:,.0f} bytes out over the window"
         )
+    if "counters_note" in r:
+        lines.append(_counters_text(r))
     lines += [
         f"  fairness    {r['fairness']:.4f}  (per-connection bytes {r['conn_bytes_min']:,} .. {r['conn_bytes_max']:,})",
         f"  client cpu  {r['client_cpu_s']:.3f} s ({r['client_cpu_user_s']:.3f} user, {r['client_cpu_sys_s']:.3f} sys), "

@@ -177,3 +177,21 @@ def test_unprivileged_load_generator_gets_nan_and_reason():
     note = record["counters_note"]
     assert note and ("permission" in note or "EACCES" in note or "EPERM" in note), note
     assert record["mismatches"] == 0 and record["errors"] == 0
+
+
+@pytest.mark.skipif(NO_TRACEPOINTS is not None, reason=str(NO_TRACEPOINTS))
+def test_counter_subset_and_none():
+    """--counters picks events: the others are NaN and, not being asked for, need no reason."""
+    from echo_core.load import run_load
+
+    srv = echo_core.Server("epoll", port=0, cpu=SERVER_CPU).start()
+    try:
+        pid = srv.pids()
+        some = run_load(port=srv.port, duration=0.2, server_pids=pid, counters="sched_switch,sys_sendto")
+        none = run_load(port=srv.port, duration=0.2, server_pids=pid, counters="none")
+    finally:
+        srv.stop()
+    assert some[counters.raw_key("sys_sendto")] >= some["messages"] > 0
+    assert some[counters.raw_key("sched_switch")] >= 0
+    assert math.isnan(some[counters.raw_key("poll_arm")]) and some["counters_note"] == ""
+    assert all(math.isnan(none[counters.raw_key(n)]) for n in counters.NAMES) and none["counters_note"] == ""
