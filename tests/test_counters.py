@@ -191,7 +191,8 @@ def test_counter_subset_and_none():
         none = run_load(port=srv.port, duration=0.2, server_pids=pid, counters="none")
     finally:
         srv.stop()
-    assert some[counters.raw_key("sys_sendto")] >= some["messages"] > 0
+    # rr: one send() per echo; the window edges may shift a few between server and client.
+    assert some[counters.raw_key("sys_sendto")] >= 0.9 * some["messages"] > 0
     assert some[counters.raw_key("sched_switch")] >= 0
     assert math.isnan(some[counters.raw_key("poll_arm")]) and some["counters_note"] == ""
     assert all(math.isnan(none[counters.raw_key(n)]) for n in counters.NAMES) and none["counters_note"] == ""
