@@ -85,13 +85,14 @@ def test_uring_tracepoints_plausible(uring_row):
     # One recv and one send SQE per request at least (a partial recv adds more).
     assert row["server_submit_reqs_per_msg"] >= 1
     assert row["server_submit_reqs_per_msg"] == pytest.approx(row["server_ops_per_msg"], rel=0.05)
-    # Every io_uring_enter the server counts is one system call the tracepoint sees.
-    assert row["server_uring_enter_syscalls_per_msg"] == pytest.approx(row["server_syscalls_per_msg"], rel=0.05)
+    # The server counts each submit-and-wait it makes; liburing may skip the system call when there is
+    # nothing to submit or wait for, never make more.
+    assert 0 < row["server_uring_enter_syscalls_per_msg"] <= row["server_syscalls_per_msg"] * 1.05
     assert row["server_wait_syscalls_per_msg"] > 0
     # io_uring's recvs and sends are not recv/send system calls.
     assert row["server_recv_syscalls_per_msg"] == 0 and row["server_send_syscalls_per_msg"] == 0
-    # Each wait that blocks is a switch away from the server: at most one per io_uring_enter, give or take.
-    assert row["server_sched_switches_per_msg"] <= row["server_uring_enter_syscalls_per_msg"] + 0.1
+    # Blocking waits are switches away from the server: at most one per io_uring_enter, plus preemptions.
+    assert row["server_sched_switches_per_msg"] <= row["server_uring_enter_syscalls_per_msg"] + 0.5
 
 
 @pytest.mark.skipif(NO_TRACEPOINTS is not None, reason=str(NO_TRACEPOINTS))
