@@ -10,6 +10,7 @@ CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "histogram.c", "probe.c",
            # the load generator (see csrc/load.h for which file does what)
            "loadgen.c", "load_connect.c", "load_worker.c", "load_timeline.c", "load_server.c",
+           "load_counters.c",
            "load_stream.c", "load_rr.c", "load_rate.c", "pattern.c", "arrivals.c"]
 # ECHO_CORE_SANITIZE=1 builds the C core with AddressSanitizer and UndefinedBehaviorSanitizer (-O1 -g,
 # every report fatal) for `make test-sanitize` (scripts/test_sanitize.sh), which builds it into

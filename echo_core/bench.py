@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from echo_core import validity
+from echo_core import counters, validity
 from echo_core.load import check_load_args
 from echo_core.server import exit_description, make_server
 
@@ -92,6 +92,40 @@ def _parse_record(out, err, code):
     return {k: float("nan") if v is None else v for k, v in json.loads(lines[-1]).items()}
 
 
+def _ratio(a, b):
+    nan = float("nan")
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        return nan
+    return a / b if b and b == b and a == a else nan
+
+
+def _server_counter_columns(row, msgs):
+    """The server's kernel and loop counters over the window, per message (or per wait / per recv).
+
+    msgs is the row's messages in the window, as for server_cpu_us_per_msg.  A counter the run
+    could not see is NaN; counters_note (from the load generator) says why for the perf counters.
+    """
+    nan = float("nan")
+    g = row.get
+    vol, invol = g("server_vol_ctx_switches", nan), g("server_invol_ctx_switches", nan)
+    out = {
+        "server_vol_ctx_switches_per_msg": _ratio(vol, msgs),
+        "server_invol_ctx_switches_per_msg": _ratio(invol, msgs),
+        "server_ctx_switches_per_msg": _ratio(vol + invol if vol is not None and invol is not None else nan, msgs),
+        "server_minor_faults_per_msg": _ratio(g("server_minor_faults", nan), msgs),
+        "server_completions_per_wait": _ratio(g("server_completions", nan), g("server_wait_calls", nan)),
+        "server_bytes_per_recv": _ratio(g("server_bytes_in", nan), g("server_recv_ok", nan)),
+        "server_sends_per_msg": _ratio(g("server_send_calls", nan), msgs),
+        "server_recv_size_hist": g("server_recv_size_hist", ""),
+    }
+    out.update(counters.per_msg_columns(row, msgs))
+    # A record without the server's pids (or from an older load generator) counted nothing.
+    out["counters_note"] = g("counters_note", "no server pids: kernel counters not taken")
+    return out
+
+
 def _make_row(impl, record, server_cpu, client_cpus, load_exit):
     nan = float("nan")
     row = {"impl": impl, **record, "server_cpu": server_cpu, "client_cpus": ",".join(map(str, client_cpus)),
@@ -106,6 +140,7 @@ def _make_row(impl, record, server_cpu, client_cpus, load_exit):
     row["server_syscalls_per_msg"] = syscalls / msgs if msgs else nan
     row["server_cpu_us_per_msg"] = server_cpu_s * 1e6 / msgs if msgs else nan
     row["client_cpu_us_per_msg"] = record["client_cpu_s"] * 1e6 / msgs if msgs else nan
+    row.update(_server_counter_columns(row, msgs))
     row["server_util"] = server_cpu_s / window if window > 0 else nan
     row["client_util"] = record["client_cpu_s"] / (window * len(client_cpus)) if window > 0 else nan
     row["bottleneck"] = bottleneck(row["server_util"], row["client_util"])

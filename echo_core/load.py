@@ -18,6 +18,7 @@ import os
 import resource
 import sys
 
+from echo_core import counters as kcounters
 from echo_core import histogram
 from echo_core.native import check, ffi, lib
 from echo_core.stop import StopOnSignal
@@ -35,7 +36,7 @@ MAX_SERVER_PIDS = 1024
 
 #: Server counters whose change over the measured window goes into the result (as server_<name>).
 SERVER_COUNTERS = ("loop_iterations", "wait_calls", "recv_calls", "send_calls", "accept_calls",
-                   "short_sends", "enobufs", "conn_errors", "bytes_in", "bytes_out")
+                   "short_sends", "enobufs", "conn_errors", "bytes_in", "bytes_out", "completions", "recv_ok")
 
 LATENCY_KEYS = ("p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us", "min_us")
 
@@ -236,6 +237,7 @@ def run_load(
     server_pids=None,
     server_stats_path=None,
     window_ctl_path=None,
+    counters="all",
 ):
     """Run one load against an echo server on host:port and return a flat dict.
 
@@ -251,6 +253,9 @@ def run_load(
     server_pids (pids or "pid,pid") and server_stats_path (the server's
     counters file) make the load generator snapshot the server's CPU time
     and counters exactly at the window's edges (server_* keys).
+    counters ("all", "none", a list or a comma list of echo_core.counters.NAMES): with
+    server_pids, the kernel counters (tracepoints, PMU) counted on the server's threads over the
+    window (server_kc_* keys; NaN where not countable, counters_note says why).
     window_ctl_path names a FIFO that already has a reader (perf's
     ``--control fifo:PATH``): it gets "enable\n" when the window opens and
     "disable\n" when it closes, so a profiler samples the window only.
@@ -261,6 +266,11 @@ def run_load(
     """
     a = check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
                         connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids)
+    names = counters if isinstance(counters, (list, tuple)) else kcounters.parse_names(counters)
+    if any(n not in kcounters.NAMES for n in names):
+        raise ValueError(f"unknown counter(s) in {names!r}: choose from {', '.join(kcounters.NAMES)}")
+    # Resolved before the stats file is mapped: it may mount tracefs, which must not leak a mapping.
+    events, not_counted = kcounters.resolve(names) if a["server_pids"] else ([], {})
     shared = _map_server_stats(server_stats_path) if server_stats_path else None
     window_ctl = _open_window_ctl(window_ctl_path) if window_ctl_path else -1
 
@@ -271,6 +281,7 @@ def run_load(
     cpus_c = ffi.new("int[]", a["cpus"]) if a["cpus"] else ffi.NULL
     pids_c = ffi.new("int[]", a["server_pids"]) if a["server_pids"] else ffi.NULL
     stats_c = ffi.from_buffer("struct ec_server_stats *", shared) if shared is not None else ffi.NULL
+    ctr_c = ffi.new("struct ec_counter[]", [{"type": t, "config": c} for _, t, c in events]) if events else ffi.NULL
     cfg.host = host_c
     cfg.port = a["port"]
     cfg.mode = MODES[a["mode"]]
@@ -291,6 +302,8 @@ def run_load(
     cfg.nserver_pids = len(a["server_pids"]) if a["server_pids"] else 0
     cfg.server_stats = stats_c
     cfg.window_ctl_fd = window_ctl
+    cfg.counters = ctr_c
+    cfg.ncounters = len(events)
 
     try:
         # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
@@ -298,7 +311,7 @@ def run_load(
             cfg.stop_fd = stop.fd
             rc = lib.ec_load_run(cfg, res)
     finally:
-        del host_c, cpus_c, pids_c, stats_c
+        del host_c, cpus_c, pids_c, stats_c, ctr_c
         if shared is not None:
             shared.close()
         if window_ctl >= 0:
@@ -309,8 +322,26 @@ def run_load(
         raise ConnectionError(
             f"could not connect to {a['host']}:{a['port']}: all {res.connect_errors} connection attempts failed"
         )
-    return _result_dict(res, a, bool(server_pids) or bool(server_stats_path),
-                        shared is not None, bool(stop.signals))
+    d = _result_dict(res, a, bool(server_pids) or bool(server_stats_path),
+                     shared is not None, bool(stop.signals))
+    if a["server_pids"]:
+        d.update(_counter_dict(res, names, events, not_counted))
+    return d
+
+
+def _counter_dict(res, names, events, not_counted):
+    """server_kc_<name> for every counter (NaN where not counted) and counters_note saying why."""
+    nan = float("nan")
+    d = {kcounters.raw_key(n): nan for n in kcounters.NAMES}
+    reasons = {n: not_counted[n] for n in names if n in not_counted}
+    for i, (name, _, _) in enumerate(events):
+        err = -res.counter_status[i]
+        if err:
+            reasons[name] = kcounters.status_reason(name, err)
+        else:
+            d[kcounters.raw_key(name)] = res.counter_delta[i]
+    d["counters_note"] = kcounters.note(reasons)
+    return d
 
 
 def _result_dict(res, a, with_server, with_stats, interrupted):
@@ -387,7 +418,32 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         for name in SERVER_COUNTERS:
             d[f"server_{name}"] = (getattr(res.server_end, name) - getattr(res.server_start, name)
                                    if stats else nan)
+        d["server_recv_size_hist"] = (encode_recv_hist([e - s for s, e in zip(res.server_start.recv_hist,
+                                                                              res.server_end.recv_hist)])
+                                      if stats else "")
+        proc = snap and bool(res.server_proc_snap)
+        d["server_vol_ctx_switches"] = res.server_vol_ctxsw if proc else nan
+        d["server_invol_ctx_switches"] = res.server_invol_ctxsw if proc else nan
+        d["server_minor_faults"] = res.server_minflt if snap else nan
     return d
+
+
+def encode_recv_hist(counts):
+    """The servers' recv sizes as space-separated "bucket:count" pairs, non-empty buckets only.
+
+    Bucket i counts recvs that returned 2**i .. 2**(i+1) - 1 bytes; the last bucket
+    (lib.EC_RECV_HIST_BUCKETS - 1) everything from 2**i up.
+    """
+    return " ".join(f"{i}:{c}" for i, c in enumerate(counts) if c)
+
+
+def decode_recv_hist(text):
+    """Inverse of encode_recv_hist: a list of lib.EC_RECV_HIST_BUCKETS counts."""
+    counts = [0] * lib.EC_RECV_HIST_BUCKETS
+    for pair in str(text or "").split():
+        i, c = pair.split(":")
+        counts[int(i)] += int(c)
+    return counts
 
 
 # -------------------------------------------------------------------- CLI
@@ -441,6 +497,10 @@ def add_load_arguments(parser):
                         help="server pid(s), e.g. 1234 or 1234,1235: record their CPU time over the window")
     parser.add_argument("--server-stats", default=None, metavar="PATH",
                         help="the server's counters file: record their change over the window")
+    parser.add_argument("--counters", default="all", metavar="LIST",
+                        help="with --server-pid: kernel counters to count on the server over the window: "
+                             "all (default), none, or a comma list of " + ",".join(kcounters.NAMES)
+                             + f" (NaN where not countable; {kcounters.ENV_SWITCH}=0 turns them off)")
     parser.add_argument("--window-ctl", default=None, metavar="FIFO",
                         help='write "enable"/"disable" lines to FIFO at the window\'s edges (perf --control)')
     return parser
@@ -466,6 +526,7 @@ def _kwargs_from_args(args):
         server_pids=args.server_pid,
         server_stats_path=args.server_stats,
         window_ctl_path=getattr(args, "window_ctl", None),
+        counters=kcounters.parse_names(getattr(args, "counters", "all")),
     )
 
 
@@ -479,6 +540,17 @@ def _warmup_text(r):
         return f"{r['warmup_s']:g} s warm-up"
     how = "steady" if r["warmup_steady"] else "not steady by the cap"
     return f"{r['warmup_s']:g} s warm-up ({how}; {r['warmup_min_s']:g}..{r['warmup_max_s']:g} s)"
+
+
+def _counters_text(r):
+    """One line of the server's kernel counters over the window (raw counts), or why there are none."""
+    shown = [("ctx switches", r.get("server_vol_ctx_switches", math.nan) + r.get("server_invol_ctx_switches", math.nan))]
+    shown += [(label, r.get(kcounters.raw_key(name), math.nan)) for label, name in
+              (("poll arms", "poll_arm"), ("submits", "submit_req"), ("sched switches", "sched_switch"),
+               ("io_uring_enter", "sys_io_uring_enter"), ("epoll_wait", "sys_epoll_wait"))]
+    text = ", ".join(f"{label} {v:,.0f}" for label, v in shown if isinstance(v, (int, float)) and math.isfinite(v))
+    note = f" ({r['counters_note']})" if r["counters_note"] else ""
+    return f"  kernel      {text or 'no counts'}{note}"
 
 
 def format_summary(r):
@@ -509,6 +581,8 @@ def format_summary(r):
             f"  server      cpu {r['server_cpu_s']:.3f} s ({r['server_cpu_user_s']:.2f} user, "
             f"{r['server_cpu_sys_s']:.2f} sys), {r['server_bytes_out']:,.0f} bytes out over the window"
         )
+    if "counters_note" in r:
+        lines.append(_counters_text(r))
     lines += [
         f"  fairness    {r['fairness']:.4f}  (per-connection bytes {r['conn_bytes_min']:,} .. {r['conn_bytes_max']:,})",
         f"  client cpu  {r['client_cpu_s']:.3f} s ({r['client_cpu_user_s']:.3f} user, {r['client_cpu_sys_s']:.3f} sys), "

@@ -10,8 +10,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 
 def struct_to_dict(cdata):
-    """Copy every field of a cffi struct into a plain dict."""
-    return {name: getattr(cdata, name) for name, _ in ffi.typeof(cdata).item.fields}
+    """Copy every field of a cffi struct into a plain dict (array fields become lists, so it stays JSON-able)."""
+    out = {}
+    for name, field in ffi.typeof(cdata).item.fields:
+        value = getattr(cdata, name)
+        out[name] = list(value) if field.type.kind == "array" else value
+    return out
 
 
 def check(ret, what):

@@ -35,7 +35,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from echo_core import machine, stats, validity
+from echo_core import counters, machine, stats, validity
 from echo_core.bench import run_benchmark
 from echo_core.grids import CELL, GRIDS, grid_params, offered_loads, plan
 from echo_core.load import MODES
@@ -248,6 +248,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
             "finished_at": None, "elapsed_s": None, "rows": 0, "failed_runs": 0, "invalid_runs": 0,
             "parameters": params, "machine": machine.machine_info(features_file)}
+    # Why a set's kernel-counter columns are NaN, if they are (each row's counters_note says it too).
+    meta["counters"] = counters.availability()
     if resume:
         # The set keeps its first start and machine; each resumption is recorded beside them.
         earlier = json.loads(json_path.read_text()) if json_path.exists() else {}

@@ -27,7 +27,7 @@ LOGS="$SAN/logs"
 if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
-    TESTS=(tests/test_servers.py tests/test_load.py tests/test_cli_and_api.py tests/test_external.py tests/test_chaos.py)
+    TESTS=(tests/test_servers.py tests/test_load.py tests/test_counters.py tests/test_cli_and_api.py tests/test_external.py tests/test_chaos.py)
 fi
 for i in "${!TESTS[@]}"; do   # absolute test paths: pytest runs from build/sanitize
     case "${TESTS[$i]}" in tests/*) TESTS[$i]="$ROOT/${TESTS[$i]}" ;; esac

@@ -11,7 +11,11 @@ ROW_KEYS = {"impl", "mode", "payload", "connections", "duration_s", "msgs_per_s"
             "p50_us", "p99_us", "p999_us", "max_us", "fairness", "mismatches", "errors",
             "client_cpu_s", "server_cpu_s", "server_cpu_user_s", "server_cpu_sys_s", "server_util",
             "client_util", "bottleneck", "server_syscalls_per_msg", "server_ops_per_msg",
-            "server_cpu_us_per_msg", "server_loop_iterations", "server_wait_calls", "server_enobufs"}
+            "server_cpu_us_per_msg", "server_loop_iterations", "server_wait_calls", "server_enobufs",
+            # issue 9's per-message counters (NaN where not countable, counters_note says why)
+            "server_ctx_switches_per_msg", "server_minor_faults_per_msg", "server_completions_per_wait",
+            "server_bytes_per_recv", "server_sends_per_msg", "server_recv_size_hist", "server_poll_arms_per_msg",
+            "server_task_work_per_msg", "server_wait_syscalls_per_msg", "server_cycles_per_msg", "counters_note"}
 
 
 @pytest.mark.parametrize("mode", ["rr", "stream"])

@@ -92,6 +92,11 @@ def test_sweep_writes_one_tidy_valid_row_per_run_in_plan_order(tiny):
     assert ((df["window_agreement"] - 1).abs() <= validity.STEADY_TOLERANCE).all(), df["window_agreement"].tolist()
     assert df.loc[df["mode"] == "rr", "p50_us"].notna().all()
     assert df.loc[df["mode"] == "rr", "latency_hist"].str.len().gt(0).all()
+    # The per-message kernel counters reach the CSV: numbers or NaN, with counters_note saying why.
+    for column in ("server_ctx_switches_per_msg", "server_poll_arms_per_msg", "server_completions_per_wait",
+                   "server_bytes_per_recv", "server_recv_size_hist", "counters_note"):
+        assert column in df.columns, column
+    assert (df["server_bytes_per_recv"] > 0).all()
 
 
 def test_metadata_json_describes_machine_and_sweep(tiny):
@@ -108,6 +113,7 @@ def test_metadata_json_describes_machine_and_sweep(tiny):
     assert "liburing" in m and "version" in m["liburing"]
     assert isinstance(m["mitigations"]["vulnerabilities"], dict)
     assert m["packages"]["pandas"]
+    assert {"tracepoints", "pmu"} <= set(meta["counters"])
 
 
 def test_summarize_gives_median_and_ci_per_cell(tiny):

@@ -19,6 +19,9 @@
  */
 #define EC_MAX_CONNS 1048576
 
+/* Buckets of the servers' recv-size histogram (log2 of the bytes a successful recv returned). */
+#define EC_RECV_HIST_BUCKETS 20
+
 struct ec_server_config {
 	uint32_t buf_size;      /* bytes per receive buffer (both servers) */
 	uint32_t buf_count;     /* io_uring: provided buffers, a power of two */
@@ -53,6 +56,11 @@ struct ec_server_stats {
 	uint64_t accept_pauses;       /* times accepting stopped because the table was full */
 	uint64_t backpressure_pauses; /* epoll: times reading stopped because a buffer was full */
 	uint64_t pending_bytes_max;   /* largest per-connection backlog seen (bytes) */
+	/* Appended for the per-message counters (issue 9); cheap increments in the existing loops. */
+	uint64_t completions;         /* io_uring: CQEs handled; epoll: events epoll_wait returned */
+	uint64_t recv_ok;             /* recvs that returned data (> 0 bytes) */
+	uint64_t recv_hist[EC_RECV_HIST_BUCKETS]; /* those recvs by size: bucket i holds
+						     [2^i, 2^(i+1)) bytes, the last one all above */
 };
 
 /* Bind and listen (TCP_NODELAY, SO_REUSEADDR, non-blocking). Returns the fd. */
@@ -101,6 +109,15 @@ int ec_uring_probe(struct ec_uring_probe *out);
 #define EC_ARRIVALS_UNIFORM 0  /* rate: fixed gaps, connections spread over one gap */
 #define EC_ARRIVALS_POISSON 1  /* rate: each connection a Poisson process at rate/connections */
 
+/* Kernel counters (perf events) a load run may count on the server's threads at most. */
+#define EC_MAX_COUNTERS 32
+
+/* One perf event to count on the server: perf_event_attr's type and config. */
+struct ec_counter {
+	uint32_t type;            /* PERF_TYPE_TRACEPOINT (2), PERF_TYPE_HARDWARE (0), ... */
+	uint64_t config;          /* tracepoint id (tracefs events/SYS/NAME/id), or PERF_COUNT_HW_* */
+};
+
 /* Latency histogram buckets exported in the result (must equal histogram.h's count). */
 #define EC_HIST_BUCKETS 1920
 
@@ -128,6 +145,9 @@ struct ec_load_config {
 	int stop_fd;              /* -1, or a fd whose readability ends the run early */
 	int window_ctl_fd;        /* -1, or a fd (e.g. perf's --control fifo) that gets "enable\n"
 				     at the window's start and "disable\n" at its end */
+	const struct ec_counter *counters; /* perf events counted on every server pid's threads
+					      (inherited by threads they create), may be NULL */
+	uint32_t ncounters;       /* at most EC_MAX_COUNTERS */
 };
 
 struct ec_load_result {
@@ -167,6 +187,14 @@ struct ec_load_result {
 	uint64_t server_cpu_ns;   /* all server pids, from their CPU-time clocks (exited threads included) */
 	double server_cpu_user_s; /* from /proc/PID/stat, clock-tick resolution */
 	double server_cpu_sys_s;
+	/* From /proc over the window (valid when server_proc_snap is 1). */
+	int server_proc_snap;
+	uint64_t server_vol_ctxsw;    /* voluntary context switches, summed over /proc/PID/task/ * */
+	uint64_t server_invol_ctxsw;  /* involuntary ones */
+	uint64_t server_minflt;       /* minor faults of the whole process (/proc/PID/stat field 10) */
+	/* cfg->counters[i] over the window; status 0, or -errno why counter_delta[i] means nothing. */
+	uint64_t counter_delta[EC_MAX_COUNTERS];
+	int counter_status[EC_MAX_COUNTERS];
 	uint64_t latency_hist[EC_HIST_BUCKETS]; /* merged latency histogram (ns buckets) */
 };
 

@@ -10,6 +10,7 @@
  *   load_rate.c     /
  *   load_timeline.c the calling thread: warm-up, window edges, snapshots
  *   load_server.c   reading the server's counters and CPU time
+ *   load_counters.c perf events (tracepoints, PMU) counted on the server's threads
  *   pattern.c       verification pattern
  *   arrivals.c      rate mode's schedule
  */
@@ -80,6 +81,21 @@ struct load_mode {
 
 extern const struct load_mode ec_load_stream, ec_load_rr, ec_load_rate;
 
+/* load_counters.c: perf events counted on the server's threads. */
+struct counter_fd {
+	int fd;
+	uint32_t event;         /* index into cfg->counters */
+};
+struct counters {
+	uint32_t n;             /* events (cfg->ncounters) */
+	int status[EC_MAX_COUNTERS]; /* 0, or -errno: the event could not be opened on every thread */
+	struct counter_fd *fds;
+	uint32_t nfds, cap;
+};
+int ec_counters_open(struct counters *c, const struct ec_load_config *cfg);
+void ec_counters_read(const struct counters *c, uint64_t *vals, int *status);
+void ec_counters_close(struct counters *c);
+
 struct load {
 	const struct ec_load_config *cfg;
 	const struct load_mode *ops;
@@ -102,6 +118,7 @@ struct load {
 	int state;
 	struct worker *ws;
 	uint32_t nw;
+	struct counters ctr;    /* opened before the connections, read at the window's edges */
 };
 
 struct worker {
@@ -199,11 +216,15 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res);
 
 /* load_server.c: the server's counters and CPU at one instant. */
 struct server_snap {
-	int ok;
+	int ok;                 /* cpu_ns, user_s, sys_s, minflt read */
+	int proc_ok;            /* and the context switches too */
 	uint64_t cpu_ns;
 	double user_s, sys_s;
+	uint64_t minflt;
+	uint64_t vol_ctxsw, invol_ctxsw;
 	struct ec_server_stats stats;
 };
 void ec_server_snap(const struct ec_load_config *cfg, struct server_snap *s);
+
 
 #endif

@@ -1,9 +1,11 @@
 /*
  * load_server.c - the server as seen from the load generator at one instant:
- * a copy of its live counters and the CPU time of its processes.  Taken by
+ * a copy of its live counters, the CPU time of its processes and their
+ * context switches and minor faults from /proc.  Taken by
  * the timeline thread at the window's edges, so the server's numbers cover
  * exactly the window the client's numbers cover.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -55,10 +57,14 @@ static int process_cpu_ns(int pid, uint64_t *ns)
 	return 0;
 }
 
-/* utime and stime (fields 14 and 15 of /proc/PID/stat) in clock ticks. */
-static int proc_times(int pid, uint64_t *utime, uint64_t *stime)
+/*
+ * minflt, utime and stime (fields 10, 14 and 15 of /proc/PID/stat): for the
+ * whole process, threads that exited included.
+ */
+static int proc_stat(int pid, uint64_t *minflt, uint64_t *utime, uint64_t *stime)
 {
 	char path[64], buf[1024], *p;
+	uint64_t v[16];
 	int i, ret;
 
 	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
@@ -69,15 +75,55 @@ static int proc_times(int pid, uint64_t *utime, uint64_t *stime)
 	p = strrchr(buf, ')');
 	if (!p)
 		return -EINVAL;
-	p++;
-	for (i = 3; i < 14; i++) {
-		p = strchr(p + 1, ' ');
+	p += 2;			/* field 3, the state letter */
+	p = strchr(p, ' ');
+	for (i = 4; i <= 15; i++) {
 		if (!p)
 			return -EINVAL;
+		v[i] = strtoull(p, &p, 10);
 	}
-	*utime += strtoull(p, &p, 10);
-	*stime += strtoull(p, NULL, 10);
+	*minflt += v[10];
+	*utime += v[14];
+	*stime += v[15];
 	return 0;
+}
+
+/* The value of "key:\t123" in a /proc status text, or 0 when absent. */
+static uint64_t status_field(const char *text, const char *key)
+{
+	const char *p = strstr(text, key);
+
+	return p ? strtoull(p + strlen(key), NULL, 10) : 0;
+}
+
+/*
+ * Context switches summed over the process's live threads: /proc/PID/status
+ * shows the leader thread's only.  Threads that exited take theirs with
+ * them (the caller drops a window whose sum went down).
+ */
+static int proc_ctxsw(int pid, uint64_t *vol, uint64_t *invol)
+{
+	char path[64], buf[4096];
+	struct dirent *de;
+	DIR *dir;
+	int n = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	dir = opendir(path);
+	if (!dir)
+		return -errno;
+	while ((de = readdir(dir))) {
+		if (de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%.20s/status", pid, de->d_name);
+		if (read_small(path, buf, sizeof(buf)) < 0)
+			continue;	/* the thread just exited */
+		*vol += status_field(buf, "\nvoluntary_ctxt_switches:");
+		*invol += status_field(buf, "\nnonvoluntary_ctxt_switches:");
+		n++;
+	}
+	closedir(dir);
+	return n ? 0 : -ESRCH;
 }
 
 _Static_assert(sizeof(struct ec_server_stats) % sizeof(uint64_t) == 0,
@@ -105,11 +151,15 @@ void ec_server_snap(const struct ec_load_config *cfg, struct server_snap *s)
 		copy_stats(cfg->server_stats, &s->stats);
 	if (!cfg->server_pids || !cfg->nserver_pids)
 		return;
+	/* CPU clocks first: they are what the window's CPU figures rest on. */
 	for (i = 0; i < cfg->nserver_pids; i++) {
 		if (process_cpu_ns(cfg->server_pids[i], &s->cpu_ns) ||
-		    proc_times(cfg->server_pids[i], &ut, &st))
+		    proc_stat(cfg->server_pids[i], &s->minflt, &ut, &st))
 			return;
 	}
+	s->proc_ok = 1;
+	for (i = 0; i < cfg->nserver_pids && s->proc_ok; i++)
+		s->proc_ok = !proc_ctxsw(cfg->server_pids[i], &s->vol_ctxsw, &s->invol_ctxsw);
 	if (tick <= 0)
 		tick = 100;
 	s->user_s = (double)ut / (double)tick;

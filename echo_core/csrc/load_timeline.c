@@ -2,8 +2,9 @@
  * load_timeline.c - the calling thread's part of a run: the start gate, the
  * warm-up (fixed, or adaptive: until the load is steady), and the measured
  * window, whose edges it decides and publishes to the workers.  Exactly at
- * each edge it takes the client's rusage and the server's counters and CPU
- * time, so both sides' numbers cover the same window.
+ * each edge it takes the client's rusage and the server's counters, CPU
+ * time, /proc figures and perf counters, so both sides' numbers cover the
+ * same window.
  */
 #include <errno.h>
 #include <poll.h>
@@ -225,6 +226,20 @@ static void window_ctl(int fd, const char *cmd)
 	while (n < 0 && errno == EINTR);
 }
 
+/* Each counter's change over the window, or why there is none. */
+static void counters_result(const struct counters *c, const uint64_t *c0, const int *st0,
+			    const uint64_t *c1, const int *st1, struct ec_load_result *res)
+{
+	uint32_t i;
+
+	for (i = 0; i < c->n; i++) {
+		res->counter_status[i] = st0[i] ? st0[i] : st1[i];
+		if (!res->counter_status[i] && c1[i] < c0[i])
+			res->counter_status[i] = -ERANGE;
+		res->counter_delta[i] = res->counter_status[i] ? 0 : c1[i] - c0[i];
+	}
+}
+
 /* The timeline: warm-up, window edges, both sides' snapshots, early stop. */
 void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 {
@@ -232,6 +247,8 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 	uint64_t dur = (uint64_t)(cfg->duration_s * 1e9), start, end;
 	struct server_snap s0, s1;
 	struct rusage ru0, ru1;
+	uint64_t c0[EC_MAX_COUNTERS], c1[EC_MAX_COUNTERS];
+	int st0[EC_MAX_COUNTERS], st1[EC_MAX_COUNTERS];
 	int steady_flag = -1;
 
 	if (ld->win_start == WIN_UNKNOWN) {
@@ -258,12 +275,14 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 	if (sleep_until_edge(start, cfg->stop_fd))
 		return;
 	ec_server_snap(cfg, &s0);
+	ec_counters_read(&ld->ctr, c0, st0);
 	getrusage(RUSAGE_SELF, &ru0);
 	window_ctl(cfg->window_ctl_fd, "enable\n");
 	if (sleep_until_edge(end, cfg->stop_fd))
 		end = now_ns();
 	window_ctl(cfg->window_ctl_fd, "disable\n");
 	ec_server_snap(cfg, &s1);
+	ec_counters_read(&ld->ctr, c1, st1);
 	getrusage(RUSAGE_SELF, &ru1);
 	res->duration_s = (double)(end - start) / 1e9;
 	res->cpu_user_s = tv_s(&ru1.ru_utime) - tv_s(&ru0.ru_utime);
@@ -279,5 +298,14 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 		res->server_cpu_ns = s1.cpu_ns - s0.cpu_ns;
 		res->server_cpu_user_s = s1.user_s - s0.user_s;
 		res->server_cpu_sys_s = s1.sys_s - s0.sys_s;
+		res->server_minflt = s1.minflt - s0.minflt;
 	}
+	/* Context switches of a thread that exited mid-window left the sum: no figure then. */
+	if (res->server_snap && s0.proc_ok && s1.proc_ok && s1.vol_ctxsw >= s0.vol_ctxsw &&
+	    s1.invol_ctxsw >= s0.invol_ctxsw) {
+		res->server_proc_snap = 1;
+		res->server_vol_ctxsw = s1.vol_ctxsw - s0.vol_ctxsw;
+		res->server_invol_ctxsw = s1.invol_ctxsw - s0.invol_ctxsw;
+	}
+	counters_result(&ld->ctr, c0, st0, c1, st1, res);
 }

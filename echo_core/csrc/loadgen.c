@@ -86,6 +86,8 @@ static int validate(const struct ec_load_config *cfg)
 	for (i = 0; i < cfg->nserver_pids; i++)
 		if (cfg->server_pids[i] <= 0)
 			return -EINVAL;
+	if (cfg->ncounters > EC_MAX_COUNTERS || (cfg->ncounters && !cfg->counters))
+		return -EINVAL;
 	if (!fd_ok(cfg->stop_fd) || !fd_ok(cfg->window_ctl_fd))
 		return -EBADF;
 	return 0;
@@ -318,6 +320,13 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res)
 		ret = -ENOMEM;
 		goto out;
 	}
+	/* Until the window's edges are read, no counter has a figure. */
+	for (i = 0; i < cfg->ncounters; i++)
+		res->counter_status[i] = -ENODATA;
+	/* Before connecting: the server's threads then are the ones that will serve (or spawn those that do). */
+	ret = ec_counters_open(&ld.ctr, cfg);
+	if (ret)
+		goto out;
 
 	ret = ec_connect_all(&ss, alen, cfg->connections,
 			  cfg->connect_timeout_s > 0 ? cfg->connect_timeout_s : DEFAULT_CONNECT_TIMEOUT_S,
@@ -382,5 +391,6 @@ out:
 	free(conns);
 	free(fds);
 	free(ld.pattern);
+	ec_counters_close(&ld.ctr);
 	return ret;
 }

@@ -160,6 +160,7 @@ static int do_recv(struct server *s, struct conn *c, int fd)
 			c->readable = false;
 		c->end += (uint32_t)r;
 		s->st->bytes_in += (uint64_t)r;
+		ec_count_recv(s->st, (uint64_t)r);
 		n = pending(c);
 		if (n > s->st->pending_bytes_max)
 			s->st->pending_bytes_max = n;
@@ -409,6 +410,7 @@ static int run_loop(struct server *s)
 			return -errno;
 		}
 		s->st->loop_iterations++;
+		s->st->completions += (uint64_t)n;
 
 		for (i = 0; i < n; i++) {
 			fd = events[i].data.fd;

@@ -344,6 +344,7 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	c->sent = 0;
 	s->bufs_free--;
 	s->stats->bytes_in += (uint64_t)cqe->res;
+	ec_count_recv(s->stats, (uint64_t)cqe->res);
 	if (c->len > s->stats->pending_bytes_max)
 		s->stats->pending_bytes_max = c->len;
 	arm_send(s, idx);
@@ -555,6 +556,7 @@ static void reap(struct server *s)
 	while (n-- && !io_uring_peek_cqe(&s->ring, &cqe)) {
 		copy = *cqe;
 		io_uring_cqe_seen(&s->ring, cqe);
+		s->stats->completions++;
 		on_cqe(s, &copy);
 	}
 }
