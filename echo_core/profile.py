@@ -50,7 +50,7 @@ import pandas as pd
 
 from echo_core import bench, flamegraph, folded
 from echo_core.load import check_load_args
-from echo_core.server import check_impl
+from echo_core.server import IMPLS
 
 #: Sampling frequency (Hz) of cpu-clock; 4000 Hz is one sample per 250 µs of CPU.
 FREQUENCY_HZ = 4000
@@ -143,9 +143,11 @@ def _last_line(text):
 def check_perf():
     """Raise ProfilerUnavailable (naming the fix) unless perf exists and may sample kernel stacks.
 
-    Probes with a tiny real recording (`perf record -g -e cpu-clock -- true`), which fails the same way
-    a profile would: perf missing, perf_event_open refused (perf_event_paranoid, seccomp), or perf not
-    matching the kernel (Ubuntu's wrapper then says which linux-tools package is missing).
+    Probes with a tiny real recording of kernel stacks (`perf record -g -e cpu-clock:k -- true`), which
+    fails the same way a profile would: perf missing, perf_event_open refused (perf_event_paranoid,
+    seccomp), or perf not matching the kernel (Ubuntu's wrapper then says which linux-tools package is
+    missing).  ":k" because without it perf silently falls back to user-only sampling where kernel
+    profiling is not allowed, and a server's CPU is mostly in the kernel.
     """
     perf = perf_path()
     if perf is None:
@@ -153,19 +155,22 @@ def check_perf():
     version = perf_version(perf)
     with tempfile.TemporaryDirectory(prefix="echo_core-perf-probe-") as tmp:
         try:
-            probe = subprocess.run([perf, "record", "-q", "-g", "-e", "cpu-clock", "-o", os.path.join(tmp, "probe.data"),
+            probe = subprocess.run([perf, "record", "-q", "-g", "-e", "cpu-clock:k", "-o", os.path.join(tmp, "probe.data"),
                                     "--", "true"], capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ProfilerUnavailable(f"perf does not run ({exc}); {INSTALL_HINT}") from None
     if probe.returncode == 0 and version:
         return version
-    text = probe.stderr + probe.stdout
+    raise ProfilerUnavailable(explain_perf_failure(probe.stderr + probe.stdout, probe.returncode))
+
+
+def explain_perf_failure(text, returncode):
+    """perf's own error output -> one line saying what is wrong and how to fix it."""
     if re.search(r"perf_event_paranoid|Permission|not permitted|Access to performance monitoring", text, re.I):
-        raise ProfilerUnavailable(f"perf may not sample here (perf_event_open refused); {PERMISSION_HINT}")
+        return f"perf may not sample kernel stacks here (perf_event_open refused); {PERMISSION_HINT}"
     if re.search(r"not found|linux-tools|No such file", text, re.I):
-        raise ProfilerUnavailable(f"perf is not usable with this kernel ({_last_line(text)}); {INSTALL_HINT}")
-    raise ProfilerUnavailable(f"perf record failed ({_last_line(text) or f'exit {probe.returncode}'}); "
-                              f"{PERMISSION_HINT}")
+        return f"perf is not usable with this kernel ({_last_line(text)}); {INSTALL_HINT}"
+    return f"perf record failed ({_last_line(text) or f'exit {returncode}'}); {PERMISSION_HINT}"
 
 
 def _open_ctl(path, proc, deadline):
@@ -433,16 +438,15 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     if not impls:
         raise ValueError("no implementation to profile")
     for impl in impls:
-        check_impl(impl)
-        if impl.startswith("exec:"):
-            raise ValueError(f"{impl!r}: profiles are for echo_core's own servers (uring, epoll)")
+        if impl not in IMPLS:
+            raise ValueError(f"cannot profile {impl!r}: choose from {', '.join(IMPLS)} (echo_core's own servers)")
+    if mode == "rate":
+        raise ValueError('profiles are for the closed-loop modes "stream" and "rr", got "rate"')
     auto_server, auto_client = bench.default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     checked = check_load_args("127.0.0.1", 1, mode, payload, connections, len(client_cpus), duration, warmup,
                               cpus=client_cpus, warmup_max=warmup_max)
-    if mode == "rate":
-        raise ValueError('profiles are for the closed-loop modes "stream" and "rr"')
     frequency = int(frequency)
     if not 1 <= frequency <= 100000:
         raise ValueError(f"frequency must be in 1..100000 Hz, got {frequency}")
@@ -492,6 +496,7 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
             "folded": f"{impl}.folded",
             "svg": f"{impl}.svg",
             "perf_data": data_path.name if keep_perf_data else None,
+            "record_command": [str(part) for part in recorder.command],
             "row": row,
         }
     cpu_per_msg = {impl: rows[impl]["server_cpu_us_per_msg"] for impl in impls}
