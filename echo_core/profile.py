@@ -73,8 +73,12 @@ PERMISSION_HINT = ("run as root, or allow it with 'sysctl kernel.perf_event_para
 #: Subsystems a sample's CPU is attributed to.  The sample's frames are tried from the leaf towards
 #: the root and the first frame matching one of these patterns (tried in this order) decides; a sample
 #: whose leaf is a user-space frame is "user", one that matches nothing is "other kernel".  So a
-#: spin lock taken in tcp_sendmsg counts as tcp/ip, a copy inside a softirq as copy.
+#: spin lock taken in tcp_sendmsg counts as tcp/ip, a copy inside a softirq as copy, and a page fault
+#: taken while copying to a not yet touched user buffer as a page fault.
 CATEGORIES = (
+    # First touches of memory (e.g. io_uring's provided-buffer pool in a fresh server) fault inside copies.
+    ("page faults", r"page_fault|handle_mm_fault|do_anonymous_page|clear_page|do_user_addr_fault|vma_alloc_folio|"
+                    r"alloc_anon_folio|__do_fault|lock_vma_under_rcu"),
     ("copy", r"copy_(to|from)_iter|copy_user|copy_page|memcpy|memmove|csum_partial_copy|skb_copy_bits"),
     ("memory", r"kmalloc|kfree|kmem_cache|__alloc_pages|alloc_pages|free_.*pages|page_frag|__slab|slab_|"
                r"skb_release|__build_skb|__alloc_skb|kfree_skb|consume_skb|sk_mem_|skb_attempt_defer_free"),

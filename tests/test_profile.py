@@ -248,6 +248,8 @@ def test_categories_follow_the_stack_from_the_leaf():
     assert profile.categorize(("main", "tcp_sendmsg" + k, "native_queued_spin_lock_slowpath" + k)) == "tcp/ip"
     assert profile.categorize(("main", "io_submit_sqes" + k, "io_issue_sqe" + k)) == "io_uring"
     assert profile.categorize(("main", "do_epoll_wait" + k, "ep_poll" + k)) == "epoll"
+    assert profile.categorize(("io_recv" + k, "_copy_to_iter" + k, "asm_exc_page_fault" + k, "exc_page_fault" + k)) \
+        == "page faults"
     assert profile.categorize(("ec_uring_serve",)) == "user"
     assert profile.categorize(("main", "mystery" + k)) == "other kernel"
     assert not math.isnan(profile._us_per_sample(10.0, 4))
