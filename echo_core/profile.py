@@ -42,6 +42,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -426,15 +427,49 @@ def _json_safe(value):
     return value
 
 
+def _combine_runs(runs):
+    """One implementation's figures over its repeats: totals, and CPU per message as total server CPU
+    over total messages (the figure the merged samples are scaled by)."""
+    nan = math.nan
+    msgs = sum(run["msgs_in_window"] for run in runs)
+    cpu = sum(run["server_cpu_s"] if run["server_cpu_s"] is not None else nan for run in runs)
+    window = sum(run["duration_s"] for run in runs)
+    sampled = sum(run["sampled_cpu_s"] for run in runs)
+    reasons = [f"run {i + 1}: {run['invalid_reason']}" if len(runs) > 1 else run["invalid_reason"]
+               for i, run in enumerate(runs) if not run["valid"]]
+    return {
+        "repeats": len(runs),
+        "msgs_per_s": msgs / window if window else nan,
+        "bytes_per_s": sum(run["bytes_per_s"] * run["duration_s"] for run in runs) / window if window else nan,
+        "duration_s": window,
+        "msgs_in_window": msgs,
+        "server_cpu_s": cpu,
+        "server_cpu_us_per_msg": cpu * 1e6 / msgs if msgs else nan,
+        "valid": not reasons,
+        "invalid_reason": "; ".join(reasons),
+        "samples": sum(run["samples"] for run in runs),
+        # Sampled CPU time over the measured one: near 1 when the samples cover the windows only.
+        "sampled_cpu_s": sampled,
+        "sampling_coverage": sampled / cpu if cpu and math.isfinite(cpu) else nan,
+    }
+
+
 def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=None, warmup=0.5, warmup_max=None,
-                 server_cpu=None, client_cpus=None, frequency=FREQUENCY_HZ, server_options=None,
+                 server_cpu=None, client_cpus=None, repeats=1, frequency=FREQUENCY_HZ, server_options=None,
                  keep_perf_data=False, charts=True, machine=True):
     """Profile one cell for each implementation in ``impls`` (e.g. ["uring", "epoll"]); see the module
     docstring for the files written to ``output_dir`` (default data/profiles/<time>-<mode>-<payload>x<conns>).
 
-    Runs one benchmark per implementation, in the order given, with the same arguments as
-    bench.run_benchmark.  Raises ValueError for bad arguments and ProfilerUnavailable when perf is
-    missing or may not sample (both before any server starts).  Returns a Profile.
+    Runs ``repeats`` benchmarks per implementation (bench.run_benchmark, same arguments), the
+    implementations interleaved; an implementation's samples over its repeats fold into one
+    ``<impl>.folded`` and its CPU per message is its total server CPU over its total messages.
+    Raises ValueError for bad arguments and ProfilerUnavailable when perf is missing or may not
+    sample (both before any server starts).  Returns a Profile.
+
+    profile.json's ``impls[impl]`` holds the combined figures (repeats, msgs_per_s, bytes_per_s,
+    duration_s, msgs_in_window, server_cpu_s, server_cpu_us_per_msg, valid, invalid_reason, samples,
+    sampled_cpu_s, sampling_coverage, folded, svg) and ``runs``: per repeat the row's key figures
+    (ROW_KEY_FIGURES), msgs_in_window, samples, sampled_cpu_s, perf_data and the whole ``row``.
     """
     if isinstance(impls, str):
         impls = [part.strip() for part in impls.split(",") if part.strip()]
@@ -451,6 +486,8 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     checked = check_load_args("127.0.0.1", 1, mode, payload, connections, len(client_cpus), duration, warmup,
                               cpus=client_cpus, warmup_max=warmup_max)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        raise ValueError(f"repeats must be an integer in 1..100, got {repeats!r}")
     frequency = int(frequency)
     if not 1 <= frequency <= 100000:
         raise ValueError(f"frequency must be in 1..100000 Hz, got {frequency}")
@@ -462,7 +499,7 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     meta = {
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cell": {"mode": mode, "payload": checked["payload"], "connections": checked["connections"],
-                 "duration": checked["duration"], "warmup": checked["warmup"], "warmup_max": warmup_max,
+                 "duration": checked["duration"], "repeats": repeats, "warmup": checked["warmup"], "warmup_max": warmup_max,
                  "server_cpu": server_cpu, "client_cpus": client_cpus, "server_options": server_options or {}},
         "perf": {"version": version, "event": "cpu-clock", "frequency_hz": frequency, "callchain": "fp",
                  "record_command": None, "script_command": None,
@@ -472,38 +509,38 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
         "scaling": "µs/msg = server_cpu_us_per_msg x samples / total samples (the measured server CPU, "
                    "not the sampling period)",
     }
-    stacks_by_impl, rows = {}, {}
+    runs = {impl: [] for impl in impls}
+    stacks_by_impl = {impl: Counter() for impl in impls}
+    # Repeats interleave the implementations (uring, epoll, uring, epoll, ...) so that a drift of the
+    # machine over the profile touches both alike.
+    for repeat in range(repeats):
+        for impl in impls:
+            suffix = f".{repeat + 1}" if repeats > 1 else ""
+            data_path = output_dir / f"{impl}{suffix}.perf.data"
+            recorder = PerfRecorder(data_path, cpus=client_cpus, frequency=frequency)
+            row = bench.run_benchmark(impl, mode, checked["payload"], checked["connections"],
+                                      duration=checked["duration"], warmup=checked["warmup"], warmup_max=warmup_max,
+                                      server_cpu=server_cpu, client_cpus=client_cpus, server_options=server_options,
+                                      observer=recorder)
+            text, script_cmd = perf_script(data_path)
+            if not keep_perf_data:
+                data_path.unlink(missing_ok=True)
+            stacks = folded.parse_perf_script(text)
+            stacks_by_impl[impl].update(stacks)
+            meta["perf"]["record_command"] = [str(part) for part in recorder.command]
+            meta["perf"]["script_command"] = script_cmd
+            runs[impl].append({**{key: row.get(key) for key in ROW_KEY_FIGURES},
+                               "msgs_in_window": row["msgs_per_s"] * row["duration_s"],
+                               "samples": folded.total_samples(stacks),
+                               "sampled_cpu_s": sampled_period_ns(text) / 1e9,
+                               "perf_data": data_path.name if keep_perf_data else None,
+                               "row": row})
+    stacks_by_impl = {impl: dict(stacks) for impl, stacks in stacks_by_impl.items()}
     for impl in impls:
-        data_path = output_dir / f"{impl}.perf.data"
-        recorder = PerfRecorder(data_path, cpus=client_cpus, frequency=frequency)
-        row = bench.run_benchmark(impl, mode, checked["payload"], checked["connections"], duration=checked["duration"],
-                                  warmup=checked["warmup"], warmup_max=warmup_max, server_cpu=server_cpu,
-                                  client_cpus=client_cpus, server_options=server_options, observer=recorder)
-        text, script_cmd = perf_script(data_path)
-        if not keep_perf_data:
-            data_path.unlink(missing_ok=True)
-        stacks = folded.parse_perf_script(text)
-        folded.write_folded(stacks, output_dir / f"{impl}.folded")
-        stacks_by_impl[impl], rows[impl] = stacks, row
-        meta["perf"]["record_command"] = [str(part) for part in recorder.command]
-        meta["perf"]["script_command"] = script_cmd
-        samples = folded.total_samples(stacks)
-        sampled_s = sampled_period_ns(text) / 1e9
-        msgs = row["msgs_per_s"] * row["duration_s"]
-        meta["impls"][impl] = {
-            **{key: row.get(key) for key in ROW_KEY_FIGURES},
-            "msgs_in_window": msgs,
-            "samples": samples,
-            # Sampled CPU time over the measured one: near 1 when the samples cover the window only.
-            "sampled_cpu_s": sampled_s,
-            "sampling_coverage": sampled_s / row["server_cpu_s"] if row.get("server_cpu_s") else None,
-            "folded": f"{impl}.folded",
-            "svg": f"{impl}.svg",
-            "perf_data": data_path.name if keep_perf_data else None,
-            "record_command": [str(part) for part in recorder.command],
-            "row": row,
-        }
-    cpu_per_msg = {impl: rows[impl]["server_cpu_us_per_msg"] for impl in impls}
+        folded.write_folded(stacks_by_impl[impl], output_dir / f"{impl}.folded")
+        meta["impls"][impl] = {**_combine_runs(runs[impl]), "folded": f"{impl}.folded", "svg": f"{impl}.svg",
+                               "runs": runs[impl]}
+    cpu_per_msg = {impl: meta["impls"][impl]["server_cpu_us_per_msg"] for impl in impls}
     table = top_functions(stacks_by_impl, cpu_per_msg)
     table.to_csv(output_dir / TOP_FUNCTIONS_CSV, index=False)
     categories = category_table(stacks_by_impl, cpu_per_msg)
@@ -568,6 +605,7 @@ def summary_lines(profile, n=5):
         valid = "" if info.get("valid") else f"  INVALID: {info.get('invalid_reason')}"
         lines.append(f"  {impl:<6} {info['samples']:>7,} samples  server {cpu if cpu is not None else math.nan:8.3f} µs/msg"
                      f"  {info.get('msgs_per_s') or math.nan:>12,.0f} msg/s"
+                     + (f"  ({info['repeats']} runs)" if info.get("repeats", 1) > 1 else "")
                      + (f"  (sampled {coverage:.0%} of the measured CPU)" if coverage else "") + valid)
     impls = profile.impls
     if len(impls) >= 2 and len(profile.table):

@@ -22,6 +22,8 @@ def add_profile_arguments(parser):
     parser.add_argument("--warmup", default="0.5", metavar="S", help="minimum warm-up seconds (default 0.5)")
     parser.add_argument("--warmup-max", default="3", metavar="S",
                         help="wait up to S seconds for a steady state before the window opens (default 3)")
+    parser.add_argument("--repeats", default="1", metavar="N",
+                        help="runs per implementation, interleaved; their samples add up (default 1)")
     parser.add_argument("--frequency", default="4000", metavar="HZ", help="samples per CPU second (default 4000)")
     parser.add_argument("--server-cpu", default=None, metavar="CPU", help="pin the server here (default: the last CPU)")
     parser.add_argument("--client-cpus", default=None, metavar="LIST",
@@ -53,6 +55,7 @@ def profile_command(args):
             duration=_number("duration", args.duration, float),
             warmup=_number("warmup", args.warmup, float),
             warmup_max=_number("warmup-max", args.warmup_max, float),
+            repeats=_number("repeats", args.repeats, int),
             frequency=_number("frequency", args.frequency, int),
             server_cpu=None if args.server_cpu is None else _number("server-cpu", args.server_cpu, int),
             client_cpus=parse_cpus(args.client_cpus),

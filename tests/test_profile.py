@@ -220,6 +220,25 @@ def test_cli_bad_input_is_one_line_and_exit_2(args):
     assert out.stdout == "" and len(out.stderr.splitlines()) == 1 and out.stderr.startswith("error: "), out.stderr
 
 
+@needs_perf
+def test_cli_profiles_request_response_with_repeats(tmp_path):
+    out_dir = tmp_path / "rr"
+    out = _cli("--impl", "epoll", "--mode", "rr", "--payload", "512", "--connections", "2", "--duration", "0.5",
+               "--warmup", "0.2", "--warmup-max", "1", "--repeats", "2", "--output-dir", str(out_dir))
+    assert out.returncode == 0, out.stderr
+    assert str(out_dir) in out.stdout and "epoll.svg" in out.stdout and "samples" in out.stdout
+    saved = profile.load_profile(out_dir)
+    info = saved.meta["impls"]["epoll"]
+    assert info["repeats"] == 2 and len(info["runs"]) == 2
+    # The repeats' samples fold into one file; CPU per message is over both runs' messages.
+    assert folded.total_samples(saved.stacks["epoll"]) == info["samples"] == sum(r["samples"] for r in info["runs"])
+    assert info["msgs_in_window"] == pytest.approx(sum(r["msgs_in_window"] for r in info["runs"]))
+    assert info["server_cpu_us_per_msg"] == pytest.approx(
+        sum(r["server_cpu_s"] for r in info["runs"]) * 1e6 / info["msgs_in_window"])
+    assert any(EPOLL_FRAMES.match(f) for f in _frames(saved.stacks["epoll"]))
+    assert saved.meta["machine"]["kernel"]["release"] == os.uname().release
+
+
 def test_cli_without_perf_says_how_to_install_it_and_exits_1(tmp_path):
     env = {**_env(), "PATH": str(tmp_path)}  # an empty directory: no perf on the PATH
     out = _cli("--impl", "epoll", "--duration", "0.5", "--output-dir", str(tmp_path / "out"), env=env)
