@@ -33,10 +33,12 @@ profiles without running anything.
 """
 
 import contextlib
+import errno
 import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -184,7 +186,7 @@ def _open_ctl(path, proc, deadline):
         try:
             return os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            if exc.errno != 6:  # ENXIO: no reader yet
+            if exc.errno != errno.ENXIO:  # ENXIO: perf has not opened it yet
                 raise
         if proc.poll() is not None or time.monotonic() > deadline:
             return -1
@@ -193,8 +195,6 @@ def _open_ctl(path, proc, deadline):
 
 def _wait_ack(ack_fd, proc, deadline):
     """Wait until perf writes an acknowledgement ("ack\\n") to the ack FIFO; False if it never does."""
-    import select
-
     while time.monotonic() < deadline and proc.poll() is None:
         ready, _, _ = select.select([ack_fd], [], [], 0.05)
         if ready:
