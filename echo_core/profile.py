@@ -563,8 +563,9 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     return profile
 
 
-def write_flamegraph(profile, impl):
-    """Draw <impl>.svg of a profile (also for a profile loaded from disk)."""
+def flame_graph_svg(profile, impl):
+    """The flame graph of one implementation of a profile as SVG text (a notebook can show it with
+    IPython.display.SVG); tooltips carry CPU µs per message when the run measured the server CPU."""
     info = profile.meta["impls"][impl]
     cell = profile.meta["cell"]
     stacks = profile.stacks[impl]
@@ -575,9 +576,14 @@ def write_flamegraph(profile, impl):
     subtitle = (f"{total:,} samples of the server over the measured window"
                 + (f", server {us_per_msg:.2f} µs CPU/msg" if us_per_msg is not None else "")
                 + "; width = samples; warm colours = kernel, cool = user")
-    path = profile.output_dir / info["svg"]
-    flamegraph.write_svg(stacks, path, title=title, subtitle=subtitle,
-                         us_per_sample=None if math.isnan(per_sample) else per_sample)
+    return flamegraph.render_svg(stacks, title=title, subtitle=subtitle,
+                                 us_per_sample=None if math.isnan(per_sample) else per_sample)
+
+
+def write_flamegraph(profile, impl):
+    """Write <impl>.svg of a profile (also for a profile loaded from disk); returns its path."""
+    path = profile.output_dir / profile.meta["impls"][impl]["svg"]
+    path.write_text(flame_graph_svg(profile, impl), encoding="utf-8")
     return path
 
 
