@@ -486,6 +486,8 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     checked = check_load_args("127.0.0.1", 1, mode, payload, connections, len(client_cpus), duration, warmup,
                               cpus=client_cpus, warmup_max=warmup_max)
+    if server_cpu not in os.sched_getaffinity(0):
+        raise ValueError(f"server cpu {server_cpu} is not available (available: {sorted(os.sched_getaffinity(0))})")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
         raise ValueError(f"repeats must be an integer in 1..100, got {repeats!r}")
     frequency = int(frequency)

@@ -213,7 +213,8 @@ def _cli(*args, env=None):
 
 
 @pytest.mark.parametrize("args", [["--payload", "0"], ["--payload", "lots"], ["--impl", "nginx"],
-                                  ["--mode", "rate"], ["--impl", "uring", "--impls", "epoll"]])
+                                  ["--mode", "rate"], ["--impl", "uring", "--impls", "epoll"],
+                                  ["--server-cpu", "4096"], ["--repeats", "0"], ["--frequency", "0"]])
 def test_cli_bad_input_is_one_line_and_exit_2(args):
     out = _cli("--duration", "0.5", *args)
     assert out.returncode == 2, out
