@@ -83,9 +83,9 @@ def plot_top_functions(profile, n=15, impls=None):
     if len(impls) > 1:
         right = long["value"].max()
         for y, diff in enumerate(wide["difference"] * scale):
-            ax.text(right * 1.02, y, f"{diff:+.2f}", va="center", fontsize=9,
+            ax.text(right * 1.05, y, f"{diff:+.2f}", va="center", fontsize=9,
                     color="#b2182b" if diff > 0 else "#2166ac")
-        ax.set_xlim(0, right * 1.18 if right > 0 else 1)
+        ax.set_xlim(0, right * 1.22 if right > 0 else 1)
         what = f"{_label(impls[0])} − {_label(impls[1])} beside each pair"
     else:
         what = "heaviest first"
