@@ -156,6 +156,9 @@ def test_top_functions_chart_orders_by_difference(cell):
     assert labels[0].startswith(wide.iloc[0]["function"]) and len(labels) == len(wide)
     diffs = profile.differences(cell.table, cell.impls, n=3)
     assert (diffs["difference"].abs().diff().dropna() <= 0).all()
+    sentences = profile.difference_sentences(cell, n=3)
+    assert len(sentences) == 3 and diffs.iloc[0]["function"] in sentences[0]
+    assert f"{abs(diffs.iloc[0]['difference']):.2f} µs/msg more" in sentences[0]
 
 
 def _leaf_symbols(script_text):
