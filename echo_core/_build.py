@@ -53,7 +53,7 @@ ffibuilder.set_source(
     include_dirs=[CSRC],
     libraries=["uring", "pthread"],
     define_macros=[("NDEBUG", None), ("_GNU_SOURCE", None)],
-    extra_compile_args=(["-O1", "-g"] + SANITIZE_FLAGS if SANITIZE else ["-O2"]) + ["-Wall", "-Wextra", "-std=gnu11"],
+    extra_compile_args=(["-O1", "-g"] + SANITIZE_FLAGS if SANITIZE else ["-O2", "-fno-omit-frame-pointer"]) + ["-Wall", "-Wextra", "-std=gnu11"],
     extra_link_args=SANITIZE_FLAGS if SANITIZE else [],
 )
 

@@ -1,5 +1,6 @@
 """One benchmark run: a pinned server process, a pinned load-generator process, one tidy row."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,7 +33,7 @@ def bottleneck(server_util, client_util):
 
 
 def _load_command(port, host, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
-                  threads, cpus, window, server_pids, stats_path):
+                  threads, cpus, window, server_pids, stats_path, window_ctl=None):
     cmd = [sys.executable, "-m", "echo_core", "load", "--json", "--host", host, "--port", str(port),
            "--mode", mode, "--payload", str(payload), "--connections", str(connections),
            "--duration", str(duration), "--warmup", str(warmup), "--threads", str(threads),
@@ -44,12 +45,14 @@ def _load_command(port, host, mode, payload, connections, duration, warmup, warm
         cmd += ["--server-stats", str(stats_path)]
     if rate is not None:
         cmd += ["--rate", str(rate), "--arrivals", arrivals]
+    if window_ctl:
+        cmd += ["--window-ctl", str(window_ctl)]
     return cmd
 
 
 def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max=None, rate=None,
                   arrivals="poisson", server_cpu=None, client_cpus=None, threads=None, host="127.0.0.1",
-                  window=0, server_options=None):
+                  window=0, server_options=None, observer=None):
     """Run one load against a fresh server and return one flat row (dict).
 
     The row holds the load generator's record (throughput, latency percentiles and histogram,
@@ -59,6 +62,10 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     bottleneck, the window check (server bytes out / client bytes in) and the run's validity.
     ``warmup`` is the minimum warm-up; with ``warmup_max`` the load generator waits (up to it) for
     a steady state before opening the window.
+
+    ``observer`` (e.g. a profiler) is a context-manager factory called with the running server; it
+    is entered before the load starts and left before the server stops, and what it yields, if not
+    None, is a FIFO the load generator writes "enable"/"disable" lines to at the window's edges.
     """
     auto_server, auto_client = default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
@@ -67,9 +74,10 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     # Refuse bad load arguments before a server is started (port 1 stands for the one it will pick).
     check_load_args(host, 1, mode, payload, connections, threads, duration, warmup, window=window,
                     rate=rate, cpus=client_cpus)
-    with make_server(impl, host=host, port=0, cpu=server_cpu, **(server_options or {})) as srv:
+    with make_server(impl, host=host, port=0, cpu=server_cpu, **(server_options or {})) as srv, \
+            (observer(srv) if observer else contextlib.nullcontext()) as window_ctl:
         cmd = _load_command(srv.port, host, mode, payload, connections, duration, warmup, warmup_max, rate,
-                            arrivals, threads, client_cpus, window, srv.pids(), srv.stats_path)
+                            arrivals, threads, client_cpus, window, srv.pids(), srv.stats_path, window_ctl)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         os.sched_setaffinity(proc.pid, set(client_cpus))
         limit = max(warmup, warmup_max or 0) + duration + 60

@@ -1,9 +1,9 @@
-"""Command line: python -m echo_core serve|load|sweep|charts|chaos ..."""
+"""Command line: python -m echo_core serve|load|sweep|charts|chaos|profile ..."""
 
 import argparse
 import sys
 
-from echo_core import chaos, load, server, sweep_cli
+from echo_core import chaos, load, profile_cli, server, sweep_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,13 +40,15 @@ def build_parser():
     sweep_cli.add_sweep_arguments(sub.add_parser("sweep", help="run a grid of benchmarks: CSV + JSON + charts"))
     sweep_cli.add_charts_arguments(sub.add_parser("charts", help="redraw a result set's charts from its CSV"))
     chaos.add_chaos_arguments(sub.add_parser("chaos", help="seeded chaos client: verify every echoed byte"))
+    profile_cli.add_profile_arguments(sub.add_parser("profile", help="CPU profiles of one cell: flame graphs, top functions"))
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweep_cli.sweep_command,
-                "charts": sweep_cli.charts_command, "chaos": chaos.chaos_command}
+                "charts": sweep_cli.charts_command, "chaos": chaos.chaos_command,
+                "profile": profile_cli.profile_command}
     try:
         return handlers[args.command](args)
     except (ValueError, OSError, RuntimeError) as exc:

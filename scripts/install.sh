@@ -11,6 +11,13 @@ $SUDO apt-get update -qq
 # libubsan1) and binutils (readelf) that `make test-sanitize` uses: nothing more to install for it.
 $SUDO apt-get install -y -qq --no-install-recommends \
     gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd >/dev/null
+# perf, for `python -m echo_core profile` (optional at run time: profiling says what is missing).
+# Debian packages it as linux-perf; Ubuntu as linux-tools-common plus the kernel's linux-tools-$(uname -r).
+if ! command -v perf >/dev/null 2>&1; then
+    $SUDO apt-get install -y -qq --no-install-recommends linux-perf >/dev/null 2>&1 \
+        || $SUDO apt-get install -y -qq --no-install-recommends linux-tools-common "linux-tools-$(uname -r)" >/dev/null 2>&1 \
+        || echo "note: perf is not installed (no linux-perf or linux-tools-$(uname -r) package); profiles will not run"
+fi
 python3 -m venv .venv
 # setuptools >= 77 (the build backend pyproject.toml names) also for `make test-sanitize`, which builds
 # the sanitized extension with this venv's setup.py rather than in pip's isolated build environment.
