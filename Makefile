@@ -3,6 +3,8 @@
 #   make sweep    the quick grid (~2-3 minutes) into $(DATA)/: CSV, metadata JSON, charts (PNG)
 #   make seed     the seed study's full grid into $(DATA)/ (~30 minutes)
 #   make latency  open-loop latency vs offered load (512 B, 16 KiB x 1, 64 connections) (~11 minutes)
+#   make explain  the explain grid (streaming 16 KiB and 100 kB x 8 and 512 connections, 5 repeats) into
+#                 $(DATA)/, and CPU profiles of its gap cells into $(DATA)/profiles/ (~6 minutes; needs perf)
 #   make report   execute notebooks/report.ipynb on every result set in $(DATA)/ and render
 #                 $(REPORTS)/report.html (standalone, code hidden)
 #   make test     the test suite
@@ -12,10 +14,12 @@ PYTHON ?= .venv/bin/python
 DATA ?= data
 REPORTS ?= reports
 
-.PHONY: help sweep seed latency report test test-sanitize
+PROFILE_CELLS ?= 16384:8 100000:8 100000:512
+
+.PHONY: help sweep seed latency explain report test test-sanitize
 
 help:
-	@sed -n '3,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
 
 sweep:
 	$(PYTHON) -m echo_core sweep --grid quick --output-dir $(DATA)
@@ -25,6 +29,15 @@ seed:
 
 latency:
 	$(PYTHON) -m echo_core sweep --grid latency --output-dir $(DATA)
+
+explain:
+	$(PYTHON) -m echo_core sweep --grid explain --output-dir $(DATA)
+	for cell in $(PROFILE_CELLS); do \
+		payload=$${cell%%:*}; conns=$${cell##*:}; \
+		$(PYTHON) -m echo_core profile --impls uring,epoll --mode stream --payload $$payload \
+			--connections $$conns --duration 2 --warmup-max 10 --repeats 3 \
+			--output-dir $(DATA)/profiles/stream-$${payload}x$$conns || exit 1; \
+	done
 
 report:
 	@mkdir -p $(REPORTS)

@@ -24,6 +24,10 @@ GRIDS = {
              "payloads": (256, 512, 1024, 4096, 8192, 16384, 32768, 100000),
              "connections": (1, 8, 512, 1000, 10000), "duration": 2.0, "warmup": 0.5, "warmup_max": 10.0,
              "repeats": 3},
+    # The streaming cells where io_uring spends the most CPU per byte (issue 9): many repeats, so the
+    # per-message kernel counters' medians are solid; profiles of the same cells: `make explain`.
+    "explain": {"impls": ("uring", "epoll"), "modes": ("stream",), "payloads": (16384, 100000),
+                "connections": (8, 512), "duration": 2.0, "warmup": 0.5, "warmup_max": 10.0, "repeats": 5},
     # Latency vs offered load: open loop at fractions of each cell's closed-loop capacity.  Beyond 1.0
     # because pipelining lets the open loop outrun closed-loop capacity, by far on one connection.
     "latency": {"impls": ("uring", "epoll"), "modes": ("rate",), "payloads": (512, 16384),
