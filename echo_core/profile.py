@@ -428,29 +428,32 @@ def _json_safe(value):
 
 
 def _combine_runs(runs):
-    """One implementation's figures over its repeats: totals, and CPU per message as total server CPU
-    over total messages (the figure the merged samples are scaled by)."""
+    """One implementation's figures over its valid repeats: totals, and CPU per message as total server
+    CPU over total messages (the figure the merged samples are scaled by).  Invalid runs are counted in
+    ``excluded`` with their reasons and enter no figure."""
     nan = math.nan
-    msgs = sum(run["msgs_in_window"] for run in runs)
-    cpu = sum(run["server_cpu_s"] if run["server_cpu_s"] is not None else nan for run in runs)
-    window = sum(run["duration_s"] for run in runs)
-    sampled = sum(run["sampled_cpu_s"] for run in runs)
+    good = [run for run in runs if run["valid"]]
+    msgs = sum(run["msgs_in_window"] for run in good)
+    cpu = sum(run["server_cpu_s"] if run["server_cpu_s"] is not None else nan for run in good)
+    window = sum(run["duration_s"] for run in good)
+    sampled = sum(run["sampled_cpu_s"] for run in good)
     reasons = [f"run {i + 1}: {run['invalid_reason']}" if len(runs) > 1 else run["invalid_reason"]
                for i, run in enumerate(runs) if not run["valid"]]
     return {
         "repeats": len(runs),
+        "excluded": len(runs) - len(good),
         "msgs_per_s": msgs / window if window else nan,
-        "bytes_per_s": sum(run["bytes_per_s"] * run["duration_s"] for run in runs) / window if window else nan,
+        "bytes_per_s": sum(run["bytes_per_s"] * run["duration_s"] for run in good) / window if window else nan,
         "duration_s": window,
         "msgs_in_window": msgs,
-        "server_cpu_s": cpu,
+        "server_cpu_s": cpu if good else nan,
         "server_cpu_us_per_msg": cpu * 1e6 / msgs if msgs else nan,
         "valid": not reasons,
         "invalid_reason": "; ".join(reasons),
-        "samples": sum(run["samples"] for run in runs),
+        "samples": sum(run["samples"] for run in good),
         # Sampled CPU time over the measured one: near 1 when the samples cover the windows only.
         "sampled_cpu_s": sampled,
-        "sampling_coverage": sampled / cpu if cpu and math.isfinite(cpu) else nan,
+        "sampling_coverage": sampled / cpu if good and cpu and math.isfinite(cpu) else nan,
     }
 
 
@@ -528,7 +531,10 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
             if not keep_perf_data:
                 data_path.unlink(missing_ok=True)
             stacks = folded.parse_perf_script(text)
-            stacks_by_impl[impl].update(stacks)
+            # A run that is not a valid measurement is kept in profile.json but adds no samples (and,
+            # in _combine_runs, no CPU or messages): like every statistic, a profile uses valid runs only.
+            if row["valid"]:
+                stacks_by_impl[impl].update(stacks)
             meta["perf"]["record_command"] = [str(part) for part in recorder.command]
             meta["perf"]["script_command"] = script_cmd
             runs[impl].append({**{key: row.get(key) for key in ROW_KEY_FIGURES},

@@ -31,6 +31,22 @@ def _cell_text(profile):
     return f"{cell['mode']}, {cell['payload']:,} B x {cell['connections']} connections"
 
 
+def excluded_note(profile):
+    """How many of each implementation's runs were left out of the profile as invalid, and why."""
+    parts = []
+    for impl, info in profile.meta["impls"].items():
+        excluded = info.get("excluded", 0 if info.get("valid", True) else info.get("repeats", 1))
+        if excluded:
+            parts.append(f"{_label(impl)} {excluded} of {info.get('repeats', 1)} ({info.get('invalid_reason')})")
+    runs = sum(info.get("repeats", 1) for info in profile.meta["impls"].values())
+    return ("Valid runs only: " + ("; ".join(parts) + " excluded as invalid" if parts
+                                   else f"0 of {runs} runs excluded") + ".")
+
+
+def _note(fig, profile):
+    fig.text(0.01, 0.0, excluded_note(profile), fontsize=8, color="0.35", ha="left", va="top")
+
+
 def _value_column(table, column):
     """µs/msg when the server CPU per message is known for every impl, else the share of samples (%)."""
     if table[column].notna().all() and len(table):
@@ -94,6 +110,7 @@ def plot_top_functions(profile, n=15, impls=None):
     ax.set_title(f"top {len(wide)} functions by self CPU, ordered by difference ({what}); [k] = kernel",
                  fontsize=9)
     fig.tight_layout()
+    _note(fig, profile)
     return fig
 
 
@@ -117,6 +134,7 @@ def plot_categories(profile, impls=None):
     fig.suptitle(f"Server CPU by subsystem: {_cell_text(profile)}", fontsize=12)
     ax.set_title("each sample goes to the first subsystem matched from its leaf towards the root", fontsize=9)
     fig.tight_layout()
+    _note(fig, profile)
     return fig
 
 
