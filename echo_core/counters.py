@@ -32,6 +32,12 @@ TRACEPOINTS = {
     "queue_async_work": ("io_uring:io_uring_queue_async_work",),
     "sched_switch": ("sched:sched_switch",),
     "sched_wakeup": ("sched:sched_wakeup",),
+    # sched_waking fires in the waker's context also for a task on another CPU, whose sched_wakeup
+    # then fires over there; the IPIs are what such a remote wake-up costs the server's CPU (a VM
+    # exit each in a guest).
+    "sched_waking": ("sched:sched_waking",),
+    "ipi_send_cpu": ("ipi:ipi_send_cpu",),
+    "ipi_send_cpumask": ("ipi:ipi_send_cpumask",),
     # The epoll server's recv()/send() are recvfrom/sendto on x86-64 and arm64 glibc; the msg
     # variants are counted too so another server (exec:) or libc is not missed.
     "sys_recvfrom": ("syscalls:sys_enter_recvfrom",),
@@ -56,6 +62,8 @@ PER_MSG = {
     "server_async_punts_per_msg": ("queue_async_work",),
     "server_sched_switches_per_msg": ("sched_switch",),
     "server_wakeups_per_msg": ("sched_wakeup",),
+    "server_wakings_per_msg": ("sched_waking",),
+    "server_ipis_per_msg": ("ipi_send_cpu", "ipi_send_cpumask"),
     "server_recv_syscalls_per_msg": ("sys_recvfrom", "sys_recvmsg"),
     "server_send_syscalls_per_msg": ("sys_sendto", "sys_sendmsg"),
     "server_wait_syscalls_per_msg": ("sys_epoll_wait", "sys_epoll_pwait", "sys_epoll_pwait2", "sys_io_uring_enter"),

@@ -37,6 +37,8 @@ COUNTERS = {
     "server_async_punts_per_msg": "io-wq punts/msg",
     "server_sched_switches_per_msg": "sched switches/msg",
     "server_wakeups_per_msg": "wakeups/msg",
+    "server_wakings_per_msg": "wakings/msg",
+    "server_ipis_per_msg": "IPIs sent/msg",
     "server_minor_faults_per_msg": "minor faults/msg",
     "server_recv_syscalls_per_msg": "recv syscalls/msg",
     "server_send_syscalls_per_msg": "send syscalls/msg",
