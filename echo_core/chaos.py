@@ -603,6 +603,13 @@ def _raise_fd_limit(need):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard == resource.RLIM_INFINITY else min(hard, max(need, soft)), hard))
 
 
+def _change(start, end):
+    """A counter's change over the run; histogram counters (lists) change bucket by bucket."""
+    if isinstance(end, list):
+        return [e - s for s, e in zip(start or [0] * len(end), end)]
+    return end - (start or 0)
+
+
 def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1", cpu=None,
               server_options=None, port=None, pid=None, drain_timeout=10.0, server_stats=None,
               rss_bound_kib=None, settle_s=SETTLE_S, scripts=None):
@@ -695,7 +702,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     counts = client.counts
     server = None
     if stats_end is not None:
-        server = {k: stats_end[k] - stats_start.get(k, 0) if k not in ("running", "conns_active", "pending_bytes_max")
+        server = {k: _change(stats_start.get(k), stats_end[k]) if k not in ("running", "conns_active", "pending_bytes_max")
                   else stats_end[k] for k in stats_end}
     result = {
         "impl": impl, "seed": seed, "seconds": seconds, "elapsed_s": round(elapsed, 3),
