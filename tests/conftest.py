@@ -26,6 +26,21 @@ def io_uring_refused():
 IO_URING_REFUSED = io_uring_refused()
 
 
+def perf_unavailable():
+    """Why perf cannot sample the servers here (missing, refused), or None."""
+    from echo_core import profile
+
+    try:
+        profile.check_perf()
+    except profile.ProfilerUnavailable as exc:
+        return str(exc)
+    return None
+
+
+#: Tests that need CPU profiles skip with this reason where it is not None.
+PERF_UNAVAILABLE = perf_unavailable()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

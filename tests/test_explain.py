@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import IO_URING_REFUSED
+from conftest import IO_URING_REFUSED, PERF_UNAVAILABLE
 from echo_core import explain, profile, profile_charts
 from echo_core.stats import COUNTERS
 
@@ -17,15 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles"
 
 
-def _perf_unavailable():
-    try:
-        profile.check_perf()
-    except profile.ProfilerUnavailable as exc:
-        return str(exc)
-    return None
-
-
-PERF_UNAVAILABLE = _perf_unavailable()
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"explaining compares io_uring with epoll: {IO_URING_REFUSED}")
 
 

@@ -11,21 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IO_URING_REFUSED
+from conftest import IO_URING_REFUSED, PERF_UNAVAILABLE
 from echo_core import flamegraph, folded, profile
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _perf_unavailable():
-    try:
-        profile.check_perf()
-    except profile.ProfilerUnavailable as exc:
-        return str(exc)
-    return None
-
-
-PERF_UNAVAILABLE = _perf_unavailable()
 needs_perf = pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=f"no profiles here: {PERF_UNAVAILABLE}")
 
 #: io_uring frames: the submission path every io_uring server sample goes through.
