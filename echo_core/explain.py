@@ -108,14 +108,15 @@ def headline(profile):
     thr = fa["msgs_per_s"] / fb["msgs_per_s"] if fb["msgs_per_s"] else math.nan
     cpu = (fa["server_cpu_us_per_msg"] / fb["server_cpu_us_per_msg"]
            if fb.get("server_cpu_us_per_msg") else math.nan)
+    label = FIGURES["server_util"]
     table = counter_table(profile)
-    util = "server CPU utilisation " + ", ".join(
-        f"{_label(i)} {table.loc['server CPU utilisation', i]:.2f}" for i in (a, b)
-        if "server CPU utilisation" in table.index and math.isfinite(table.loc["server CPU utilisation", i]))
+    utils = [f"{_label(i)} {table.loc[label, i]:.2f}" for i in (a, b)
+             if label in table.index and math.isfinite(table.loc[label, i])]
+    util = f"; {label} " + ", ".join(utils) if utils else ""
     return (f"{what}: {_label(a)} echoed {thr:.2f}× {_label(b)}'s messages per second ({fa['msgs_per_s']:,.0f} against "
             f"{fb['msgs_per_s']:,.0f}) and spent {cpu:.2f}× its server CPU per message ({fa['server_cpu_us_per_msg']:.2f} "
-            f"against {fb['server_cpu_us_per_msg']:.2f} µs; {fa.get('repeats', 1)} runs each, medians of the same "
-            f"interleaved runs){'; ' + util if util != 'server CPU utilisation ' else ''}.")
+            f"against {fb['server_cpu_us_per_msg']:.2f} µs; {fa.get('repeats', 1)} runs each, totals over the same "
+            f"interleaved runs){util}.")
 
 
 def category_sentences(profile, n=3):
@@ -140,7 +141,8 @@ def category_sentences(profile, n=3):
 
 def counter_sentences(profile, n=4):
     """The n kernel counters (per message) that differ most between the first two implementations,
-    by ratio; a counter only one side has (io_uring's submissions) counts as the largest ratio."""
+    by ratio.  Counters both sides have come first: one only one side has (io_uring's submissions,
+    epoll's recv system calls) is the design, not a finding, and is listed only if room is left."""
     table, impls = counter_table(profile), profile.impls
     if len(impls) < 2 or table.empty:
         return []
@@ -153,7 +155,7 @@ def counter_sentences(profile, n=4):
             continue
         spread = math.inf if min(x, y) <= 0 else max(x, y) / min(x, y)
         scored.append((spread, label, x, y))
-    scored.sort(key=lambda s: s[0], reverse=True)
+    scored.sort(key=lambda s: (math.isfinite(s[0]), s[0]), reverse=True)
     out = []
     for spread, label, x, y in scored[:n]:
         times = "" if math.isinf(spread) else f" ({x / y:.2f}×)"
