@@ -429,13 +429,22 @@ def _run_one(run, bench, capacity, on_error):
 
 def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates, load_fractions, target_ci,
                       max_repeats, bar, run_all, capacity, cells=None):
-    """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary."""
+    """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary.
+
+    Two implementations: the first over the second, as always.  More, with epoll among them: each spec
+    this machine can run over epoll (stats.spec_ratios), and a cell repeats while any of them is wide."""
     import pandas as pd
 
-    numerator, denominator = impls[0], impls[1]
+    many = len(impls) > 2 and stats.BASELINE in impls
+    numerator, denominator = ("each spec", stats.BASELINE) if many else (impls[0], impls[1])
+    runnable = [i for i in impls if not specs.unsupported_reason(i)]
     done = repeats
     while True:
-        table = stats.ratios(pd.DataFrame(rows), numerator=numerator, denominator=denominator)
+        if many:
+            df = pd.DataFrame(rows)
+            table = stats.spec_ratios(df[df["impl"].isin(runnable)])
+        else:
+            table = stats.ratios(pd.DataFrame(rows), numerator=numerator, denominator=denominator)
         wide = [rec for rec in table.to_dict("records") if stats.ci_halfwidth(rec) > target_ci]
         if not wide or done >= max_repeats:
             break
@@ -445,12 +454,12 @@ def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
         bar.total += len(more)
         run_all(more)
         done += 1
-    cells = [{**{k: rec[k] for k in ("mode", "payload", "connections")},
-              "offered_rate": None if math.isnan(rec["offered_rate"]) else rec["offered_rate"],
-              "pairs": int(rec["n_pairs"]), "ci_halfwidth": stats.ci_halfwidth(rec),
-              "met": stats.ci_halfwidth(rec) <= target_ci} for rec in table.to_dict("records")]
+    summary = [{**({"impl": rec["impl"]} if many else {}), **{k: rec[k] for k in ("mode", "payload", "connections")},
+                "offered_rate": None if math.isnan(rec["offered_rate"]) else rec["offered_rate"],
+                "pairs": int(rec["n_pairs"]), "ci_halfwidth": stats.ci_halfwidth(rec),
+                "met": stats.ci_halfwidth(rec) <= target_ci} for rec in table.to_dict("records")]
     return {"target_ci": target_ci, "max_repeats": max_repeats, "repeats_run": done, "numerator": numerator,
-            "denominator": denominator, "cells": cells}
+            "denominator": denominator, "cells": summary}
 
 
 def _same_cell(run, rec, capacity):

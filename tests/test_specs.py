@@ -107,7 +107,7 @@ def test_bad_specs_are_one_clear_line(bad, message):
     (["serve", "--impl", "uring+bundle"], "bundle needs mshot"),
     (["serve", "--impl", "epoll+zc"], "epoll takes no features"),
     (["serve", "--impl", "uring(buf_count=16)", "--buf-count", "64"], "conflicts with spec"),
-    (["sweep", "--impls", "uring,uring+connbuf+bundle"], "connbuf excludes bundle"),
+    (["sweep", "--impls", "uring,uring+mshot+connbuf+bundle"], "connbuf excludes bundle"),
     (["chaos", "--impl", "uring+bundle", "--seconds", "1"], "bundle needs mshot"),
 ])
 def test_cli_refuses_bad_specs_with_exit_2_and_one_line(args, message):
@@ -170,7 +170,8 @@ def test_unsupported_reasons_name_the_missing_kernel_feature():
     assert "IORING_FEAT_RECVSEND_BUNDLE" in why("uring+mshot+bundle", {**OLD_KERNEL, "kernel": (6, 8)})
     assert "6.12" in why("uring+inc") and "6.9" in why("uring+napi")
     assert "IORING_OP_SEND_ZC" in why("uring+zc")
-    assert why("uring+connbuf") is None and why("uring+batch") is None and why("uring+pollfirst") is None
+    assert why("uring+connbuf") is None and why("uring+batch") is None
+    assert "5.19" in why("uring+pollfirst") and why("uring+pollfirst", {**OLD_KERNEL, "kernel": (6, 1)}) is None
     assert all(specs.unsupported_reason(s, NEW_KERNEL) is None for s in specs.CATALOGUE
                if "sqpoll(cpu=" not in s)
     assert why("uring+mshot", {**NEW_KERNEL, "features_built": False}) == \
