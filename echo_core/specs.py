@@ -233,16 +233,25 @@ def parse(text):
     """Parse and validate a spec string (or pass a Spec through); ValueError with one clear line."""
     if isinstance(text, Spec):
         return text
+    bases = f"{', '.join(BASES)} (or {EXEC_PREFIX}CMD with {{port}} in CMD)"
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"a server spec is a string like uring, epoll or uring+mshot, got {text!r}")
+        raise ValueError(f"unknown implementation {text!r}: a server spec is a string like uring, epoll or "
+                         f"uring+mshot whose base is one of {bases}")
     if is_exec(text):
         raise ValueError(f"{text!r} is an external server (exec:CMD), not a spec of echo_core's servers")
     spec_text = text.strip()
+    head = re.split(r"[+()\s]", spec_text, maxsplit=1)[0]
+    if head not in BASES:
+        raise ValueError(f"unknown implementation {head!r}" + (f" in spec {spec_text!r}" if head != spec_text else "")
+                         + f"; the base is one of {bases}")
     if any(ch.isspace() for ch in spec_text):
         raise ValueError(f"no spaces in a spec, got {text!r}")
     elements = []
     for part in _split_elements(spec_text):
         m = _ELEMENT.match(part)
+        if not m and not elements and "(" not in part:
+            raise ValueError(f"unknown implementation {part!r}; a spec's base is one of {', '.join(BASES)} "
+                             f"(or {EXEC_PREFIX}CMD with {{port}} in CMD)")
         if not m:
             raise ValueError(f"cannot parse {part!r} in spec {spec_text!r}: expected name or name(key=value,...)")
         elements.append((m.group(1), _parse_args(spec_text, m.group(1), m.group(2))))

@@ -94,7 +94,8 @@ def test_split_list_keeps_commas_inside_parentheses():
     ("uring)", "unbalanced"),
     ("uring+", "cannot parse"),
     ("uring + mshot", "no spaces"),
-    ("", "a server spec is a string"),
+    ("", "unknown implementation ''"),
+    ("EXEC:/bin/x {port}", "unknown implementation"),
     ("uring+uring", "is a base"),
 ])
 def test_bad_specs_are_one_clear_line(bad, message):
