@@ -588,9 +588,10 @@ def rss_margin_kib(impl, options, connections):
     from echo_core import specs
     from echo_core.server import DEFAULT_OPTIONS
 
-    if specs.is_exec(impl):
+    try:
+        spec = specs.parse(impl)
+    except ValueError:  # exec:CMD, or a label ("port N") of a server chaos did not start
         return 256 << 10
-    spec = specs.parse(impl)
     opts = {**DEFAULT_OPTIONS, **spec.to_server_options(), **(options or {})}
     impl = spec.base
     if impl == "uring" and "connbuf" in spec.features:
