@@ -329,3 +329,13 @@ def test_a_feature_spec_reaches_the_impl_column(tmp_path):
                       repeats=1, output_dir=tmp_path, name="feature", **TINY)
     assert list(df["impl"]) == [spec]
     assert bool(df["valid"].iloc[0]), df["invalid_reason"].iloc[0]
+
+
+def test_chart_legends_show_the_canonical_spec():
+    report.use_headless_backend()
+    df = _fake_rows().assign(bytes_per_s=lambda d: d["msgs_per_s"] * 512)
+    fig = report.plot_throughput(df)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["io_uring", "epoll", "uring+mshot"]
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
