@@ -274,6 +274,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
             "finished_at": None, "elapsed_s": None, "rows": 0, "failed_runs": 0, "invalid_runs": 0,
             "parameters": params, "machine": machine.machine_info(features_file)}
+    # What each spec meant on this machine: its server options and, if it could not run here, why.
+    meta["specs"] = specs.describe(impls)
     # Why a set's kernel-counter columns are NaN, if they are (each row's counters_note says it too).
     meta["counters"] = counters.availability()
     if resume:

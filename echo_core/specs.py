@@ -474,11 +474,30 @@ def feature_table():
     return rows
 
 
+def supported(specs=CATALOGUE):
+    """The specs (canonical) this machine can run, in the given order."""
+    return [str(parse(s)) for s in specs if unsupported_reason(s) is None]
+
+
+def describe(impls):
+    """Per implementation (canonical spec): base, features, server options it sets, and why this machine
+    cannot run it (None if it can) -- what a result set's metadata records beside its rows."""
+    out = {}
+    for impl in impls:
+        if is_exec(impl):
+            out[impl] = {"base": "exec", "features": [], "server_options": {}, "unsupported": None}
+            continue
+        spec = parse(impl)
+        out[str(spec)] = {"base": spec.base, "features": list(spec.features),
+                          "server_options": spec.to_server_options(), "unsupported": unsupported_reason(spec)}
+    return out
+
+
 def impls_command(args):
     for line in impls_lines():
         print(line)
     return 0
 
 
-__all__ = ["ABLATION_SPECS", "BASES", "CATALOGUE", "FEATURES", "Spec", "canonical", "impls_lines", "merge_options",
-           "parse", "split_list", "unsupported_reason"]
+__all__ = ["ABLATION_SPECS", "BASES", "CATALOGUE", "FEATURES", "Spec", "canonical", "describe", "impls_lines",
+           "merge_options", "parse", "split_list", "supported", "unsupported_reason"]

@@ -179,6 +179,7 @@ def test_unsupported_reasons_name_the_missing_kernel_feature():
         "server features not built (this build of the C core predates them; rebuild)"
     assert why("uring", {**NEW_KERNEL, "setup_error": "Operation not permitted"}).startswith("io_uring is not available")
     assert "not available" in specs.unsupported_reason("uring+sqpoll(cpu=4095)", NEW_KERNEL)
+    assert specs.supported(["epoll", "uring(buf_count=4096)"]) == ["epoll", "uring"] or IO_URING_REFUSED
 
 
 def test_impls_lines_list_supported_specs_first():
@@ -293,6 +294,8 @@ def test_a_spec_reaches_the_impl_column_of_a_real_sweep(tmp_path):
     assert list(df["impl"]) == ["uring(ring_entries=1024)"]
     assert bool(df["valid"].iloc[0]), df["invalid_reason"].iloc[0]
     assert df.attrs["metadata"]["parameters"]["impls"] == ["uring(ring_entries=1024)"]
+    assert df.attrs["metadata"]["specs"] == {"uring(ring_entries=1024)": {
+        "base": "uring", "features": [], "server_options": {"ring_entries": 1024}, "unsupported": None}}
 
 
 @needs_uring
