@@ -429,7 +429,7 @@ def unsupported_reason(spec, probed=None):
     if p.get("setup_error"):
         return f"io_uring is not available: {p['setup_error']}"
     if spec.features and not p.get("features_built", True):
-        return "server features not built (this build of the C core predates them; rebuild)"
+        return "server features not built (the compiled C core predates them)"
     for name in spec.features:
         why = _feature_reason(name, p, spec)
         if why:

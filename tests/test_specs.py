@@ -12,7 +12,8 @@ import echo_core
 from echo_core import bench, grids, report, runner, specs, stats
 from echo_core.native import lib
 
-from conftest import IO_URING_REFUSED
+from conftest import IO_URING_REFUSED, SERVER_CPU
+from echo_client import connect, distinct_payload, echo_all
 
 TINY = {"duration": 0.3, "warmup": 0.1, "progress": False}
 needs_uring = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=str(IO_URING_REFUSED))
@@ -176,7 +177,7 @@ def test_unsupported_reasons_name_the_missing_kernel_feature():
     assert all(specs.unsupported_reason(s, NEW_KERNEL) is None for s in specs.CATALOGUE
                if "sqpoll(cpu=" not in s)
     assert why("uring+mshot", {**NEW_KERNEL, "features_built": False}) == \
-        "server features not built (this build of the C core predates them; rebuild)"
+        "server features not built (the compiled C core predates them)"
     assert why("uring", {**NEW_KERNEL, "setup_error": "Operation not permitted"}).startswith("io_uring is not available")
     assert "not available" in specs.unsupported_reason("uring+sqpoll(cpu=4095)", NEW_KERNEL)
     assert specs.supported(["epoll", "uring(buf_count=4096)"]) == ["epoll", "uring"] or IO_URING_REFUSED
@@ -342,3 +343,16 @@ def test_chart_legends_show_the_canonical_spec():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_every_supported_spec_echoes(spec):
+    """A smoke test of each variant (the robustness suites run over `impl`; this runs over `spec`)."""
+    with echo_core.Server(spec, port=0, cpu=SERVER_CPU) as srv:
+        assert srv.impl == spec
+        socks = [connect(srv.port) for _ in range(4)]
+        try:
+            payloads = [distinct_payload(i, 100000) for i in range(4)]
+            assert echo_all(socks, payloads) == payloads
+        finally:
+            for s in socks:
+                s.close()
