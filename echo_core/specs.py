@@ -29,6 +29,7 @@ such cells as skipped.
 """
 
 import functools
+import os
 import platform
 import re
 from dataclasses import dataclass, field
@@ -263,7 +264,7 @@ def parse(text):
     tunables = {base: {}}
     features = []
 
-    def put(owner, name, value, written_on):
+    def put(owner, name, value):
         table = BASES[base] if owner == base else FEATURES[owner].tunables
         table[name].check(owner, name, value)
         if name in tunables.setdefault(owner, {}):
@@ -273,7 +274,7 @@ def parse(text):
     for name, value in base_args.items():
         if name not in BASES[base]:
             raise ValueError(f"{base} has no tunable {name!r} (it has: {', '.join(BASES[base])})")
-        put(base, name, value, base)
+        put(base, name, value)
     for feat, args in elements[1:]:
         if base == "epoll":
             raise ValueError(f"epoll takes no features, got {feat!r} in {spec_text!r} "
@@ -287,9 +288,9 @@ def parse(text):
         features.append(feat)
         for name, value in args.items():
             if name in FEATURES[feat].tunables:
-                put(feat, name, value, feat)
+                put(feat, name, value)
             elif name in BASES[base]:
-                put(base, name, value, feat)
+                put(base, name, value)
             else:
                 own = list(FEATURES[feat].tunables) + list(BASES[base])
                 raise ValueError(f"{feat} has no tunable {name!r} (tunables here: {', '.join(own)})")
@@ -404,8 +405,6 @@ def _feature_reason(name, p, spec):
         if "SQPOLL_NONFIXED" not in p["feat"]:
             return "sqpoll needs IORING_FEAT_SQPOLL_NONFIXED (Linux 5.11)"
         cpu = spec.tunables("sqpoll").get("cpu")
-        import os
-
         if cpu is not None and cpu not in os.sched_getaffinity(0):
             return f"sqpoll cpu {cpu} is not available here"
         return None

@@ -66,8 +66,8 @@ def add_sweep_arguments(parser):
     parser.add_argument("--arrivals", choices=("poisson", "uniform"), default=None,
                         help="rate mode: inter-arrival times (default poisson)")
     parser.add_argument("--target-ci", type=float, default=None,
-                        help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width is below this "
-                             "fraction (e.g. 0.03), up to --max-repeats")
+                        help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width (with more specs: "
+                             "every spec/epoll ratio's) is below this fraction (e.g. 0.03), up to --max-repeats")
     parser.add_argument("--max-repeats", type=int, default=None, help="with --target-ci: at most this many repeats")
     parser.add_argument("--resume", metavar="NAME", default=None,
                         help="continue the interrupted result set NAME in --output-dir with the parameters it "
