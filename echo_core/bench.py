@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from echo_core import counters, validity
+from echo_core import counters, specs, validity
 from echo_core.load import check_load_args
 from echo_core.server import exit_description, make_server
 
@@ -55,6 +55,10 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
                   window=0, server_options=None, observer=None):
     """Run one load against a fresh server and return one flat row (dict).
 
+    ``impl`` is a server spec (echo_core.specs: "uring", "epoll", "uring+mshot+bundle", ...) or
+    "exec:CMD"; the row's ``impl`` is its canonical form.  A spec this machine cannot run raises
+    OSError (EOPNOTSUPP) before anything starts; an option contradicting the spec, ValueError.
+
     The row holds the load generator's record (throughput, latency percentiles and histogram,
     unanswered requests, fairness, mismatches, errors, client CPU) and the server's CPU use and
     counters over the same measured window -- the load generator snapshots them itself at the
@@ -67,6 +71,7 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     is entered before the load starts and left before the server stops, and what it yields, if not
     None, is a FIFO the load generator writes "enable"/"disable" lines to at the window's edges.
     """
+    impl = specs.canonical(impl)
     auto_server, auto_client = default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
@@ -143,12 +148,16 @@ def _make_row(impl, record, server_cpu, client_cpus, load_exit):
     msgs = record["msgs_per_s"] * window  # fractional in stream mode, see load.py
     ops = row.get("server_recv_calls", nan) + row.get("server_send_calls", nan)
     # io_uring's recvs and sends are queue entries; only io_uring_enter is a system call.
-    syscalls = row.get("server_wait_calls", nan) + (ops if impl == "epoll" else 0)
+    syscalls = row.get("server_wait_calls", nan) + (ops if specs.base_of(impl) == "epoll" else 0)
     row["server_ops_per_msg"] = ops / msgs if msgs else nan
     row["server_syscalls_per_msg"] = syscalls / msgs if msgs else nan
     row["server_cpu_us_per_msg"] = server_cpu_s * 1e6 / msgs if msgs else nan
     row["client_cpu_us_per_msg"] = record["client_cpu_s"] * 1e6 / msgs if msgs else nan
     row.update(_server_counter_columns(row, msgs))
+    if not specs.is_exec(impl) and "sqpoll" in specs.parse(impl).features:
+        # The SQ thread is an extra busy CPU (an io thread of the server process, so server_cpu_s
+        # should include it and server_util may exceed 1): a reader comparing designs must know.
+        row["server_note"] = "sqpoll: a kernel SQ polling thread uses a CPU of its own besides server_cpu"
     row["server_util"] = server_cpu_s / window if window > 0 else nan
     row["client_util"] = record["client_cpu_s"] / (window * len(client_cpus)) if window > 0 else nan
     row["bottleneck"] = bottleneck(row["server_util"], row["client_util"])

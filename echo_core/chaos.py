@@ -585,12 +585,18 @@ def _cpus(cpu):
 
 def rss_margin_kib(impl, options, connections):
     """See the module docstring: how far the server's RSS may grow over its starting value."""
+    from echo_core import specs
     from echo_core.server import DEFAULT_OPTIONS
 
-    if impl not in ("uring", "epoll"):
+    try:
+        spec = specs.parse(impl)
+    except ValueError:  # exec:CMD, or a label ("port N") of a server chaos did not start
         return 256 << 10
-    opts = {**DEFAULT_OPTIONS, **(options or {})}
-    if impl == "uring":
+    opts = {**DEFAULT_OPTIONS, **spec.to_server_options(), **(options or {})}
+    impl = spec.base
+    if impl == "uring" and "connbuf" in spec.features:
+        buffers = 2 * opts["buf_size"] * (connections + 16)  # per-connection buffers, like epoll's
+    elif impl == "uring":
         buffers = opts["buf_count"] * opts["buf_size"]
     else:
         buffers = 2 * opts["buf_size"] * (connections + 16)
@@ -639,7 +645,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
                                                      for i in scripts):
             raise ValueError(f"scripts must be 1..5000 non-negative script indices, got {scripts!r}")
     if port is None:
-        check_impl(impl)
+        impl = check_impl(impl)  # the canonical spec (exec:CMD unchanged)
     elif isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
     if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or not pid_alive(pid)):
@@ -769,7 +775,8 @@ def verdict(result):
 
 
 def add_chaos_arguments(p):
-    p.add_argument("--impl", default=None, help="uring, epoll or exec:CMD (a server chaos starts); "
+    p.add_argument("--impl", default=None, help="a server spec (uring, epoll, uring+mshot, ...) or exec:CMD "
+                                               "(a server chaos starts); "
                                                "with --port only a label")
     p.add_argument("--seconds", default="5", metavar="N", help="seconds of new scripts (default 5)")
     p.add_argument("--seed", default="1", metavar="S", help="seed (default 1)")
@@ -819,7 +826,8 @@ def chaos_command(args):
             impl = args.impl or f"port {kwargs['port']}"
         else:
             if args.impl is None:
-                raise ValueError("give --impl (uring, epoll or exec:CMD) or --port of a running server")
+                raise ValueError("give --impl (a spec such as uring, epoll, uring+mshot, or exec:CMD) or --port "
+                                 "of a running server")
             if args.pid is not None:
                 raise ValueError("--pid goes with --port")
             impl = args.impl

@@ -1,9 +1,9 @@
-"""Command line: python -m echo_core serve|load|sweep|charts|chaos|profile ..."""
+"""Command line: python -m echo_core serve|impls|load|sweep|charts|chaos|profile ..."""
 
 import argparse
 import sys
 
-from echo_core import chaos, load, profile_cli, server, sweep_cli
+from echo_core import chaos, load, profile_cli, server, specs, sweep_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -14,18 +14,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_serve_arguments(p):
-    p.add_argument("--impl", required=True, choices=server.IMPLS, help="server implementation")
+    p.add_argument("--impl", required=True, type=_spec,
+                   help="server spec: uring, epoll or a variant such as uring+mshot+bundle (see: impls)")
     p.add_argument("--host", default="127.0.0.1", help="numeric address to listen on")
     p.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
     p.add_argument("--cpu", type=int, default=None, help="pin the server to this CPU")
     p.add_argument("--stats-file", default=None, help=argparse.SUPPRESS)
+    # Defaults are None so that only options given explicitly are checked against the spec's tunables.
     for name, default in server.DEFAULT_OPTIONS.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default, dest=name,
-                       help=f"default {default}")
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=name,
+                       help=f"default {default} (or the spec's)")
+
+
+def _spec(text):
+    """argparse type of --impl: the canonical spec, or one line saying what is wrong."""
+    try:
+        return server.check_impl(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _serve_command(args):
-    options = {name: getattr(args, name) for name in server.DEFAULT_OPTIONS}
+    options = {name: getattr(args, name) for name in server.DEFAULT_OPTIONS if getattr(args, name) is not None}
     stats = server.serve(args.impl, host=args.host, port=args.port, cpu=args.cpu,
                          stats_path=args.stats_file, on_listening=server.print_listening, **options)
     print(server.stats_json(stats), flush=True)
@@ -36,6 +46,7 @@ def build_parser():
     parser = _Parser(prog="python -m echo_core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_serve_arguments(sub.add_parser("serve", help="run an echo server until SIGINT/SIGTERM"))
+    sub.add_parser("impls", help="the server specs this kernel can run, then those it cannot, and why")
     load.add_load_arguments(sub.add_parser("load", help="run the load generator against a server"))
     sweep_cli.add_sweep_arguments(sub.add_parser("sweep", help="run a grid of benchmarks: CSV + JSON + charts"))
     sweep_cli.add_charts_arguments(sub.add_parser("charts", help="redraw a result set's charts from its CSV"))
@@ -46,7 +57,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve_command, "load": load.load_command, "sweep": sweep_cli.sweep_command,
+    handlers = {"serve": _serve_command, "impls": specs.impls_command, "load": load.load_command, "sweep": sweep_cli.sweep_command,
                 "charts": sweep_cli.charts_command, "chaos": chaos.chaos_command,
                 "profile": profile_cli.profile_command}
     try:

@@ -53,7 +53,7 @@ import pandas as pd
 
 from echo_core import bench, flamegraph, folded
 from echo_core.load import check_load_args
-from echo_core.server import IMPLS
+from echo_core import specs
 
 #: Sampling frequency (Hz) of cpu-clock; 4000 Hz is one sample per 250 µs of CPU.
 FREQUENCY_HZ = 4000
@@ -457,6 +457,11 @@ def _combine_runs(runs):
     }
 
 
+def file_stem(impl):
+    """A spec as a file name: "uring" stays "uring"; "uring(buf_count=16)+mshot" -> "uring_buf_count-16+mshot"."""
+    return impl.replace("(", "_").replace(")", "").replace("=", "-").replace(",", "_")
+
+
 def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=None, warmup=0.5, warmup_max=None,
                  server_cpu=None, client_cpus=None, repeats=1, frequency=FREQUENCY_HZ, server_options=None,
                  keep_perf_data=False, charts=True, machine=True):
@@ -475,13 +480,18 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     (ROW_KEY_FIGURES), msgs_in_window, samples, sampled_cpu_s, perf_data and the whole ``row``.
     """
     if isinstance(impls, str):
-        impls = [part.strip() for part in impls.split(",") if part.strip()]
-    impls = list(dict.fromkeys(impls))
+        impls = specs.split_list(impls)
+    for impl in impls:
+        if specs.is_exec(impl):
+            raise ValueError(f"cannot profile {impl!r}: profiles are of echo_core's own servers (a spec such as "
+                             "uring, epoll or uring+mshot)")
+    impls = list(dict.fromkeys(specs.canonical(impl) for impl in impls))
     if not impls:
         raise ValueError("no implementation to profile")
     for impl in impls:
-        if impl not in IMPLS:
-            raise ValueError(f"cannot profile {impl!r}: choose from {', '.join(IMPLS)} (echo_core's own servers)")
+        why = specs.unsupported_reason(impl)
+        if why:
+            raise ValueError(f"cannot profile {impl}: unsupported: {why}")
     if mode == "rate":
         raise ValueError('profiles are for the closed-loop modes "stream" and "rr", got "rate"')
     auto_server, auto_client = bench.default_cpus()
@@ -521,7 +531,7 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     for repeat in range(repeats):
         for impl in impls:
             suffix = f".{repeat + 1}" if repeats > 1 else ""
-            data_path = output_dir / f"{impl}{suffix}.perf.data"
+            data_path = output_dir / f"{file_stem(impl)}{suffix}.perf.data"
             recorder = PerfRecorder(data_path, cpus=client_cpus, frequency=frequency)
             row = bench.run_benchmark(impl, mode, checked["payload"], checked["connections"],
                                       duration=checked["duration"], warmup=checked["warmup"], warmup_max=warmup_max,
@@ -545,8 +555,9 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
                                "row": row})
     stacks_by_impl = {impl: dict(stacks) for impl, stacks in stacks_by_impl.items()}
     for impl in impls:
-        folded.write_folded(stacks_by_impl[impl], output_dir / f"{impl}.folded")
-        meta["impls"][impl] = {**_combine_runs(runs[impl]), "folded": f"{impl}.folded", "svg": f"{impl}.svg",
+        folded.write_folded(stacks_by_impl[impl], output_dir / f"{file_stem(impl)}.folded")
+        meta["impls"][impl] = {**_combine_runs(runs[impl]), "folded": f"{file_stem(impl)}.folded",
+                               "svg": f"{file_stem(impl)}.svg",
                                "runs": runs[impl]}
     cpu_per_msg = {impl: meta["impls"][impl]["server_cpu_us_per_msg"] for impl in impls}
     table = top_functions(stacks_by_impl, cpu_per_msg)

@@ -4,7 +4,7 @@ Both charts take a Profile (profile_cell()'s result or load_profile()'s) and ret
 Figure; save_* functions write them beside the profile's other files.
 """
 
-from echo_core.report import PALETTE
+from echo_core.report import impl_palette
 from echo_core.stats import IMPL_LABELS
 
 CATEGORIES_PNG = "categories.png"
@@ -22,8 +22,7 @@ def _label(impl):
 
 
 def _palette(impls):
-    fallback = ("#7570b3", "#e7298a", "#66a61e")
-    return {_label(impl): PALETTE.get(_label(impl), fallback[i % len(fallback)]) for i, impl in enumerate(impls)}
+    return impl_palette([_label(impl) for impl in impls])
 
 
 def _cell_text(profile):

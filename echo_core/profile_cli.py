@@ -6,13 +6,15 @@ from echo_core.load import _size
 
 
 def _impl_list(text):
-    return [part.strip() for part in text.split(",") if part.strip()]
+    from echo_core.specs import split_list
+
+    return split_list(text)
 
 
 def add_profile_arguments(parser):
     """Add the `profile` subcommand's options to an argparse parser."""
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--impl", default=None, help="one implementation to profile: uring or epoll")
+    which.add_argument("--impl", default=None, help="one implementation (server spec) to profile, e.g. uring, epoll, uring+mshot")
     which.add_argument("--impls", default=None, metavar="LIST",
                        help="implementations to profile one after the other, e.g. uring,epoll (the default)")
     parser.add_argument("--mode", default="stream", help="stream or rr (default stream)")

@@ -19,15 +19,54 @@ import pandas as pd
 
 from echo_core.machine import comparable_facts
 from echo_core.results import excluded_counts, excluded_note, pooling_differences, valid_rows
-from echo_core.stats import (COUNTERS, IMPL_LABELS, cell_medians, counters_note, counters_recorded, knees,
+from echo_core.stats import (COUNTERS, IMPL_LABELS, spec_ratios, cell_medians, counters_note, counters_recorded, knees,
                               latency_vs_load, ratios, summarize, up_to_saturation)
 
 #: Chart name -> function, in the order save_charts() draws them.
 CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load", "counters")
 #: Modes drawn against the number of connections (rate mode has its own chart, latency vs load).
 CLOSED_MODES = ("rr", "stream")
-#: Colours per implementation (same in every chart).
+#: Colours per implementation (same in every chart).  Other specs: impl_palette().
 PALETTE = {"io_uring": "#d95f02", "epoll": "#1b9e77"}
+#: Colours of the other io_uring specs: warm hues related to io_uring's orange, assigned by the spec's
+#: place in echo_core.specs.CATALOGUE so a spec keeps its colour in every chart.
+URING_VARIANT_COLORS = ("#e6ab02", "#a6761d", "#e7298a", "#7570b3", "#b2182b", "#f4a582", "#8c510a",
+                        "#c51b7d", "#f46d43", "#762a83", "#fdb863", "#d6604d", "#9e0142", "#fee08b")
+#: Other epoll specs (tunables) in greens; external servers (exec:CMD) in greys and blues.
+EPOLL_VARIANT_COLORS = ("#66a61e", "#1a9850", "#a6d96a", "#006837")
+OTHER_COLORS = ("#666666", "#4393c3", "#999999", "#2166ac")
+
+
+def _stable_index(label, catalogue):
+    if label in catalogue:
+        return catalogue.index(label)
+    return sum(label.encode()) + len(catalogue)
+
+
+def impl_order(labels):
+    """Legend order of implementation labels: io_uring, epoll, then the specs in catalogue order, then the rest."""
+    from echo_core.specs import CATALOGUE
+
+    labels = list(dict.fromkeys(labels))
+    return sorted(labels, key=lambda l: (list(PALETTE).index(l) if l in PALETTE else len(PALETTE),
+                                         _stable_index(l, list(CATALOGUE)), l))
+
+
+def impl_palette(labels):
+    """label -> colour for every implementation label: PALETTE's two, io_uring specs in related warm
+    hues, epoll specs in greens, external servers in greys and blues; stable across charts."""
+    from echo_core.specs import CATALOGUE
+
+    out = {}
+    for label in impl_order(labels):
+        if label in PALETTE:
+            out[label] = PALETTE[label]
+            continue
+        i = _stable_index(label, list(CATALOGUE))
+        colors = (URING_VARIANT_COLORS if label.startswith("uring") else
+                  EPOLL_VARIANT_COLORS if label.startswith("epoll") else OTHER_COLORS)
+        out[label] = colors[i % len(colors)]
+    return out
 MODE_LABELS = {"rr": "request-response (rr)", "stream": "streaming", "rate": "fixed rate"}
 HEATMAP_TITLE = "io_uring / epoll throughput ratio"
 
@@ -116,7 +155,7 @@ def _facets(data, y, title, ylabel, modes=None, style=None, log_y=False):
     grid = sns.relplot(data=data, kind="line", x="connections", y=y, hue="implementation", style=style,
                        col="mode", col_order=modes, row="payload", row_order=payloads,
                        estimator="median", errorbar=("ci", 95), seed=0, marker="o", markersize=6,
-                       palette=PALETTE, hue_order=[k for k in PALETTE if k in set(data["implementation"])],
+                       palette=impl_palette(data["implementation"]), hue_order=impl_order(data["implementation"]),
                        height=3.2 if len(modes) > 1 else 3.4, aspect=1.45 if len(modes) > 1 else 2.3, facet_kws={"sharey": False, "sharex": True, "margin_titles": False})
     for (payload, mode), ax in grid.axes_dict.items():
         ax.set_title(f"{MODE_LABELS.get(mode, mode)}, payload {_bytes_label(payload)}", fontsize=10)
@@ -263,19 +302,20 @@ def plot_latency_load(df):
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 3.9 * nrows), squeeze=False)
     knee_table = knees(curves)
+    colors = impl_palette(curves["implementation"])
     for ax, (payload, conns) in zip(axes.flat, panels):
         panel = curves[(curves["payload"] == payload) & (curves["connections"] == conns)]
         for impl, group in panel.groupby("implementation", sort=True):
             group = group.sort_values("offered_rate")
             for col, (label, style) in PERCENTILE_STYLES.items():
-                ax.plot(group["achieved"], group[col], ls=style, marker="o", ms=4, color=PALETTE.get(impl),
+                ax.plot(group["achieved"], group[col], ls=style, marker="o", ms=4, color=colors.get(impl),
                         label=f"{impl} {label}")
             knee = knee_table[(knee_table["impl"] == group["impl"].iloc[0]) & (knee_table["payload"] == payload)
                               & (knee_table["connections"] == conns)]["knee_achieved"]
             if len(knee) and np.isfinite(knee.iloc[0]):
-                ax.axvline(knee.iloc[0], color=PALETTE.get(impl), ls=":", lw=1.2)
+                ax.axvline(knee.iloc[0], color=colors.get(impl), ls=":", lw=1.2)
                 ax.annotate(f"knee {impl}", (knee.iloc[0], 0.97), xycoords=("data", "axes fraction"),
-                            rotation=90, va="top", ha="right", fontsize=7, color=PALETTE.get(impl))
+                            rotation=90, va="top", ha="right", fontsize=7, color=colors.get(impl))
         ax.set_yscale("log")
         ax.set_title(f"payload {_bytes_label(payload)}, {conns} connection{'s' if conns != 1 else ''}", fontsize=10)
         ax.set_xlabel("achieved throughput (requests / s)")
@@ -333,8 +373,8 @@ def plot_counters(df, counters=COUNTER_CHART):
     rows = [COUNTERS.get(c, c) for c in recorded]
     grid = sns.relplot(data=long, kind="line", x=x, y="per_msg", hue="implementation", style=style,
                        row="counter", row_order=rows, col="mode", col_order=modes, estimator="median",
-                       errorbar=None, marker="o", markersize=5, palette=PALETTE,
-                       hue_order=[k for k in PALETTE if k in set(long["implementation"])],
+                       errorbar=None, marker="o", markersize=5, palette=impl_palette(long["implementation"]),
+                       hue_order=impl_order(long["implementation"]),
                        height=3.0, aspect=1.6, facet_kws={"sharey": "row", "sharex": True})
     for (counter, mode), ax in grid.axes_dict.items():
         ax.set_title(f"{MODE_LABELS.get(mode, mode)}: {counter}", fontsize=10)
@@ -442,6 +482,23 @@ def bottleneck_table(df):
 
 def _closed(df):
     return df[df["mode"].isin(CLOSED_MODES)]
+
+
+def spec_ratio_table(df):
+    """Each spec / epoll per closed-loop cell (paired, echo_core.stats.spec_ratios): rows (spec, mode,
+    payload, connections) with the ratio, its CI, pairs and the server-CPU-per-message ratio.  With
+    only uring and epoll it holds ratio_table()'s ratios."""
+    r = spec_ratios(_closed(df))
+    if r.empty:
+        return r
+    r = r.assign(implementation=r["impl"].map(lambda i: IMPL_LABELS.get(i, i)))
+    cols = ["implementation", "mode", "payload", "connections", "numerator", "baseline", "ratio", "ratio_ci_low",
+            "ratio_ci_high", "n_pairs", "n_excluded", "cpu_ratio"]
+    out = r[cols].rename(columns={"numerator": "msgs/s", "baseline": "epoll msgs/s", "ratio": "ratio to epoll",
+                                  "ratio_ci_low": "95 % CI low", "ratio_ci_high": "95 % CI high",
+                                  "n_pairs": "pairs", "n_excluded": "runs excluded",
+                                  "cpu_ratio": "server CPU/msg ratio"})
+    return out.set_index(["mode", "payload", "connections", "implementation"]).sort_index()
 
 
 def ratio_table(df):

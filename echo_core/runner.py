@@ -6,6 +6,9 @@
 
 What a reader of the data can rely on:
 
+* Implementations are server specs (echo_core.specs): the ``impl`` column holds the canonical spec
+  ("uring", "epoll", "uring+mshot+bundle", ...).  A cell whose spec this kernel or build cannot run
+  is not run: its row says ``error`` "unsupported: <why>", valid False (and counts as skipped, not failed).
 * Order.  Repeat-major, implementations back to back within a cell, alternating their order between
   repeats (echo_core.grids.plan): drift hits both implementations alike.
 * Durability.  Each row is appended to ``<output_dir>/<name>.csv`` and flushed as soon as it is
@@ -35,7 +38,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from echo_core import counters, machine, stats, validity
+from echo_core import counters, machine, specs, stats, validity
 from echo_core.bench import run_benchmark
 from echo_core.grids import CELL, GRIDS, grid_params, offered_loads, plan
 from echo_core.load import MODES
@@ -61,10 +64,25 @@ def _positive_numbers(values, what):
             raise ValueError(f"{what} must be positive numbers, got {value!r}")
 
 
+def _canonical_impls(impls):
+    """The canonical specs of impls (exec:CMD unchanged); a spec listed twice (in any spelling) is refused."""
+    out = []
+    for impl in impls:
+        canon = check_impl(impl)
+        if canon in out:
+            raise ValueError(f"implementation {impl!r} is listed twice (as {canon!r})")
+        out.append(canon)
+    return out
+
+
 def _validate(impls, modes, payloads, connections, duration, repeats, warmup, warmup_max, rates,
-              load_fractions, arrivals, target_ci, max_repeats):
+              load_fractions, arrivals, target_ci, max_repeats, cells=None):
     for impl in impls:
         check_impl(impl)
+    if cells is not None:
+        for cell in cells:
+            if len(cell) != 3:
+                raise ValueError(f"a cell is (mode, payload, connections), got {cell!r}")
     for mode in modes:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -187,6 +205,11 @@ class _Capacity:
             best = math.nan
             for impl in self.impls:
                 rec = {"payload": payload, "connections": connections, "impl": impl}
+                why = specs.unsupported_reason(impl)
+                if why:
+                    self.runs.append({**rec, "msgs_per_s": math.nan, "valid": False,
+                                      "invalid_reason": f"unsupported: {why}"})
+                    continue
                 try:
                     row = self.bench(impl, "rr", payload, connections)
                     rec.update(msgs_per_s=row["msgs_per_s"], valid=row["valid"], invalid_reason=row["invalid_reason"])
@@ -206,7 +229,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
           arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
           server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
           host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None,
-          resume=False):
+          resume=False, cells=None):
     """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
 
     Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
@@ -217,37 +240,42 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     for a steady state up to that long.  ``target_ci``/``max_repeats``: adaptive repeats (see the module
     docstring).  ``on_row(row)`` is called after each row is written (raise from it to stop);
     ``on_error`` "record" keeps a failed run as a row with an ``error`` text, "raise" stops.
+    ``impls`` are server specs (echo_core.specs); ``cells`` (a list of (mode, payload, connections)) runs
+    those cells instead of the product of modes, payloads and connections (see echo_core.grids.plan).
     server_cpu, client_cpus, threads, window and host go to run_benchmark.  A misspelt keyword is a
     TypeError before any server starts.  ``resume=True`` continues the result set ``name`` (see
     resume_sweep): planned runs it already holds as valid rows are skipped, the rest are appended.
     """
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
-    impls, modes = list(impls), list(modes)
+    impls, modes = _canonical_impls(impls), list(modes)
+    cells = [(str(m), int(p), int(c)) for m, p, c in cells] if cells is not None else None
     payloads, connections = [int(p) for p in payloads], [int(c) for c in connections]
     rates = list(rates) if rates else None
     load_fractions = list(load_fractions) if load_fractions else None
     _validate(impls, modes, payloads, connections, duration, repeats, warmup, warmup_max, rates,
-              load_fractions, arrivals, target_ci, max_repeats)
+              load_fractions, arrivals, target_ci, max_repeats, cells)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_rows(output_dir, name) if resume else []
     name = name if resume else _unique_name(output_dir, name)
     csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
     done = {row_key(row) for row in previous if row["valid"]}
-    runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions)
+    runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions, cells=cells)
             if _plan_key(run) not in done]
     params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
               "duration": duration, "warmup": warmup, "warmup_max": warmup_max, "repeats": repeats,
               "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,
               "arrivals": arrivals, "target_ci": target_ci, "max_repeats": max_repeats,
-              "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
+              "cells": cells, "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
               "threads": threads, "window": window, "host": host, "on_error": on_error,
               "order": "repeat-major; impls alternate order between repeats", "runs_planned": len(runs),
               "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
             "finished_at": None, "elapsed_s": None, "rows": 0, "failed_runs": 0, "invalid_runs": 0,
             "parameters": params, "machine": machine.machine_info(features_file)}
+    # What each spec meant on this machine: its server options and, if it could not run here, why.
+    meta["specs"] = specs.describe(impls)
     # Why a set's kernel-counter columns are NaN, if they are (each row's counters_note says it too).
     meta["counters"] = counters.availability()
     if resume:
@@ -289,7 +317,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
         if target_ci is not None:
             meta["adaptive"] = _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
                                                  load_fractions, target_ci, max_repeats or repeats, bar, run_all,
-                                                 capacity)
+                                                 capacity, cells)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"
@@ -335,7 +363,7 @@ def row_key(row):
 #: The sweep() parameters a result set's metadata records and resume_sweep() passes back.
 RESUMABLE = ("impls", "modes", "payloads", "connections", "duration", "warmup", "warmup_max", "repeats", "rates",
              "load_fractions", "arrivals", "target_ci", "max_repeats", "server_options", "server_cpu",
-             "client_cpus", "threads", "window", "host", "on_error", "grid")
+             "client_cpus", "threads", "window", "host", "on_error", "grid", "cells")
 
 
 def resume_sweep(name, output_dir="data", progress=True, on_row=None):
@@ -358,12 +386,19 @@ def _offered(run, capacity):
     return round(value * cap, 1) if cap > 0 else math.nan
 
 
+class _Unsupported(Exception):
+    """A planned run whose spec this machine cannot run (its text is the reason)."""
+
+
 def _run_one(run, bench, capacity, on_error):
     """One planned run -> one row (measured, or with an error text)."""
     row = {"repeat": run["repeat"], "started_at": _now()}
     t_run = time.monotonic()
     offered, fraction, cap = math.nan, math.nan, math.nan
     try:
+        why = specs.unsupported_reason(run["impl"])
+        if why:
+            raise _Unsupported(why)
         if run["load"] is not None:
             offered = _offered(run, capacity)
             if run["load"][0] == "fraction":
@@ -375,6 +410,8 @@ def _run_one(run, bench, capacity, on_error):
         error = ""
     except (KeyboardInterrupt, SystemExit):
         raise
+    except _Unsupported as exc:  # skipped, not failed: recorded whatever on_error says
+        result, error = {}, f"unsupported: {exc}"
     except Exception as exc:  # noqa: BLE001 - recorded in the row, see the module docstring
         if on_error == "raise":
             raise
@@ -393,28 +430,38 @@ def _run_one(run, bench, capacity, on_error):
 
 
 def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates, load_fractions, target_ci,
-                      max_repeats, bar, run_all, capacity):
-    """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary."""
+                      max_repeats, bar, run_all, capacity, cells=None):
+    """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary.
+
+    Two implementations: the first over the second, as always.  More, with epoll among them: each spec
+    this machine can run over epoll (stats.spec_ratios), and a cell repeats while any of them is wide."""
     import pandas as pd
 
-    numerator, denominator = impls[0], impls[1]
+    many = len(impls) > 2 and stats.BASELINE in impls
+    numerator, denominator = ("each spec", stats.BASELINE) if many else (impls[0], impls[1])
+    runnable = [i for i in impls if not specs.unsupported_reason(i)]
     done = repeats
     while True:
-        table = stats.ratios(pd.DataFrame(rows), numerator=numerator, denominator=denominator)
+        if many:
+            df = pd.DataFrame(rows)
+            table = stats.spec_ratios(df[df["impl"].isin(runnable)])
+        else:
+            table = stats.ratios(pd.DataFrame(rows), numerator=numerator, denominator=denominator)
         wide = [rec for rec in table.to_dict("records") if stats.ci_halfwidth(rec) > target_ci]
         if not wide or done >= max_repeats:
             break
-        more = [run for run in plan(impls, modes, payloads, connections, 1, rates, load_fractions, first_repeat=done)
+        more = [run for run in plan(impls, modes, payloads, connections, 1, rates, load_fractions, first_repeat=done,
+                                    cells=cells)
                 if any(_same_cell(run, rec, capacity) for rec in wide)]
         bar.total += len(more)
         run_all(more)
         done += 1
-    cells = [{**{k: rec[k] for k in ("mode", "payload", "connections")},
-              "offered_rate": None if math.isnan(rec["offered_rate"]) else rec["offered_rate"],
-              "pairs": int(rec["n_pairs"]), "ci_halfwidth": stats.ci_halfwidth(rec),
-              "met": stats.ci_halfwidth(rec) <= target_ci} for rec in table.to_dict("records")]
+    summary = [{**({"impl": rec["impl"]} if many else {}), **{k: rec[k] for k in ("mode", "payload", "connections")},
+                "offered_rate": None if math.isnan(rec["offered_rate"]) else rec["offered_rate"],
+                "pairs": int(rec["n_pairs"]), "ci_halfwidth": stats.ci_halfwidth(rec),
+                "met": stats.ci_halfwidth(rec) <= target_ci} for rec in table.to_dict("records")]
     return {"target_ci": target_ci, "max_repeats": max_repeats, "repeats_run": done, "numerator": numerator,
-            "denominator": denominator, "cells": cells}
+            "denominator": denominator, "cells": summary}
 
 
 def _same_cell(run, rec, capacity):

@@ -16,6 +16,7 @@ import time
 from echo_core.native import check, ffi, lib, struct_to_dict
 from echo_core.stop import StopOnSignal
 
+#: The two base designs; any spec (echo_core.specs, e.g. "uring+mshot") names a variant of one of them.
 IMPLS = ("uring", "epoll")
 SERVE_FUNCS = {"uring": "ec_uring_serve", "epoll": "ec_epoll_serve"}
 #: An implementation spec "exec:CMD" runs CMD as an external server (see echo_core.external).
@@ -36,16 +37,20 @@ BIND_RETRY_S = 1.0
 
 
 def check_impl(impl):
-    """Raise ValueError (one clear line) unless impl is "uring", "epoll" or a well-formed "exec:CMD"."""
-    if isinstance(impl, str) and impl.startswith(EXEC_PREFIX):
-        from echo_core.external import parse_exec  # external imports this module
+    """Raise ValueError (one clear line) unless impl is a server spec (echo_core.specs: "uring",
+    "epoll", "uring+mshot", ...) or a well-formed "exec:CMD"; returns its canonical form."""
+    from echo_core import specs  # specs imports this module lazily
 
-        parse_exec(impl)
-        return impl
-    if impl not in IMPLS:
-        raise ValueError(f"unknown implementation {impl!r}; choose one of {', '.join(IMPLS)} "
-                         f"or {EXEC_PREFIX}CMD with {{port}} in CMD")
-    return impl
+    return specs.canonical(impl)
+
+
+def check_supported(impl):
+    """Raise OSError(EOPNOTSUPP), one line, when this kernel or build cannot run the spec."""
+    from echo_core import specs
+
+    why = specs.unsupported_reason(impl)
+    if why:
+        raise OSError(errno.EOPNOTSUPP, f"{specs.canonical(impl)} unsupported: {why}")
 
 
 def validate_address(host, port, cpu):
@@ -61,10 +66,17 @@ def validate_address(host, port, cpu):
 
 
 def validate(impl, host, port, cpu, options):
-    """Check arguments in Python so bad input never reaches C; returns the full option dict."""
+    """Check arguments in Python so bad input never reaches C; returns the full option dict.
+
+    impl is a spec (echo_core.specs); its tunables and features become server options, and an
+    explicit option that contradicts the spec is refused."""
+    from echo_core import specs
+
     check_impl(impl)
-    if impl not in IMPLS:
+    if specs.is_exec(impl):
         raise ValueError(f"{impl!r} is an external server: use make_server() or ExternalServer for it")
+    options = specs.merge_options(impl, options)
+    check_supported(impl)
     validate_address(host, port, cpu)
     unknown = set(options) - set(DEFAULT_OPTIONS)
     if unknown:
@@ -95,7 +107,8 @@ def check_max_conns(impl, max_conns, nofile):
 
 
 def make_server(impl, host="127.0.0.1", port=0, cpu=None, **options):
-    """A Server for "uring"/"epoll", an ExternalServer for "exec:CMD"; neither is started yet."""
+    """A Server for a spec ("uring", "epoll", "uring+mshot", ...), an ExternalServer for "exec:CMD";
+    neither is started yet."""
     check_impl(impl)
     if impl.startswith(EXEC_PREFIX):
         from echo_core.external import ExternalServer
@@ -124,6 +137,13 @@ def _format_addr(host, port):
 
 def _setup_hint(impl, err, opts):
     """A short why for the set-up failures one can actually do something about."""
+    from echo_core import specs
+
+    if err == errno.EOPNOTSUPP:
+        return " (the kernel refused a feature of this spec; see python -m echo_core impls)"
+    if err == errno.EINVAL and specs.parse(impl).features:
+        return " (the server refused this combination of features)"
+    impl = specs.parse(impl).base
     if impl == "uring" and err == errno.ENOMEM:
         total = opts["buf_count"] * opts["buf_size"]
         return f" (buf_count x buf_size = {total} bytes of receive buffers)"
@@ -184,7 +204,11 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
     stats_path names a file of ffi.sizeof("struct ec_server_stats") bytes that the counters are
     mapped into, so another process can read them while the server runs.
     """
+    from echo_core import specs
+
     opts = validate(impl, host, port, cpu, options)
+    impl = specs.canonical(impl)
+    base = specs.parse(impl).base
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("serve() must run on the main thread; use Server for anything else")
     if cpu is not None:
@@ -212,7 +236,7 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
             waiter = _ReadyWaiter(on_listening, host, port, lambda: os.write(stop._write, b"\0"))
             try:
                 cfg.ready_fd = waiter.write_fd
-                ret = getattr(lib, SERVE_FUNCS[impl])(listen_fd, stop.fd, cfg, stats)
+                ret = getattr(lib, SERVE_FUNCS[base])(listen_fd, stop.fd, cfg, stats)
             finally:
                 waiter.finish()
         if ret < 0 and not waiter.ready:
@@ -259,6 +283,7 @@ class Server(ServerProcess):
 
     def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, **options):
         self.options = validate(impl, host, port, cpu, options)
+        impl = check_impl(impl)  # the canonical spec
         self.impl, self.host, self.port, self.cpu = impl, host, port, cpu
         self.startup_timeout = startup_timeout
         self.proc = None

@@ -1,5 +1,5 @@
-"""Statistics over valid runs: medians with bootstrap CIs per cell, paired io_uring/epoll ratios,
-latency-vs-load curves from merged histograms.
+"""Statistics over valid runs: medians with bootstrap CIs per cell, paired io_uring/epoll ratios (and,
+for server specs, each spec / epoll: spec_ratios), latency-vs-load curves from merged histograms.
 
 * Point estimate: the median of the repeats.  Interval: a percentile bootstrap 95 % CI of the median
   (BOOTSTRAP_RESAMPLES resamples, fixed seed).  With 1 value the CI is NaN; with 2-3 the bootstrap
@@ -21,8 +21,28 @@ from echo_core.results import by_cell, valid_mask
 METRICS = ["msgs_per_s", "bytes_per_s", "p50_us", "p99_us", "server_cpu_us_per_msg"]
 #: How many bootstrap resamples summarize() and ratios() use.
 BOOTSTRAP_RESAMPLES = 2000
-#: Display names of the implementations in tables and charts.
+#: Display names of the implementations in tables and charts; any other spec is shown as its
+#: canonical string (impl_label).
 IMPL_LABELS = {"uring": "io_uring", "epoll": "epoll"}
+#: The implementation every other one is compared with.
+BASELINE = "epoll"
+
+
+def impl_label(impl):
+    """The legend label of an implementation: "io_uring" for uring, else the canonical spec itself."""
+    return IMPL_LABELS.get(impl, impl)
+
+
+def numerators(df, baseline=BASELINE):
+    """The implementations of a result set that have a paired ratio to the baseline: every impl but the
+    baseline, "uring" first, then in order of first appearance; none when the baseline is absent."""
+    if df.empty or "impl" not in df.columns:
+        return []
+    impls = list(dict.fromkeys(df["impl"]))
+    if baseline not in impls:
+        return []
+    others = [i for i in impls if i != baseline]
+    return sorted(others, key=lambda i: (i != "uring", others.index(i)))
 #: The cell of a ratio: CELL without the implementation.
 RATIO_CELL = [c for c in CELL if c != "impl"]
 #: Per-message kernel and server counters (runner columns; NaN where the kernel could not count, and
@@ -243,6 +263,27 @@ def ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll", leve
         rec["cpu_ratio"] = median(mine["cpu_ratio"])
         out.append(rec)
     return pd.DataFrame(out)
+
+
+def spec_ratios(df, metric="msgs_per_s", baseline=BASELINE, level=0.95):
+    """ratios() of every implementation against the baseline (epoll), stacked: one row per (impl, cell)
+    with columns impl, RATIO_CELL, numerator (its median), baseline (epoll's median), n_pairs,
+    n_excluded, ratio, ratio_ci_low, ratio_ci_high, cpu_ratio.  For a result set of uring and epoll
+    alone, its single impl's rows are ratios(df)'s."""
+    import pandas as pd
+
+    parts = []
+    for impl in numerators(df, baseline):
+        r = ratios(df, metric=metric, numerator=impl, denominator=baseline, level=level)
+        if r.empty:
+            continue
+        r = r.rename(columns={impl: "numerator", baseline: "baseline", f"n_{impl}": "n_numerator",
+                              f"n_{baseline}": "n_baseline"})
+        parts.append(r.assign(impl=impl))
+    if not parts:
+        return pd.DataFrame(columns=["impl"] + RATIO_CELL + ["ratio"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["impl"] + [c for c in out.columns if c != "impl"]]
 
 
 def ci_halfwidth(rec):

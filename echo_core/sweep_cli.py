@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from echo_core import results, stats
+from echo_core import results, specs, stats
 from echo_core.grids import GRIDS, count_runs, estimate_seconds, grid_params
 from echo_core.runner import resume_sweep, row_key, sweep
 
@@ -24,11 +24,25 @@ def _str_list(text):
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _spec_list(text):
+    """Comma-separated server specs (commas inside a spec's parentheses do not split), checked here so a
+    bad one is one line before anything runs."""
+    values = specs.split_list(text)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated server specs, got {text!r}")
+    for value in values:
+        try:
+            specs.canonical(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return values
+
+
 def add_sweep_arguments(parser):
     """Add the `sweep` subcommand's options to an argparse parser."""
     parser.add_argument("--grid", choices=sorted(GRIDS), default="quick",
                         help="named grid (default quick: ~2 minutes; seed: the seed study's grid, ~30 minutes; "
-                             "latency: open-loop latency vs offered load)")
+                             "latency: open-loop latency vs offered load; ablation: io_uring features vs epoll)")
     parser.add_argument("--output-dir", default="data", help="where the CSV, JSON and charts go (default data)")
     parser.add_argument("--name", default=None, help="result set name (default sweep-YYYYmmdd-HHMMSS)")
     parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default: the grid's)")
@@ -36,7 +50,8 @@ def add_sweep_arguments(parser):
     parser.add_argument("--warmup-max", type=float, default=None,
                         help="wait up to this long for a steady state before measuring (default: the grid's)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default: the grid's)")
-    parser.add_argument("--impls", type=_str_list, default=None, help="override the grid's implementations, e.g. uring,epoll")
+    parser.add_argument("--impls", type=_spec_list, default=None,
+                        help="override the grid's implementations (server specs), e.g. uring,epoll,uring+mshot")
     parser.add_argument("--modes", type=_str_list, default=None, help="override the grid's modes, e.g. rr,stream,rate")
     parser.add_argument("--payloads", type=_list(int, "integers"), default=None,
                         help="override the grid's payloads (bytes), e.g. 512,4096")
@@ -51,8 +66,8 @@ def add_sweep_arguments(parser):
     parser.add_argument("--arrivals", choices=("poisson", "uniform"), default=None,
                         help="rate mode: inter-arrival times (default poisson)")
     parser.add_argument("--target-ci", type=float, default=None,
-                        help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width is below this "
-                             "fraction (e.g. 0.03), up to --max-repeats")
+                        help="repeat cells until the io_uring/epoll ratio's 95%% CI half-width (with more specs: "
+                             "every spec/epoll ratio's) is below this fraction (e.g. 0.03), up to --max-repeats")
     parser.add_argument("--max-repeats", type=int, default=None, help="with --target-ci: at most this many repeats")
     parser.add_argument("--resume", metavar="NAME", default=None,
                         help="continue the interrupted result set NAME in --output-dir with the parameters it "
@@ -110,22 +125,33 @@ def sweep_command(args):
         paths = report.save_charts(df, Path(df.attrs["csv"]).parent, df.attrs["name"])
         for path in paths.values():
             print(f"chart:    {path}")
-    table = stats.ratios(df) if {"uring", "epoll"} <= set(df["impl"]) else []
+    for numerator in stats.numerators(df):
+        _print_ratios(df, numerator)
+    print(results.excluded_note(df))
+    # Failed or corrupt runs count unless a resumed sweep has since recorded the same run valid; cells
+    # whose spec this machine cannot run were skipped, which is not a failure.
+    redone = {row_key(row) for row in results.valid_rows(df).to_dict("records")}
+    invalid = [row for row in results.excluded_rows(df).to_dict("records") if row_key(row) not in redone]
+    broken = [r["invalid_reason"] for r in invalid
+              if any(not part.startswith(("unsteady", "unsupported")) for part in r["invalid_reason"].split("; "))]
+    skipped = sorted({f"{r['impl']} ({r['invalid_reason']})" for r in invalid
+                      if r["invalid_reason"].startswith("unsupported")})
+    if skipped:
+        print(f"skipped (this machine cannot run them): {'; '.join(skipped)}")
+    if broken:
+        print(f"warning: {len(broken)} run(s) failed, e.g. {broken[0]}")
+        return 1
+    return 0
+
+
+def _print_ratios(df, numerator):
+    """The paired numerator / epoll table, one line per cell."""
+    table = stats.ratios(df, numerator=numerator, denominator="epoll")
     if len(table):
-        print("io_uring / epoll (median of paired per-repeat msgs/s ratios, 95 % CI):")
+        print(f"{stats.impl_label(numerator)} / epoll (median of paired per-repeat msgs/s ratios, 95 % CI):")
         for rec in table.to_dict("records"):
             ci = f" [{rec['ratio_ci_low']:.2f}, {rec['ratio_ci_high']:.2f}]" if rec["ratio_ci_low"] == rec["ratio_ci_low"] else ""
             load = f" at {rec['offered_rate']:,.0f}/s" if rec["offered_rate"] == rec["offered_rate"] else ""
             excluded = f"  ({rec['n_excluded']} run(s) excluded)" if rec["n_excluded"] else ""
             print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns{load}  "
                   f"{rec['ratio']:.2f}{ci}{excluded}")
-    print(results.excluded_note(df))
-    # Failed or corrupt runs count unless a resumed sweep has since recorded the same run valid.
-    redone = {row_key(row) for row in results.valid_rows(df).to_dict("records")}
-    invalid = [row for row in results.excluded_rows(df).to_dict("records") if row_key(row) not in redone]
-    broken = [r["invalid_reason"] for r in invalid
-              if any(not part.startswith("unsteady") for part in r["invalid_reason"].split("; "))]
-    if broken:
-        print(f"warning: {len(broken)} run(s) failed, e.g. {broken[0]}")
-        return 1
-    return 0

@@ -39,6 +39,8 @@ def reasons(row):
     """Why a row (a dict of one run) is not a valid measurement: a list of short texts, empty if valid."""
     out = []
     error = row.get("error")
+    if isinstance(error, str) and error.startswith("unsupported: "):
+        return [error[:200]]  # a spec this machine cannot run: skipped, not failed (echo_core.runner)
     if isinstance(error, str) and error:
         return [f"error: {error[:200]}"]
     if row.get("interrupted") in (True, "True", "true", 1):

@@ -57,6 +57,18 @@ def impl(request):
     return request.param
 
 
+@pytest.fixture(params=__import__("echo_core.specs").specs.CATALOGUE)
+def spec(request):
+    """Each server spec `python -m echo_core impls` lists; the ones this machine cannot run skip, saying why
+    (a suite that takes this fixture instead of `impl` runs over every supported variant)."""
+    from echo_core import specs
+
+    why = specs.unsupported_reason(request.param)
+    if why:
+        pytest.skip(f"{request.param} unsupported: {why}")
+    return request.param
+
+
 @pytest.fixture
 def start_server(impl):
     """Factory: start_server(**options) -> a running echo_core.Server of the parametrized impl."""

@@ -81,7 +81,8 @@ def test_ipv6_loopback(impl):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--impl", "kqueue"], "invalid choice"),
+    (["--impl", "kqueue"], "unknown implementation"),
+    (["--impl", "uring+bundle"], "bundle needs mshot"),
     (["--impl", "uring", "--port", "70000"], "port"),
     (["--impl", "epoll", "--port", "-1"], "port"),
     (["--impl", "uring", "--port", "abc"], "invalid int"),
