@@ -17,28 +17,11 @@ REFERENCE = "uring"
 CELL = [c for c in stats.RATIO_CELL]
 
 
-def _specs(df, baseline=BASELINE):
-    """The io_uring specs of a result set, the seed's design first, then in order of appearance."""
-    specs = [s for s in dict.fromkeys(df["impl"]) if s != baseline and not str(s).startswith("exec:")]
-    return sorted(specs, key=lambda s: (s != REFERENCE, specs.index(s)))
-
-
 def spec_ratios(df, baseline=BASELINE, level=0.95):
-    """Per cell and spec: throughput ratio to the baseline (median of paired per-repeat ratios, with
-    its bootstrap CI), server CPU per message ratio, and the runs behind them.  One row per (cell, spec)."""
-    import pandas as pd
-
-    frames = []
-    for spec in _specs(df, baseline):
-        r = stats.ratios(df, "msgs_per_s", numerator=spec, denominator=baseline, level=level)
-        if r.empty:
-            continue
-        frames.append(r.rename(columns={spec: "spec_msgs_per_s", baseline: "baseline_msgs_per_s",
-                                        f"n_{spec}": "n_spec", f"n_{baseline}": "n_baseline"}).assign(impl=spec))
-    if not frames:
-        return pd.DataFrame(columns=CELL + ["impl", "ratio", "ratio_ci_low", "ratio_ci_high", "cpu_ratio"])
-    out = pd.concat(frames, ignore_index=True)
-    return out[out["n_pairs"] > 0].reset_index(drop=True)
+    """Per cell and spec with at least one pair: echo_core.stats.spec_ratios (throughput ratio to the
+    baseline with its bootstrap CI, server CPU per message ratio, runs behind them)."""
+    r = stats.spec_ratios(df, baseline=baseline, level=level)
+    return r[r["n_pairs"] > 0].reset_index(drop=True) if "n_pairs" in r else r
 
 
 def best_per_cell(df, baseline=BASELINE):
@@ -112,7 +95,7 @@ def plot_spec_ratios(df, baseline=BASELINE):
         return fig
     r = r.assign(cell=[_cell_label(rec) for rec in r.to_dict("records")])
     cells = list(dict.fromkeys(r.sort_values(["mode", "payload", "connections"])["cell"]))
-    specs = _specs(df, baseline)
+    specs = stats.numerators(df, baseline)
     cols = min(3, len(cells))
     rows = math.ceil(len(cells) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 0.38 * len(specs) * rows + 1.6 * rows), squeeze=False,
