@@ -18,7 +18,9 @@ to its default omitted, base tunables on the base: ``uring+inc(buf_count=64)`` i
 measured before specs existed stay comparable.
 
 Refused combinations (ValueError, one line, before any process starts; the C server returns -EINVAL
-for the same): ``bundle`` needs ``mshot``; ``connbuf`` excludes ``bundle`` and ``inc``; ``epoll`` takes
+for the same): ``bundle`` needs ``mshot`` and excludes ``inc``; ``connbuf`` excludes ``mshot``, ``bundle``,
+``inc`` and ``zc`` (it has no provided buffers, and its next recv would overwrite bytes a zero-copy
+send may still be reading); ``epoll`` takes
 no features, only its tunables ``budget`` and ``buf_size``.  A feature this kernel (or this build of
 the C core) cannot run is not a parse error: unsupported_reason(spec) says why, and a sweep records
 such cells as skipped.
@@ -119,7 +121,7 @@ ABLATION_SPECS = (
     "uring+connbuf",
     "uring+mshot",
     "uring+mshot+bundle",
-    "uring+mshot+bundle+inc",
+    "uring+mshot+inc",
     "uring+mshot+batch",
     "uring+mshot+bundle+batch",
     "uring+pollfirst",
@@ -296,11 +298,13 @@ def parse(text):
                 raise ValueError(f"{feat} has no tunable {name!r} (tunables here: {', '.join(own)})")
     if "bundle" in features and "mshot" not in features:
         raise ValueError(f"{spec_text!r}: bundle needs mshot (e.g. uring+mshot+bundle)")
+    if "bundle" in features and "inc" in features:
+        raise ValueError(f"{spec_text!r}: bundle excludes inc (a bundle takes whole buffers)")
     if "connbuf" in features:
-        clash = [f for f in ("bundle", "inc") if f in features]
+        clash = [f for f in ("mshot", "bundle", "inc", "zc") if f in features]
         if clash:
             raise ValueError(f"{spec_text!r}: connbuf excludes {' and '.join(clash)} "
-                             "(connbuf uses no provided buffers)")
+                             "(connbuf has no provided buffers, and its next recv would overwrite a zero-copy send)")
     order = list(FEATURES)
     features.sort(key=order.index)
     kept = []
