@@ -18,6 +18,8 @@
 
 #include "uring_core.h"
 
+#define IDLE_WAIT_S 1	/* min-wait mode: an idle server wakes up this often */
+
 /* Publish the SQEs queued since the last flush; returns how many the kernel has yet to consume. */
 static unsigned flush_sq(struct io_uring *ring)
 {
@@ -49,8 +51,11 @@ int batch_wait(struct server *s, int block)
 	arg.sigmask = 0;
 	arg.sigmask_sz = _NSIG / 8;
 	if (s->min_timeout) {
+		/* The kernel applies min_wait only together with a timeout: a long one. */
+		ts.tv_sec = IDLE_WAIT_S;
+		ts.tv_nsec = 0;
 		arg.min_wait_usec = s->batch_wait_us;
-		arg.ts = 0;	/* no timeout for the first completion */
+		arg.ts = (uint64_t)(uintptr_t)&ts;
 	} else {
 		ts.tv_sec = s->batch_wait_us / 1000000;
 		ts.tv_nsec = (long long)(s->batch_wait_us % 1000000) * 1000;
