@@ -318,7 +318,7 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
     try:
         cfg = ffi.new("struct ec_server_config *", dict(buf_size=4096, buf_count=16, ring_entries=64,
                                                        epoll_budget=4, ready_fd=-1,
-                                                       sqpoll_cpu=-1, **variant_opts))
+                                                       **{"sqpoll_cpu": -1, **variant_opts}))
         stats = ffi.new("struct ec_server_stats *")
         serve = getattr(lib, f"ec_{impl}_serve")
         for max_conns in (min(soft, lib.EC_MAX_CONNS) + 1, 2**31 - 1, 2**32 - 1):

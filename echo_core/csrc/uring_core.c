@@ -44,6 +44,13 @@ struct io_uring_sqe *get_sqe(struct server *s)
 	int tries, ret;
 
 	for (tries = 0; !sqe && tries < SUBMIT_TRIES; tries++) {
+		if (s->ring.flags & IORING_SETUP_SQPOLL) {
+			/* sqpoll: the SQ thread frees entries as it submits them; wait for one. */
+			ret = io_uring_sqring_wait(&s->ring);
+			s->stats->wait_calls++;
+			sqe = io_uring_get_sqe(&s->ring);
+			continue;
+		}
 		ret = io_uring_submit(&s->ring);
 		s->stats->wait_calls++;
 		if (ret == -EBUSY || ret == -EAGAIN)
