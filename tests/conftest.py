@@ -41,7 +41,7 @@ FEAT = {"mshot": 1, "bundle": 2, "inc": 4, "connbuf": 8, "batch": 16, "pollfirst
         "sqpoll": 128, "napi": 256}
 URING_VARIANTS = ("uring+connbuf", "uring+pollfirst", "uring+batch", "uring+inc", "uring+mshot",
                   "uring+mshot+bundle", "uring+mshot+inc", "uring+mshot+bundle+batch+pollfirst",
-                  "uring+sqpoll", "uring+napi")
+                  "uring+zc", "uring+mshot+zc", "uring+sqpoll", "uring+napi")
 #: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).
 ALL_IMPLS = echo_core.IMPLS + (URING_VARIANTS if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0"
                                else ())

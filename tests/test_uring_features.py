@@ -18,7 +18,7 @@ from echo_core.native import ffi, lib
 pytestmark = pytest.mark.skipif(IO_URING_REFUSED is not None, reason=str(IO_URING_REFUSED))
 
 PROVIDED = ["uring", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"]
-VARIANTS = PROVIDED + ["uring+connbuf", "uring+pollfirst", "uring+batch",
+VARIANTS = PROVIDED + ["uring+connbuf", "uring+pollfirst", "uring+batch", "uring+zc", "uring+mshot+zc",
                        "uring+mshot+bundle+batch+pollfirst"]
 
 
@@ -73,7 +73,7 @@ def _serve_directly(func, features, **fields):
     0x8 | 0x4,    # connbuf with inc
     0x1 | 0x2 | 0x8,
     0x1 | 0x2 | 0x4,  # bundle with inc
-    0x40,         # zc: not implemented yet
+    0x40 | 0x8,   # zc with connbuf
 ])
 def test_impossible_combinations_are_refused_with_einval(features):
     assert _serve_directly(lib.ec_uring_serve, features) == -errno.EINVAL
@@ -84,7 +84,7 @@ def test_epoll_refuses_any_feature(features):
     assert _serve_directly(lib.ec_epoll_serve, features) == -errno.EINVAL
 
 
-@pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x100,
+@pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100,
                                       0x1 | 0x2 | 0x10 | 0x20])
 def test_supported_combinations_start_and_stop(features):
     assert _serve_directly(lib.ec_uring_serve, features) in (0, -errno.EOPNOTSUPP)

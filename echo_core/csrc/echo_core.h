@@ -29,7 +29,8 @@
  * ec_uring_serve returns -EINVAL for unknown bits and for these combinations:
  *   BUNDLE without MSHOT; CONNBUF with MSHOT, BUNDLE or INC (no provided
  *   buffers to bundle or consume incrementally); BUNDLE with INC;
- *   ZC (not implemented yet).
+ *   ZC with CONNBUF (the next recv would overwrite bytes a zero-copy send
+ *   may still be reading).
  * It returns -EOPNOTSUPP, before "ready", when the kernel refuses a feature at
  * set-up (BUNDLE without IORING_FEAT_RECVSEND_BUNDLE, INC, SQPOLL, NAPI).
  * POLLFIRST and BATCH combine with every strategy (single, MSHOT, CONNBUF).

@@ -366,8 +366,8 @@ static int check_features(uint32_t f)
 		return -EINVAL;
 	if ((f & EC_FEAT_BUNDLE) && (f & EC_FEAT_INC))
 		return -EINVAL;
-	if (f & EC_FEAT_ZC)
-		return -EINVAL;	/* not implemented yet */
+	if ((f & EC_FEAT_ZC) && (f & EC_FEAT_CONNBUF))
+		return -EINVAL;	/* the next recv would overwrite bytes the kernel may still send */
 	return 0;
 }
 
@@ -393,6 +393,7 @@ static void teardown(struct server *s, int ring_up)
 {
 	if (s->strat->teardown)
 		s->strat->teardown(s);
+	teardown_send(s);
 	if (ring_up)
 		io_uring_queue_exit(&s->ring);
 	bufring_free(&s->br);
@@ -546,6 +547,8 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 		ret = setup_napi(&s);
 	if (!ret)
 		ret = s.strat->setup(&s);
+	if (!ret)
+		ret = setup_send(&s);
 	if (!ret)
 		ret = arm_first(&s);
 	if (!ret) {

@@ -107,6 +107,13 @@ struct server {
 	uint16_t recv_ioprio;     /* IORING_RECVSEND_POLL_FIRST (pollfirst) */
 	int min_timeout;          /* batch: the kernel has IORING_FEAT_MIN_TIMEOUT */
 	int mshot_limit;          /* mshot: the kernel caps a multishot recv's bytes (6.17) */
+	/* the send unit (uring_zc.c): plain send or send_zc */
+	void (*prep_send)(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
+			  const void *buf, uint32_t len);
+	void (*put_buf)(struct server *s, uint16_t bid);  /* a buffer's bytes are echoed */
+	handler_fn send_done;     /* zc: the strategy's send handler, behind the notification filter */
+	uint32_t *zc_notifs;      /* zc: notifications outstanding per buffer */
+	uint32_t *zc_held;        /* zc: puts held back until they arrive */
 	/* strategy state */
 	unsigned char **connbuf;  /* connbuf: each connection's own buffer */
 	struct seg *segs;         /* mshot: send-queue entries */
@@ -125,5 +132,7 @@ void defer(struct server *s, uint32_t idx);
 void arm_close(struct server *s, uint32_t idx);
 void starve(struct server *s, uint32_t idx);
 int batch_wait(struct server *s, int block);
+int setup_send(struct server *s);
+void teardown_send(struct server *s);
 
 #endif

@@ -77,7 +77,7 @@ static uint32_t seg_alloc(struct server *s)
 
 static void seg_release(struct server *s, uint32_t i)
 {
-	bufring_put(&s->br, s->segs[i].bid);
+	s->put_buf(s, s->segs[i].bid);
 	s->segs[i].next = s->segs_free;
 	s->segs_free = i;
 }
@@ -191,10 +191,8 @@ static void arm_send(struct server *s, uint32_t idx)
 		want(s, idx, CF_W_SEND);
 		return;
 	}
-	io_uring_prep_send(sqe, idx, bufring_addr(&s->br, g->bid) + g->off + g->sent, g->len - g->sent,
-			   MSG_NOSIGNAL);
-	sqe->flags |= IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+	s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,
+		     g->len - g->sent);
 	s->stats->send_calls++;
 }
 

@@ -40,9 +40,7 @@ static void arm_send(struct server *s, uint32_t idx)
 		defer(s, idx);
 		return;
 	}
-	io_uring_prep_send(sqe, idx, buf + c->sent, c->len - c->sent, MSG_NOSIGNAL);
-	sqe->flags |= IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+	s->prep_send(s, sqe, idx, c->bid, buf + c->sent, c->len - c->sent);
 	s->stats->send_calls++;
 }
 
@@ -103,7 +101,7 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 
 	if (cqe->res < 0) {
 		s->stats->conn_errors++;
-		bufring_put(&s->br, c->bid);
+		s->put_buf(s, c->bid);
 		arm_close(s, idx);
 		return;
 	}
@@ -114,7 +112,7 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 		arm_send(s, idx);
 		return;
 	}
-	bufring_put(&s->br, c->bid);
+	s->put_buf(s, c->bid);
 	arm_recv(s, idx);
 }
 
