@@ -72,6 +72,7 @@ struct strategy {
 };
 
 struct seg;
+struct gather;
 
 struct server {
 	struct io_uring ring;
@@ -117,6 +118,7 @@ struct server {
 	/* strategy state */
 	unsigned char **connbuf;  /* connbuf: each connection's own buffer */
 	struct seg *segs;         /* mshot: send-queue entries */
+	struct gather **gathers;  /* mshot+bundle: each connection's sendmsg area */
 	uint32_t segs_cap, segs_free;
 };
 

@@ -25,6 +25,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "net.h"
@@ -43,6 +44,12 @@
 #define CF_W_CANCEL 0x400u
 
 #define NONE UINT32_MAX
+#define GATHER_MAX 16	/* bundle: segments one gathered send takes at most */
+
+struct gather {
+	struct msghdr msg;
+	struct iovec iov[GATHER_MAX];
+};
 
 struct seg {
 	uint32_t next;
@@ -133,6 +140,8 @@ static void drop_queue(struct server *s, struct conn *c)
 
 /* ----------------------------------------------------------- operations */
 
+static void fail(struct server *s, uint32_t idx);
+
 static void want(struct server *s, uint32_t idx, uint32_t w)
 {
 	struct conn *c = &s->conns[idx];
@@ -180,6 +189,40 @@ static void arm_recv(struct server *s, uint32_t idx)
 	s->stats->recv_calls++;
 }
 
+/*
+ * bundle: send up to GATHER_MAX queued segments in one sendmsg (a send
+ * bundle of our own: the kernel's needs the buffers in a per-connection
+ * buffer ring).  The kernel copies msghdr and iovec when it takes the SQE,
+ * and the connection's gather area is rewritten only for its next send.
+ */
+static int prep_gather(struct server *s, struct io_uring_sqe *sqe, uint32_t idx)
+{
+	struct conn *c = &s->conns[idx];
+	struct gather *gt = s->gathers[idx];
+	uint32_t i, n = 0;
+
+	if (!gt) {
+		gt = s->gathers[idx] = calloc(1, sizeof(*gt));
+		if (!gt)
+			return -ENOMEM;
+	}
+	c->sent = 0;
+	for (i = c->qhead; i != NONE && n < GATHER_MAX; i = s->segs[i].next, n++) {
+		const struct seg *g = &s->segs[i];
+
+		gt->iov[n].iov_base = bufring_addr(&s->br, g->bid) + g->off + g->sent;
+		gt->iov[n].iov_len = g->len - g->sent;
+		c->sent += g->len - g->sent;
+	}
+	memset(&gt->msg, 0, sizeof(gt->msg));
+	gt->msg.msg_iov = gt->iov;
+	gt->msg.msg_iovlen = n;
+	io_uring_prep_sendmsg(sqe, idx, &gt->msg, MSG_NOSIGNAL);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+	return 0;
+}
+
 static void arm_send(struct server *s, uint32_t idx)
 {
 	struct conn *c = &s->conns[idx];
@@ -191,6 +234,18 @@ static void arm_send(struct server *s, uint32_t idx)
 		want(s, idx, CF_W_SEND);
 		return;
 	}
+	if (s->gathers && c->qlen > 1) {
+		if (prep_gather(s, sqe, idx)) {
+			io_uring_prep_nop(sqe);	/* the SQE is taken: make it harmless */
+			io_uring_sqe_set_data64(sqe, 0);
+			c->flags &= ~CF_SEND;
+			fail(s, idx);
+			return;
+		}
+		s->stats->send_calls++;
+		return;
+	}
+	c->sent = g->len - g->sent;
 	s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,
 		     g->len - g->sent);
 	s->stats->send_calls++;
@@ -223,6 +278,10 @@ static void maybe_close(struct server *s, uint32_t idx)
 		return;
 	if ((c->flags & CF_ERROR) || ((c->flags & CF_EOF) && !c->qlen)) {
 		drop_queue(s, c);
+		if (s->gathers) {
+			free(s->gathers[idx]);
+			s->gathers[idx] = NULL;
+		}
 		c->flags = 0;
 		arm_close(s, idx);
 	}
@@ -324,10 +383,11 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	fail(s, idx);
 }
 
+/* A send (of one segment, or gathered from several) completed: res bytes off the queue's head. */
 static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
-	struct seg *g = &s->segs[c->qhead];
+	uint32_t done;
 
 	c->flags &= ~CF_SEND;
 	if (cqe->res < 0 || (c->flags & CF_ERROR)) {
@@ -336,14 +396,21 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 		fail(s, idx);
 		return;
 	}
-	s->stats->bytes_out += (uint64_t)cqe->res;
-	g->sent += (uint32_t)cqe->res;
-	if (g->sent < g->len) {
+	done = (uint32_t)cqe->res;
+	s->stats->bytes_out += done;
+	if (done < c->sent)
 		s->stats->short_sends++;
-		arm_send(s, idx);
-		return;
+	while (done) {
+		struct seg *g = &s->segs[c->qhead];
+		uint32_t rest = g->len - g->sent;
+
+		if (done < rest) {
+			g->sent += done;
+			break;
+		}
+		done -= rest;
+		pop(s, c);
 	}
-	pop(s, c);
 	if (c->qlen)
 		arm_send(s, idx);
 	if ((c->flags & CF_PAUSED) && c->qlen <= s->mshot_budget / 2) {
@@ -413,6 +480,12 @@ static int setup(struct server *s)
 	s->handlers[OP_SEND] = on_send;
 	s->handlers[OP_CANCEL] = on_cancel;
 	s->segs_free = NONE;
+	/* Gathered sends with bundles; not with send_zc (its notifications gate one buffer each). */
+	if ((s->features & EC_FEAT_BUNDLE) && !(s->features & EC_FEAT_ZC)) {
+		s->gathers = calloc(s->max_conns, sizeof(*s->gathers));
+		if (!s->gathers)
+			return -ENOMEM;
+	}
 	s->br.bgid = BUF_GROUP;
 	return bufring_setup(&s->ring, &s->br, s->buf_count, s->buf_size,
 			     !!(s->features & EC_FEAT_INC), !!(s->features & EC_FEAT_BUNDLE));
@@ -420,8 +493,16 @@ static int setup(struct server *s)
 
 static void teardown(struct server *s)
 {
+	uint32_t i;
+
 	free(s->segs);
 	s->segs = NULL;
+	if (s->gathers) {
+		for (i = 0; i < s->max_conns; i++)
+			free(s->gathers[i]);
+		free(s->gathers);
+		s->gathers = NULL;
+	}
 }
 
 const struct strategy echo_mshot = {
