@@ -73,15 +73,21 @@ def variant_refused(name):
     return _VARIANT_REFUSED[name]
 
 
-@pytest.fixture(params=ALL_IMPLS)
-def impl(request):
-    """Each server implementation; io_uring tests skip, saying why, where the kernel refuses io_uring
-    (or the variant's feature)."""
-    if request.param.startswith("uring") and IO_URING_REFUSED:
+def impl_param(name):
+    """The impl fixture's value: skips, saying why, where the kernel refuses io_uring (or the
+    variant's feature)."""
+    if name.startswith("uring") and IO_URING_REFUSED:
         pytest.skip(IO_URING_REFUSED)
-    if "+" in request.param and variant_refused(request.param):
-        pytest.skip(variant_refused(request.param))
-    return request.param
+    if "+" in name and variant_refused(name):
+        pytest.skip(variant_refused(name))
+    return name
+
+
+@pytest.fixture(params=echo_core.IMPLS)
+def impl(request):
+    """Each server implementation (uring, epoll).  The robustness suites (test_servers.py,
+    test_chaos.py) override it with ALL_IMPLS, the io_uring variants included."""
+    return impl_param(request.param)
 
 
 @pytest.fixture

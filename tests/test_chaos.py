@@ -8,12 +8,18 @@ import sys
 import pytest
 
 import echo_core
-from conftest import split_impl
+from conftest import ALL_IMPLS, impl_param, split_impl
 from echo_core import chaos
 
 SERVER_CPU = max(os.sched_getaffinity(0))
 FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
 CHAOS = [sys.executable, "-m", "echo_core", "chaos"]
+
+
+@pytest.fixture(params=ALL_IMPLS)
+def impl(request):
+    """Every server: uring, epoll and the io_uring variants (conftest.URING_VARIANTS)."""
+    return impl_param(request.param)
 
 
 def faulty(fault, *extra):

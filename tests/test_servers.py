@@ -9,7 +9,14 @@ import time
 
 import pytest
 
+from conftest import ALL_IMPLS, impl_param
 from echo_client import (connect, distinct_payload, echo_all, recv_exact, recv_to_eof, rss_kib)
+
+
+@pytest.fixture(params=ALL_IMPLS)
+def impl(request):
+    """Every server: uring, epoll and the io_uring variants (conftest.URING_VARIANTS)."""
+    return impl_param(request.param)
 
 
 class Worker(threading.Thread):
