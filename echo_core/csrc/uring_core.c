@@ -267,6 +267,31 @@ static int kernel_at_least(int major, int minor)
 	return ma > major || (ma == major && mi >= minor);
 }
 
+/*
+ * Refuse at set-up, not at the first completion, what this kernel would
+ * refuse later: multishot recv (6.0), bundles (IORING_FEAT_RECVSEND_BUNDLE,
+ * 6.10), send_zc (the opcode), a batched wait's extended argument (5.11).
+ */
+static int kernel_has_features(struct server *s, uint32_t ring_features)
+{
+	struct io_uring_probe *probe;
+	int ok = 1;
+
+	if ((s->features & EC_FEAT_MSHOT) && !kernel_at_least(6, 0))
+		ok = 0;
+	if ((s->features & EC_FEAT_BUNDLE) && !(ring_features & IORING_FEAT_RECVSEND_BUNDLE))
+		ok = 0;
+	if ((s->features & EC_FEAT_BATCH) && !(ring_features & IORING_FEAT_EXT_ARG))
+		ok = 0;
+	if (ok && (s->features & EC_FEAT_ZC)) {
+		probe = io_uring_get_probe_ring(&s->ring);
+		ok = probe && io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
+		if (probe)
+			io_uring_free_probe(probe);
+	}
+	return ok;
+}
+
 /* Set up the ring; features add SQPOLL (no DEFER_TASKRUN then) and NAPI. */
 static int setup_ring(struct server *s, uint32_t entries)
 {
@@ -316,7 +341,7 @@ static int setup_ring(struct server *s, uint32_t entries)
 	}
 	s->min_timeout = !!(p.features & IORING_FEAT_MIN_TIMEOUT);
 	s->mshot_limit = kernel_at_least(6, 17);
-	if ((s->features & EC_FEAT_BUNDLE) && !(p.features & IORING_FEAT_RECVSEND_BUNDLE)) {
+	if (!kernel_has_features(s, p.features)) {
 		io_uring_queue_exit(&s->ring);
 		return -EOPNOTSUPP;
 	}
@@ -391,11 +416,12 @@ static int check_config(const struct ec_server_config *cfg)
 
 static void teardown(struct server *s, int ring_up)
 {
+	/* The ring first: its exit cancels what is in flight, which may still point into buffers. */
+	if (ring_up)
+		io_uring_queue_exit(&s->ring);
 	if (s->strat->teardown)
 		s->strat->teardown(s);
 	teardown_send(s);
-	if (ring_up)
-		io_uring_queue_exit(&s->ring);
 	bufring_free(&s->br);
 	free(s->conns);
 	free(s->starved);
