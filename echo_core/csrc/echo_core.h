@@ -31,9 +31,17 @@
  *   buffers to bundle or consume incrementally); BUNDLE with INC;
  *   ZC with CONNBUF (the next recv would overwrite bytes a zero-copy send
  *   may still be reading).
- * It returns -EOPNOTSUPP, before "ready", when the kernel refuses a feature at
- * set-up (BUNDLE without IORING_FEAT_RECVSEND_BUNDLE, INC, SQPOLL, NAPI).
- * POLLFIRST and BATCH combine with every strategy (single, MSHOT, CONNBUF).
+ * It returns -EOPNOTSUPP, before "ready", when the kernel lacks a feature:
+ * MSHOT before 6.0, BUNDLE without IORING_FEAT_RECVSEND_BUNDLE (6.10), INC
+ * (buffer-ring registration refused, before 6.12), ZC without the SEND_ZC
+ * opcode, BATCH without IORING_FEAT_EXT_ARG, SQPOLL or NAPI refused.
+ * POLLFIRST, BATCH, SQPOLL, NAPI combine with every strategy (single, MSHOT,
+ * CONNBUF); INC and ZC with single and MSHOT.  BATCH waits with
+ * min_wait_usec = batch_wait_us where the kernel has IORING_FEAT_MIN_TIMEOUT
+ * (6.12), else with wait_nr = batch_nr and a batch_wait_us timeout.  MSHOT
+ * caps each multishot recv's bytes at the connection's remaining budget
+ * (sqe->optlen) on kernels >= 6.17; before that only by cancelling.  BUNDLE
+ * also gathers up to 16 queued buffers into one sendmsg (not with ZC).
  * The epoll server returns -EINVAL for any features != 0.
  */
 #define EC_FEAT_MSHOT     1    /* 0x001 multishot recv + per-connection ordered send queue */
