@@ -7,7 +7,10 @@ import sys
 from cffi import FFI
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = ["net.c", "server_uring.c", "server_epoll.c", "histogram.c", "probe.c",
+SOURCES = ["net.c", "server_epoll.c",
+           # the io_uring server: shared core, buffer ring, wait unit, echo strategies (uring_core.h)
+           "uring_core.c", "uring_bufring.c", "uring_wait.c", "uring_zc.c",
+           "uring_echo_single.c", "uring_echo_mshot.c", "uring_echo_connbuf.c", "histogram.c", "probe.c",
            # the load generator (see csrc/load.h for which file does what)
            "loadgen.c", "load_connect.c", "load_worker.c", "load_timeline.c", "load_server.c",
            "load_counters.c",

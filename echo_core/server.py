@@ -30,7 +30,16 @@ DEFAULT_OPTIONS = {
     "epoll_budget": 16,     # epoll: recv/send operations per connection per turn
     "max_conns": 0,         # connection table size; 0 = the process fd limit
     "backlog": 4096,        # listen backlog
+    # io_uring variants (issue 10; echo_core.h's EC_FEAT_* and ec_server_config): 0 = the seed's design
+    "features": 0,          # io_uring: EC_FEAT_* bits (epoll refuses anything but 0)
+    "batch_nr": 0,          # io_uring batch: completions per wait (0 = EC_DEFAULT_BATCH_NR)
+    "batch_wait_us": 0,     # io_uring batch: most a wait lingers (0 = EC_DEFAULT_BATCH_WAIT_US)
+    "mshot_budget": 0,      # io_uring mshot: queued buffers per connection (0 = buf_count / 64 in [1, 16])
+    "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
 }
+#: The options passed to C as they are (struct ec_server_config fields).
+CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "max_conns", "features",
+                 "batch_nr", "batch_wait_us", "mshot_budget", "sqpoll_cpu")
 
 #: How long to retry bind() on EADDRINUSE: a just-stopped io_uring server frees its port a few ms late.
 BIND_RETRY_S = 1.0
@@ -83,6 +92,8 @@ def validate(impl, host, port, cpu, options):
         raise ValueError(f"unknown server option(s): {', '.join(sorted(unknown))}")
     merged = {**DEFAULT_OPTIONS, **options}
     for name, value in merged.items():
+        if name == "sqpoll_cpu" and value == -1:
+            continue
         if not isinstance(value, int) or value < 0 or value > 2**31:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "backlog"):
@@ -216,7 +227,7 @@ def serve(impl, host="127.0.0.1", port=0, cpu=None, stats_path=None, on_listenin
     nofile = check(lib.ec_raise_nofile(), "cannot raise the fd limit")
     check_max_conns(impl, opts["max_conns"], nofile)
     cfg = ffi.new("struct ec_server_config *")
-    for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "max_conns"):
+    for name in CONFIG_FIELDS:
         setattr(cfg, name, opts[name])
     if stats_path:
         with open(stats_path, "r+b") as f:

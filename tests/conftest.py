@@ -49,12 +49,60 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+#: The io_uring variants (issue 10) every server test runs over: name -> the options selecting it
+#: (echo_core.h's EC_FEAT_* bits).  Names follow the spec syntax "uring+feature+..."; until specs
+#: are parsed by echo_core itself, split_impl() turns a name into Server(base, **options).
+FEAT = {"mshot": 1, "bundle": 2, "inc": 4, "connbuf": 8, "batch": 16, "pollfirst": 32, "zc": 64,
+        "sqpoll": 128, "napi": 256}
+URING_VARIANTS = ("uring+connbuf", "uring+pollfirst", "uring+batch", "uring+inc", "uring+mshot",
+                  "uring+mshot+bundle", "uring+mshot+inc", "uring+mshot+bundle+batch+pollfirst",
+                  "uring+zc", "uring+mshot+zc", "uring+sqpoll", "uring+napi")
+#: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).
+ALL_IMPLS = echo_core.IMPLS + (URING_VARIANTS if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0"
+                               else ())
+
+
+def split_impl(name):
+    """"uring+mshot+bundle" -> ("uring", {"features": 3}); "epoll" -> ("epoll", {})."""
+    base, *feats = name.split("+")
+    if not feats:
+        return base, {}
+    opts = {"features": sum(FEAT[f] for f in feats)}
+    if "sqpoll" in feats:
+        opts["sqpoll_cpu"] = SERVER_CPU
+    return base, opts
+
+
+_VARIANT_REFUSED = {}
+
+
+def variant_refused(name):
+    """Why this kernel refuses the variant (set-up fails: EOPNOTSUPP, EINVAL, ...), or None; cached."""
+    if name not in _VARIANT_REFUSED:
+        base, opts = split_impl(name)
+        try:
+            echo_core.Server(base, port=0, **opts).start().stop()
+            _VARIANT_REFUSED[name] = None
+        except (RuntimeError, OSError) as exc:
+            _VARIANT_REFUSED[name] = f"{name} refused here: {exc}"
+    return _VARIANT_REFUSED[name]
+
+
+def impl_param(name):
+    """The impl fixture's value: skips, saying why, where the kernel refuses io_uring (or the
+    variant's feature)."""
+    if name.startswith("uring") and IO_URING_REFUSED:
+        pytest.skip(IO_URING_REFUSED)
+    if "+" in name and variant_refused(name):
+        pytest.skip(variant_refused(name))
+    return name
+
+
 @pytest.fixture(params=echo_core.IMPLS)
 def impl(request):
-    """Each server implementation; io_uring tests skip, saying why, where the kernel refuses io_uring."""
-    if request.param == "uring" and IO_URING_REFUSED:
-        pytest.skip(IO_URING_REFUSED)
-    return request.param
+    """Each server implementation (uring, epoll).  The robustness suites (test_servers.py,
+    test_chaos.py) override it with ALL_IMPLS, the io_uring variants included."""
+    return impl_param(request.param)
 
 
 @pytest.fixture(params=__import__("echo_core.specs").specs.CATALOGUE)
@@ -73,9 +121,10 @@ def spec(request):
 def start_server(impl):
     """Factory: start_server(**options) -> a running echo_core.Server of the parametrized impl."""
     started = []
+    base, variant_opts = split_impl(impl)
 
     def start(**options):
-        srv = echo_core.Server(impl, port=0, cpu=SERVER_CPU, **options).start()
+        srv = echo_core.Server(base, port=0, cpu=SERVER_CPU, **{**variant_opts, **options}).start()
         started.append(srv)
         return srv
 

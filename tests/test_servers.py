@@ -9,7 +9,14 @@ import time
 
 import pytest
 
+from conftest import ALL_IMPLS, impl_param
 from echo_client import (connect, distinct_payload, echo_all, recv_exact, recv_to_eof, rss_kib)
+
+
+@pytest.fixture(params=ALL_IMPLS)
+def impl(request):
+    """Every server: uring, epoll and the io_uring variants (conftest.URING_VARIANTS)."""
+    return impl_param(request.param)
 
 
 class Worker(threading.Thread):
@@ -169,7 +176,7 @@ def test_tiny_buffers_every_streaming_connection_progresses(start_server, impl):
             s.close()
     assert [len(g) for g in got] == [len(p) for p in payloads]
     assert got == payloads
-    if impl == "uring":
+    if impl.startswith("uring") and "connbuf" not in impl:
         assert srv.stats()["enobufs"] > 0, "the buffer ring was meant to run dry"
 
 
@@ -299,11 +306,13 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
     import resource
 
     import echo_core
+    from conftest import split_impl
     from echo_core.native import ffi, lib
 
+    impl, variant_opts = split_impl(impl)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     limit = min(hard, lib.EC_MAX_CONNS)
-    srv = echo_core.Server(impl, port=0, max_conns=limit + over)
+    srv = echo_core.Server(impl, port=0, max_conns=limit + over, **variant_opts)
     with pytest.raises(RuntimeError, match=f"{impl} server did not start: .*set-up failed: "
                                            f"Too many open files .*max_conns {limit + over} is above"):
         srv.start()
@@ -315,7 +324,8 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
     r, w = os.pipe()
     try:
         cfg = ffi.new("struct ec_server_config *", dict(buf_size=4096, buf_count=16, ring_entries=64,
-                                                       epoll_budget=4, ready_fd=-1))
+                                                       epoll_budget=4, ready_fd=-1,
+                                                       **{"sqpoll_cpu": -1, **variant_opts}))
         stats = ffi.new("struct ec_server_stats *")
         serve = getattr(lib, f"ec_{impl}_serve")
         for max_conns in (min(soft, lib.EC_MAX_CONNS) + 1, 2**31 - 1, 2**32 - 1):
@@ -327,7 +337,9 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
         os.close(w)
 
 
-@pytest.mark.parametrize("impl", ["uring"], indirect=True)  # provided buffers are io_uring's alone
+# provided buffers are io_uring's alone (not connbuf's)
+@pytest.mark.parametrize("impl", ["uring", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"],
+                         indirect=True)
 def test_starved_connections_are_rearmed_without_an_enobufs_storm(start_server):
     srv = start_server(buf_count=2, buf_size=512)
     n, size = 200, 5000

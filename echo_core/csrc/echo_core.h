@@ -22,6 +22,44 @@
 /* Buckets of the servers' recv-size histogram (log2 of the bytes a successful recv returned). */
 #define EC_RECV_HIST_BUCKETS 20
 
+/*
+ * io_uring server features (ec_server_config.features); 0 = the seed's design
+ * (one recv re-armed after each send, buffers from the provided-buffer ring).
+ * Values in decimal so that the cffi cdef keeps them; the bit in the comment.
+ * ec_uring_serve returns -EINVAL for unknown bits and for these combinations:
+ *   BUNDLE without MSHOT; CONNBUF with MSHOT, BUNDLE or INC (no provided
+ *   buffers to bundle or consume incrementally); BUNDLE with INC;
+ *   ZC with CONNBUF (the next recv would overwrite bytes a zero-copy send
+ *   may still be reading).
+ * It returns -EOPNOTSUPP, before "ready", when the kernel lacks a feature:
+ * MSHOT before 6.0, BUNDLE without IORING_FEAT_RECVSEND_BUNDLE (6.10), INC
+ * (buffer-ring registration refused, before 6.12), ZC without the SEND_ZC
+ * opcode, BATCH without IORING_FEAT_EXT_ARG, SQPOLL or NAPI refused.
+ * POLLFIRST, BATCH, SQPOLL, NAPI combine with every strategy (single, MSHOT,
+ * CONNBUF); INC and ZC with single and MSHOT.  BATCH waits with
+ * min_wait_usec = batch_wait_us where the kernel has IORING_FEAT_MIN_TIMEOUT
+ * (6.12), else with wait_nr = batch_nr and a batch_wait_us timeout.  MSHOT
+ * caps each multishot recv's bytes at the connection's remaining budget
+ * (sqe->optlen) on kernels >= 6.17; before that only by cancelling.  BUNDLE
+ * also gathers up to 16 queued buffers into one sendmsg (not with ZC).
+ * The epoll server returns -EINVAL for any features != 0.
+ */
+#define EC_FEAT_MSHOT     1    /* 0x001 multishot recv + per-connection ordered send queue */
+#define EC_FEAT_BUNDLE    2    /* 0x002 recv bundles (one CQE, several buffers); needs MSHOT */
+#define EC_FEAT_INC       4    /* 0x004 incremental buffer consumption (IOU_PBUF_RING_INC) */
+#define EC_FEAT_CONNBUF   8    /* 0x008 no provided buffers: one fixed buffer per connection, like epoll */
+#define EC_FEAT_BATCH     16   /* 0x010 wait for batch_nr completions, at most batch_wait_us */
+#define EC_FEAT_POLLFIRST 32   /* 0x020 IORING_RECVSEND_POLL_FIRST on recvs */
+#define EC_FEAT_ZC        64   /* 0x040 send_zc; buffer recycled on the notification CQE */
+#define EC_FEAT_SQPOLL    128  /* 0x080 SQPOLL thread pinned to sqpoll_cpu */
+#define EC_FEAT_NAPI      256  /* 0x100 register NAPI busy poll */
+#define EC_FEAT_ALL       511  /* 0x1ff */
+
+/* Defaults the io_uring server uses where a tunable below is 0. */
+#define EC_DEFAULT_BATCH_NR 16        /* batch: completions one wait asks for */
+#define EC_DEFAULT_BATCH_WAIT_US 50   /* batch: longest a lone completion waits for company */
+#define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 64, within [1, 16] */
+
 struct ec_server_config {
 	uint32_t buf_size;      /* bytes per receive buffer (both servers) */
 	uint32_t buf_count;     /* io_uring: provided buffers, a power of two */
@@ -29,6 +67,14 @@ struct ec_server_config {
 	uint32_t epoll_budget;  /* epoll: recv/send operations per connection per turn */
 	uint32_t max_conns;     /* connection table size; 0 = soft RLIMIT_NOFILE (capped at EC_MAX_CONNS) */
 	int ready_fd;           /* -1, or a fd that gets one byte once set-up is done and the loop starts */
+	/* io_uring variants (issue 10); all 0 = the seed's design. */
+	uint32_t features;      /* EC_FEAT_* bits */
+	uint32_t batch_nr;      /* batch: completions per wait; 0 = EC_DEFAULT_BATCH_NR */
+	uint32_t batch_wait_us; /* batch: most a wait lingers for batch_nr; 0 = EC_DEFAULT_BATCH_WAIT_US */
+	uint32_t mshot_budget;  /* mshot: buffers one connection may hold queued before it stops receiving
+				   (re-armed when half drained); 0 = buf_count / 64 within [1, 16] */
+	int sqpoll_cpu;         /* sqpoll: CPU the SQ thread is pinned to (IORING_SETUP_SQ_AFF);
+				   -1 = not pinned (the Python option's default); ignored without SQPOLL */
 };
 
 /*

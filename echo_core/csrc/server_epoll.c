@@ -522,6 +522,8 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 		return -EINVAL;
 	if (!cfg->buf_size || !cfg->epoll_budget)
 		return -EINVAL;
+	if (cfg->features)	/* the io_uring variants' bits mean nothing here */
+		return -EINVAL;
 	/* accept4() on a blocking listener would hang the loop and ignore stop_fd. */
 	flags = fcntl(listen_fd, F_GETFL);
 	if (flags < 0)

@@ -1,90 +1,35 @@
 /*
- * server_uring.c - RFC 862 echo server on io_uring.
+ * uring_core.c - RFC 862 echo server on io_uring: the shared core.
  *
  * One ring, one thread.  Connections arrive through single-shot accepts
  * into direct (fixed) descriptors, each armed only with a table slot
  * reserved for it: a multishot accept would let the kernel accept a
  * connection it then has no slot for and drops (-ENFILE), whereas with
  * reservations the connections beyond max_conns wait in the listen
- * backlog until a close frees a slot.  Each connection has exactly one
- * operation in flight: a recv that picks a buffer from the provided-buffer
- * ring, then a send of that buffer (resent until complete), then the next
- * recv.  One io_uring_enter per loop turn submits and waits.
+ * backlog until a close frees a slot.  What happens on a connection is
+ * the echo strategy's (uring_echo_*.c): features=0 selects
+ * uring_echo_single.c, the seed's design.  One io_uring_enter per loop
+ * turn submits and waits (the wait unit; uring_wait.c batches it).
  */
 #include <errno.h>
-#include <liburing.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
-#include "echo_core.h"
 #include "net.h"
+#include "uring_core.h"
 
-#define BUF_GROUP 0
 #define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
-#define ACCEPT_RETRY_MS 100
-#define CQ_MAX (1u << 20)
-#define SUBMIT_TRIES 4		/* flushes get_sqe tries before it gives up (and defers) */		/* CQ size asked for at most (the kernel clamps further) */	/* wait before accepting again after EMFILE and co. */
-
-enum op {
-	OP_ACCEPT = 1,
-	OP_RECV,
-	OP_SEND,
-	OP_CLOSE,
-	OP_STOP,
-	OP_TIMER,
-};
-
-enum conn_state {
-	CONN_FREE = 0,
-	CONN_RECV,      /* recv in flight */
-	CONN_SEND,      /* send of buffer bid in flight */
-	CONN_STARVED,   /* recv found no buffer; waiting in the starved queue */
-	CONN_CLOSING,   /* close in flight */
-};
-
-struct conn {
-	uint8_t state;
-	uint16_t bid;     /* buffer being echoed while CONN_SEND */
-	uint32_t sent;    /* bytes of that buffer already sent */
-	uint32_t len;     /* bytes in that buffer */
-};
-
-struct server {
-	struct io_uring ring;
-	struct io_uring_buf_ring *br;
-	size_t br_size;
-	unsigned char *bufs;
-	size_t bufs_size;
-	uint32_t buf_size;
-	uint32_t buf_count;
-	uint32_t bufs_free;       /* buffers currently in the provided ring */
-	struct conn *conns;
-	uint32_t max_conns;
-	uint32_t *starved;        /* FIFO of connections waiting for a buffer */
-	uint32_t starved_head, starved_len;
-	uint32_t *deferred;       /* FIFO of connections whose next op found no SQE */
-	uint32_t deferred_head, deferred_len;
-	int listen_fd;
-	int stop_fd;
-	int ready_fd;
-	uint32_t nconns;          /* slots holding a connection (closing ones too) */
-	uint32_t accepts;         /* accepts in flight, each with a slot reserved */
-	int accept_paused;        /* resource error: wait for a close or the timer */
-	int timer_armed;
-	int table_full;           /* counted once in accept_pauses per full spell */
-	struct __kernel_timespec retry_ts;
-	int stopping;
-	struct ec_server_stats *stats;
-};
-
-static inline uint64_t make_data(enum op op, uint32_t idx)
-{
-	return (uint64_t)op << 32 | idx;
-}
+#define ACCEPT_RETRY_MS 100	/* wait before accepting again after EMFILE and co. */
+#define CQ_MAX (1u << 20)	/* CQ size asked for at most (the kernel clamps further) */
+#define SUBMIT_TRIES 4		/* flushes get_sqe tries before it gives up (and defers) */
+#define NAPI_BUSY_POLL_US 50	/* napi: busy-poll time per wait */
 
 /*
  * Get an SQE, flushing the submission queue to the kernel when it is full.
@@ -93,12 +38,19 @@ static inline uint64_t make_data(enum op op, uint32_t idx)
  * few times, then give up with NULL, and the caller defers the operation
  * to the next loop turn, after completions have been reaped.
  */
-static struct io_uring_sqe *get_sqe(struct server *s)
+struct io_uring_sqe *get_sqe(struct server *s)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
 	int tries, ret;
 
 	for (tries = 0; !sqe && tries < SUBMIT_TRIES; tries++) {
+		if (s->ring.flags & IORING_SETUP_SQPOLL) {
+			/* sqpoll: the SQ thread frees entries as it submits them; wait for one. */
+			ret = io_uring_sqring_wait(&s->ring);
+			s->stats->wait_calls++;
+			sqe = io_uring_get_sqe(&s->ring);
+			continue;
+		}
 		ret = io_uring_submit(&s->ring);
 		s->stats->wait_calls++;
 		if (ret == -EBUSY || ret == -EAGAIN)
@@ -110,10 +62,18 @@ static struct io_uring_sqe *get_sqe(struct server *s)
 	return sqe;
 }
 
-static void defer(struct server *s, uint32_t idx)
+/* Queue connection idx to arm what it was about to do once SQEs are free (at most once at a time). */
+void defer(struct server *s, uint32_t idx)
 {
 	s->deferred[(s->deferred_head + s->deferred_len) % s->max_conns] = idx;
 	s->deferred_len++;
+}
+
+/* Queue connection idx until a buffer returns to the ring (at most once at a time). */
+void starve(struct server *s, uint32_t idx)
+{
+	s->starved[(s->starved_head + s->starved_len) % s->max_conns] = idx;
+	s->starved_len++;
 }
 
 /* One accept into a free slot of the table; the caller has reserved it. */
@@ -167,40 +127,8 @@ static void fill_accepts(struct server *s)
 	}
 }
 
-static void arm_recv(struct server *s, uint32_t idx)
-{
-	struct io_uring_sqe *sqe = get_sqe(s);
-
-	s->conns[idx].state = CONN_RECV;
-	if (!sqe) {
-		defer(s, idx);
-		return;
-	}
-	io_uring_prep_recv(sqe, idx, NULL, s->buf_size, 0);
-	sqe->flags |= IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT;
-	sqe->buf_group = BUF_GROUP;
-	io_uring_sqe_set_data64(sqe, make_data(OP_RECV, idx));
-	s->stats->recv_calls++;
-}
-
-static void arm_send(struct server *s, uint32_t idx)
-{
-	struct conn *c = &s->conns[idx];
-	struct io_uring_sqe *sqe = get_sqe(s);
-	unsigned char *buf = s->bufs + (size_t)c->bid * s->buf_size;
-
-	c->state = CONN_SEND;
-	if (!sqe) {
-		defer(s, idx);
-		return;
-	}
-	io_uring_prep_send(sqe, idx, buf + c->sent, c->len - c->sent, MSG_NOSIGNAL);
-	sqe->flags |= IOSQE_FIXED_FILE;
-	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
-	s->stats->send_calls++;
-}
-
-static void arm_close(struct server *s, uint32_t idx)
+/* Close the connection's direct descriptor; nothing else of it may be in flight. */
+void arm_close(struct server *s, uint32_t idx)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
@@ -223,35 +151,11 @@ static void drain_deferred(struct server *s)
 
 		s->deferred_head = (s->deferred_head + 1) % s->max_conns;
 		s->deferred_len--;
-		switch (s->conns[idx].state) {
-		case CONN_RECV:
-			arm_recv(s, idx);
-			break;
-		case CONN_SEND:
-			arm_send(s, idx);
-			break;
-		case CONN_CLOSING:
+		if (s->conns[idx].state == CONN_CLOSING)
 			arm_close(s, idx);
-			break;
-		default:
-			break;
-		}
+		else
+			s->strat->resume(s, idx);
 	}
-}
-
-static void recycle_buffer(struct server *s, uint16_t bid)
-{
-	io_uring_buf_ring_add(s->br, s->bufs + (size_t)bid * s->buf_size, s->buf_size, bid,
-			      io_uring_buf_ring_mask(s->buf_count), 0);
-	io_uring_buf_ring_advance(s->br, 1);
-	s->bufs_free++;
-}
-
-static void starve(struct server *s, uint32_t idx)
-{
-	s->starved[(s->starved_head + s->starved_len) % s->max_conns] = idx;
-	s->starved_len++;
-	s->conns[idx].state = CONN_STARVED;
 }
 
 /*
@@ -263,14 +167,14 @@ static void starve(struct server *s, uint32_t idx)
  */
 static void rearm_starved(struct server *s)
 {
-	uint32_t n = s->starved_len < s->bufs_free ? s->starved_len : s->bufs_free;
+	uint32_t n = s->starved_len < s->br.free ? s->starved_len : s->br.free;
 
 	while (n--) {
 		uint32_t idx = s->starved[s->starved_head];
 
 		s->starved_head = (s->starved_head + 1) % s->max_conns;
 		s->starved_len--;
-		arm_recv(s, idx);
+		s->strat->rearm(s, idx);
 	}
 }
 
@@ -291,8 +195,9 @@ static int accept_error_is_transient(int err)
 	}
 }
 
-static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
+static void on_accept(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
+	(void)idx;
 	s->accepts--;
 	if (cqe->res < 0) {
 		if (cqe->res == -ECANCELED)
@@ -310,70 +215,17 @@ static void on_accept(struct server *s, const struct io_uring_cqe *cqe)
 	s->nconns++;
 	s->stats->conns_accepted++;
 	s->stats->conns_active = s->nconns;
-	s->conns[cqe->res].sent = 0;
-	arm_recv(s, (uint32_t)cqe->res);
+	s->strat->start(s, (uint32_t)cqe->res);
 	if (s->nconns == s->max_conns && !s->table_full) {
 		s->table_full = 1;
 		s->stats->accept_pauses++;
 	}
 }
 
-static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
-{
-	struct conn *c = &s->conns[idx];
-
-	if (cqe->res == -ENOBUFS) {
-		s->stats->enobufs++;
-		starve(s, idx);
-		return;
-	}
-	if (cqe->res <= 0) {
-		/* The kernel may still hand us a buffer on error: it left the ring, give it back. */
-		if (cqe->flags & IORING_CQE_F_BUFFER) {
-			s->bufs_free--;
-			recycle_buffer(s, cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-		}
-		if (cqe->res < 0)
-			s->stats->conn_errors++;
-		/* res == 0 is EOF; everything received was already echoed. */
-		arm_close(s, idx);
-		return;
-	}
-	c->bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
-	c->len = (uint32_t)cqe->res;
-	c->sent = 0;
-	s->bufs_free--;
-	s->stats->bytes_in += (uint64_t)cqe->res;
-	ec_count_recv(s->stats, (uint64_t)cqe->res);
-	if (c->len > s->stats->pending_bytes_max)
-		s->stats->pending_bytes_max = c->len;
-	arm_send(s, idx);
-}
-
-static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
-{
-	struct conn *c = &s->conns[idx];
-
-	if (cqe->res < 0) {
-		s->stats->conn_errors++;
-		recycle_buffer(s, c->bid);
-		arm_close(s, idx);
-		return;
-	}
-	s->stats->bytes_out += (uint64_t)cqe->res;
-	c->sent += (uint32_t)cqe->res;
-	if (c->sent < c->len) {
-		s->stats->short_sends++;
-		arm_send(s, idx);
-		return;
-	}
-	recycle_buffer(s, c->bid);
-	arm_recv(s, idx);
-}
-
 /* The slot is free again (close_direct has completed): accepting may resume. */
-static void on_close(struct server *s, uint32_t idx)
+static void on_close(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
+	(void)cqe;
 	s->conns[idx].state = CONN_FREE;
 	s->nconns--;
 	s->stats->conns_active = s->nconns;
@@ -382,39 +234,65 @@ static void on_close(struct server *s, uint32_t idx)
 	s->accept_paused = 0;
 }
 
-static void on_timer(struct server *s)
+static void on_stop(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
+	(void)idx;
+	(void)cqe;
+	s->stopping = 1;
+}
+
+static void on_timer(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
+{
+	(void)idx;
+	(void)cqe;
 	s->timer_armed = 0;
 	s->accept_paused = 0;
 }
 
-static void on_cqe(struct server *s, const struct io_uring_cqe *cqe)
+static void on_ignore(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
-	uint64_t data = io_uring_cqe_get_data64(cqe);
-	uint32_t idx = (uint32_t)data;
-
-	switch ((enum op)(data >> 32)) {
-	case OP_ACCEPT:
-		on_accept(s, cqe);
-		break;
-	case OP_RECV:
-		on_recv(s, idx, cqe);
-		break;
-	case OP_SEND:
-		on_send(s, idx, cqe);
-		break;
-	case OP_CLOSE:
-		on_close(s, idx);
-		break;
-	case OP_STOP:
-		s->stopping = 1;
-		break;
-	case OP_TIMER:
-		on_timer(s);
-		break;
-	}
+	(void)s;
+	(void)idx;
+	(void)cqe;
 }
 
+/* The running kernel's version is at least major.minor (features no flag announces). */
+static int kernel_at_least(int major, int minor)
+{
+	struct utsname u;
+	int ma = 0, mi = 0;
+
+	if (uname(&u) || sscanf(u.release, "%d.%d", &ma, &mi) != 2)
+		return 0;
+	return ma > major || (ma == major && mi >= minor);
+}
+
+/*
+ * Refuse at set-up, not at the first completion, what this kernel would
+ * refuse later: multishot recv (6.0), bundles (IORING_FEAT_RECVSEND_BUNDLE,
+ * 6.10), send_zc (the opcode), a batched wait's extended argument (5.11).
+ */
+static int kernel_has_features(struct server *s, uint32_t ring_features)
+{
+	struct io_uring_probe *probe;
+	int ok = 1;
+
+	if ((s->features & EC_FEAT_MSHOT) && !kernel_at_least(6, 0))
+		ok = 0;
+	if ((s->features & EC_FEAT_BUNDLE) && !(ring_features & IORING_FEAT_RECVSEND_BUNDLE))
+		ok = 0;
+	if ((s->features & EC_FEAT_BATCH) && !(ring_features & IORING_FEAT_EXT_ARG))
+		ok = 0;
+	if (ok && (s->features & EC_FEAT_ZC)) {
+		probe = io_uring_get_probe_ring(&s->ring);
+		ok = probe && io_uring_opcode_supported(probe, IORING_OP_SEND_ZC);
+		if (probe)
+			io_uring_free_probe(probe);
+	}
+	return ok;
+}
+
+/* Set up the ring; features add SQPOLL (no DEFER_TASKRUN then) and NAPI. */
 static int setup_ring(struct server *s, uint32_t entries)
 {
 	struct io_uring_params p;
@@ -431,55 +309,59 @@ static int setup_ring(struct server *s, uint32_t entries)
 	while (cq < want && cq < CQ_MAX)
 		cq <<= 1;
 	memset(&p, 0, sizeof(p));
-	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
-		  IORING_SETUP_CLAMP;
-	p.cq_entries = cq;
-	ret = io_uring_queue_init_params(entries, &s->ring, &p);
-	if (ret == -EINVAL) {
-		/* Kernels before 6.1 refuse DEFER_TASKRUN. */
-		memset(&p, 0, sizeof(p));
-		p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+	if (s->features & EC_FEAT_SQPOLL) {
+		/* DEFER_TASKRUN is refused with SQPOLL; the SQ thread is the one issuer. */
+		p.flags = IORING_SETUP_SQPOLL | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_CQSIZE |
+			  IORING_SETUP_CLAMP;
+		if (s->sqpoll_cpu >= 0) {
+			p.flags |= IORING_SETUP_SQ_AFF;
+			p.sq_thread_cpu = (uint32_t)s->sqpoll_cpu;
+		}
+		p.sq_thread_idle = 1000;
 		p.cq_entries = cq;
 		ret = io_uring_queue_init_params(entries, &s->ring, &p);
+		if (ret == -EINVAL || ret == -EPERM)
+			return -EOPNOTSUPP;
+		if (ret)
+			return ret;
+	} else {
+		p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE |
+			  IORING_SETUP_CLAMP;
+		p.cq_entries = cq;
+		ret = io_uring_queue_init_params(entries, &s->ring, &p);
+		if (ret == -EINVAL) {
+			/* Kernels before 6.1 refuse DEFER_TASKRUN. */
+			memset(&p, 0, sizeof(p));
+			p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+			p.cq_entries = cq;
+			ret = io_uring_queue_init_params(entries, &s->ring, &p);
+		}
+		if (ret)
+			return ret;
 	}
-	if (ret)
-		return ret;
+	s->min_timeout = !!(p.features & IORING_FEAT_MIN_TIMEOUT);
+	s->mshot_limit = kernel_at_least(6, 17);
+	if (!kernel_has_features(s, p.features)) {
+		io_uring_queue_exit(&s->ring);
+		return -EOPNOTSUPP;
+	}
 	/* Saves an fd lookup per io_uring_enter; harmless if refused. */
 	io_uring_register_ring_fd(&s->ring);
 	return 0;
 }
 
-static int setup_buffers(struct server *s)
+/* napi: busy-poll the NAPI contexts of the connections' sockets (6.9). */
+static int setup_napi(struct server *s)
 {
-	struct io_uring_buf_reg reg;
-	uint32_t i;
+	struct ec_uring_napi napi;
 	int ret;
 
-	s->br_size = (size_t)s->buf_count * sizeof(struct io_uring_buf);
-	s->br = mmap(NULL, s->br_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (s->br == MAP_FAILED) {
-		s->br = NULL;
-		return -ENOMEM;
-	}
-	s->bufs_size = (size_t)s->buf_count * s->buf_size;
-	s->bufs = mmap(NULL, s->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (s->bufs == MAP_FAILED) {
-		s->bufs = NULL;
-		return -ENOMEM;
-	}
-	memset(&reg, 0, sizeof(reg));
-	reg.ring_addr = (unsigned long)s->br;
-	reg.ring_entries = s->buf_count;
-	reg.bgid = BUF_GROUP;
-	ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
-	if (ret)
-		return ret;
-	io_uring_buf_ring_init(s->br);
-	for (i = 0; i < s->buf_count; i++)
-		io_uring_buf_ring_add(s->br, s->bufs + (size_t)i * s->buf_size, s->buf_size, i,
-				      io_uring_buf_ring_mask(s->buf_count), i);
-	io_uring_buf_ring_advance(s->br, s->buf_count);
-	s->bufs_free = s->buf_count;
+	memset(&napi, 0, sizeof(napi));
+	napi.busy_poll_to = NAPI_BUSY_POLL_US;
+	napi.prefer_busy_poll = 1;
+	ret = (int)syscall(__NR_io_uring_register, s->ring.ring_fd, EC_IORING_REGISTER_NAPI, &napi, 1);
+	if (ret < 0)
+		return errno == EINVAL ? -EOPNOTSUPP : -errno;
 	return 0;
 }
 
@@ -498,13 +380,34 @@ static uint32_t table_size(const struct ec_server_config *cfg)
 	return cfg->max_conns ? cfg->max_conns : conns_limit();
 }
 
+/* Feature combinations that cannot work together (see echo_core.h). */
+static int check_features(uint32_t f)
+{
+	if (f & ~(uint32_t)EC_FEAT_ALL)
+		return -EINVAL;
+	if ((f & EC_FEAT_BUNDLE) && !(f & EC_FEAT_MSHOT))
+		return -EINVAL;
+	if ((f & EC_FEAT_CONNBUF) && (f & (EC_FEAT_MSHOT | EC_FEAT_BUNDLE | EC_FEAT_INC)))
+		return -EINVAL;
+	if ((f & EC_FEAT_BUNDLE) && (f & EC_FEAT_INC))
+		return -EINVAL;
+	if ((f & EC_FEAT_ZC) && (f & EC_FEAT_CONNBUF))
+		return -EINVAL;	/* the next recv would overwrite bytes the kernel may still send */
+	return 0;
+}
+
 static int check_config(const struct ec_server_config *cfg)
 {
+	int ret;
+
 	if (!cfg->buf_size || !cfg->ring_entries)
 		return -EINVAL;
 	/* Buffer ids are 16 bits and the ring size must be a power of two. */
 	if (!cfg->buf_count || cfg->buf_count > 32768 || (cfg->buf_count & (cfg->buf_count - 1)))
 		return -EINVAL;
+	ret = check_features(cfg->features);
+	if (ret)
+		return ret;
 	/* The same bound as the epoll server's (and register_files_sparse's). */
 	if (cfg->max_conns > conns_limit())
 		return -EMFILE;
@@ -513,12 +416,13 @@ static int check_config(const struct ec_server_config *cfg)
 
 static void teardown(struct server *s, int ring_up)
 {
+	/* The ring first: its exit cancels what is in flight, which may still point into buffers. */
 	if (ring_up)
 		io_uring_queue_exit(&s->ring);
-	if (s->bufs)
-		munmap(s->bufs, s->bufs_size);
-	if (s->br)
-		munmap(s->br, s->br_size);
+	if (s->strat->teardown)
+		s->strat->teardown(s);
+	teardown_send(s);
+	bufring_free(&s->br);
 	free(s->conns);
 	free(s->starved);
 	free(s->deferred);
@@ -554,17 +458,29 @@ static void reap(struct server *s)
 	unsigned n = s->ring.cq.ring_entries;
 
 	while (n-- && !io_uring_peek_cqe(&s->ring, &cqe)) {
+		uint64_t data;
+		uint32_t op;
+
 		copy = *cqe;
 		io_uring_cqe_seen(&s->ring, cqe);
 		s->stats->completions++;
-		on_cqe(s, &copy);
+		data = io_uring_cqe_get_data64(&copy);
+		op = (uint32_t)(data >> 32) & 0xff;
+		if (op && op < OP_COUNT)
+			s->handlers[op](s, (uint32_t)data, &copy);
 	}
 }
 
 /* Work left that needs no completion to go ahead: do not block in the wait. */
 static int must_not_block(const struct server *s)
 {
-	return s->deferred_len || (s->starved_len && s->bufs_free);
+	return s->deferred_len || (s->starved_len && s->br.free);
+}
+
+/* The plain wait unit: submit and wait for one completion (none if there is work left). */
+static int plain_wait(struct server *s, int block)
+{
+	return io_uring_submit_and_wait(&s->ring, block ? 1 : 0);
 }
 
 static int run_loop(struct server *s)
@@ -572,7 +488,7 @@ static int run_loop(struct server *s)
 	while (!s->stopping) {
 		int ret;
 
-		ret = io_uring_submit_and_wait(&s->ring, must_not_block(s) ? 0 : 1);
+		ret = s->wait(s, !must_not_block(s));
 		s->stats->wait_calls++;
 		s->stats->loop_iterations++;
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
@@ -583,6 +499,45 @@ static int run_loop(struct server *s)
 		fill_accepts(s);
 	}
 	return 0;
+}
+
+/* The strategy the features select: connbuf, mshot (with bundle/inc) or the seed's single. */
+static const struct strategy *pick_strategy(uint32_t f)
+{
+	if (f & EC_FEAT_CONNBUF)
+		return &echo_connbuf;
+	if (f & EC_FEAT_MSHOT)
+		return &echo_mshot;
+	return &echo_single;
+}
+
+static void configure(struct server *s, const struct ec_server_config *cfg)
+{
+	s->features = cfg->features;
+	s->buf_size = cfg->buf_size;
+	s->buf_count = cfg->buf_count;
+	s->batch_nr = cfg->batch_nr ? cfg->batch_nr : EC_DEFAULT_BATCH_NR;
+	s->batch_wait_us = cfg->batch_wait_us ? cfg->batch_wait_us : EC_DEFAULT_BATCH_WAIT_US;
+	/* Default: 1/64 of the pool, between 1 and EC_DEFAULT_MSHOT_BUDGET buffers. */
+	s->mshot_budget = cfg->mshot_budget;
+	if (!s->mshot_budget) {
+		s->mshot_budget = cfg->buf_count / 64;
+		if (s->mshot_budget > EC_DEFAULT_MSHOT_BUDGET)
+			s->mshot_budget = EC_DEFAULT_MSHOT_BUDGET;
+		if (!s->mshot_budget)
+			s->mshot_budget = 1;
+	}
+	s->sqpoll_cpu = cfg->sqpoll_cpu;
+	s->recv_ioprio = cfg->features & EC_FEAT_POLLFIRST ? IORING_RECVSEND_POLL_FIRST : 0;
+	s->wait = cfg->features & EC_FEAT_BATCH ? batch_wait : plain_wait;
+	s->strat = pick_strategy(cfg->features);
+	s->handlers[OP_ACCEPT] = on_accept;
+	s->handlers[OP_CLOSE] = on_close;
+	s->handlers[OP_STOP] = on_stop;
+	s->handlers[OP_TIMER] = on_timer;
+	s->handlers[OP_RECV] = on_ignore;
+	s->handlers[OP_SEND] = on_ignore;
+	s->handlers[OP_CANCEL] = on_ignore;
 }
 
 int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
@@ -599,8 +554,7 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	s.stop_fd = stop_fd;
 	s.ready_fd = cfg->ready_fd;
 	s.stats = stats;
-	s.buf_size = cfg->buf_size;
-	s.buf_count = cfg->buf_count;
+	configure(&s, cfg);
 	s.max_conns = table_size(cfg);
 	s.conns = calloc(s.max_conns, sizeof(*s.conns));
 	s.starved = calloc(s.max_conns, sizeof(*s.starved));
@@ -615,8 +569,12 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 		return ret;
 	}
 	ret = io_uring_register_files_sparse(&s.ring, s.max_conns);
+	if (!ret && (s.features & EC_FEAT_NAPI))
+		ret = setup_napi(&s);
 	if (!ret)
-		ret = setup_buffers(&s);
+		ret = s.strat->setup(&s);
+	if (!ret)
+		ret = setup_send(&s);
 	if (!ret)
 		ret = arm_first(&s);
 	if (!ret) {

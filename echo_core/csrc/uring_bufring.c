@@ -1,0 +1,112 @@
+/* uring_bufring.c - the provided-buffer ring object (see uring_bufring.h). */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "uring_bufring.h"
+
+static void add(struct bufring *b, uint16_t bid, uint32_t at)
+{
+	io_uring_buf_ring_add(b->br, bufring_addr(b, bid), b->buf_size, bid,
+			      io_uring_buf_ring_mask(b->count), (int)at);
+	if (b->shadow) {
+		uint32_t p = b->tail + at;
+
+		b->shadow[p & (b->count - 1)] = bid;
+		b->pos[bid] = p;
+	}
+}
+
+void bufring_recycle(struct bufring *b, uint16_t bid)
+{
+	if (b->inc) {
+		b->off[bid] = 0;
+		b->out[bid] = 0;
+	}
+	add(b, bid, 0);
+	io_uring_buf_ring_advance(b->br, 1);
+	b->tail++;
+	b->free++;
+}
+
+void bufring_return_unused(struct bufring *b, uint16_t bid, uint32_t cqe_flags)
+{
+	if (!b->inc) {
+		b->free--;
+		bufring_recycle(b, bid);
+		return;
+	}
+	if ((cqe_flags & IORING_CQE_F_BUF_MORE) || b->out[bid])
+		return;		/* still in the ring, or already out and counted */
+	b->out[bid] = 1;
+	b->free--;
+	if (!b->refs[bid])
+		bufring_recycle(b, bid);
+}
+
+int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t size,
+		  int inc, int track_bundles)
+{
+	struct io_uring_buf_reg reg;
+	uint32_t i;
+	int ret;
+
+	b->count = count;
+	b->buf_size = size;
+	b->inc = inc;
+	b->br_size = (size_t)count * sizeof(struct io_uring_buf);
+	b->br = mmap(NULL, b->br_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (b->br == MAP_FAILED) {
+		b->br = NULL;
+		return -ENOMEM;
+	}
+	b->bufs_size = (size_t)count * size;
+	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (b->bufs == MAP_FAILED) {
+		b->bufs = NULL;
+		return -ENOMEM;
+	}
+	if (track_bundles) {
+		b->shadow = calloc(count, sizeof(*b->shadow));
+		b->pos = calloc(count, sizeof(*b->pos));
+		if (!b->shadow || !b->pos)
+			return -ENOMEM;
+	}
+	if (inc) {
+		b->off = calloc(count, sizeof(*b->off));
+		b->refs = calloc(count, sizeof(*b->refs));
+		b->out = calloc(count, sizeof(*b->out));
+		if (!b->off || !b->refs || !b->out)
+			return -ENOMEM;
+	}
+	memset(&reg, 0, sizeof(reg));
+	reg.ring_addr = (unsigned long)b->br;
+	reg.ring_entries = count;
+	reg.bgid = b->bgid;
+	reg.pad = inc ? IOU_PBUF_RING_INC : 0;	/* the kernel's io_uring_buf_reg.flags */
+	ret = io_uring_register_buf_ring(ring, &reg, 0);
+	if (ret)
+		return inc && ret == -EINVAL ? -EOPNOTSUPP : ret;
+	io_uring_buf_ring_init(b->br);
+	for (i = 0; i < count; i++)
+		add(b, (uint16_t)i, i);
+	io_uring_buf_ring_advance(b->br, (int)count);
+	b->tail = count;
+	b->free = count;
+	return 0;
+}
+
+void bufring_free(struct bufring *b)
+{
+	if (b->bufs)
+		munmap(b->bufs, b->bufs_size);
+	if (b->br)
+		munmap(b->br, b->br_size);
+	free(b->shadow);
+	free(b->pos);
+	free(b->off);
+	free(b->refs);
+	free(b->out);
+	memset(b, 0, sizeof(*b));
+}

@@ -1,0 +1,98 @@
+/*
+ * uring_bufring.h - the provided-buffer ring: count buffers of size bytes,
+ * registered as one buffer group.  The kernel takes them in ring order;
+ * the server gives each one back (recycle) once its bytes are echoed.
+ *
+ * Incremental mode (IOU_PBUF_RING_INC, 6.12): a buffer stays at the ring's
+ * head while the kernel fills it piece by piece (IORING_CQE_F_BUF_MORE), so
+ * several completions - of several connections - may point into one buffer
+ * at growing offsets.  The object then counts the pieces still being echoed
+ * per buffer and recycles it when the kernel has let go of it and the last
+ * piece is sent.  In plain mode every completion owns a whole buffer.
+ *
+ * Bundles: one completion spans the buffers that followed its first one in
+ * the ring; bufring_next() names them from a shadow copy of the ring.
+ */
+#ifndef ECHO_CORE_URING_BUFRING_H
+#define ECHO_CORE_URING_BUFRING_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#include "uring_compat.h"
+
+struct bufring {
+	struct io_uring_buf_ring *br;
+	size_t br_size;
+	unsigned char *bufs;
+	size_t bufs_size;
+	uint32_t buf_size;
+	uint32_t count;
+	uint32_t free;		/* buffers the kernel may still fill (in the ring) */
+	uint16_t bgid;
+	int inc;		/* incremental consumption */
+	uint32_t tail;		/* ring position the next recycled buffer goes to */
+	uint16_t *shadow;	/* bundles: bid at each ring position (count entries) */
+	uint32_t *pos;		/* bundles: ring position each bid was last added at */
+	uint32_t *off;		/* inc: bytes of each buffer the kernel has filled */
+	uint32_t *refs;		/* inc: pieces of each buffer still being echoed */
+	uint8_t *out;		/* inc: 1 once the kernel has let go of the buffer */
+};
+
+/* Allocate and register; track_bundles keeps the shadow ring. Returns 0 or -errno. */
+int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t size,
+		  int inc, int track_bundles);
+void bufring_free(struct bufring *b);
+
+static inline unsigned char *bufring_addr(const struct bufring *b, uint16_t bid)
+{
+	return b->bufs + (size_t)bid * b->buf_size;
+}
+
+/* Put a whole buffer back at the ring's tail. */
+void bufring_recycle(struct bufring *b, uint16_t bid);
+
+/*
+ * A completion put len > 0 bytes into buffer bid: returns the offset they
+ * start at and takes a reference for echoing them (plain mode: the whole
+ * buffer is now the server's).
+ */
+static inline uint32_t bufring_take(struct bufring *b, uint16_t bid, uint32_t len, uint32_t cqe_flags)
+{
+	uint32_t o;
+
+	if (!b->inc) {
+		b->free--;
+		return 0;
+	}
+	o = b->off[bid];
+	b->off[bid] += len;
+	b->refs[bid]++;
+	if (!(cqe_flags & IORING_CQE_F_BUF_MORE) && !b->out[bid]) {
+		b->out[bid] = 1;
+		b->free--;
+	}
+	return o;
+}
+
+/* The bytes taken from bid are echoed: drop the reference (plain mode: recycle). */
+static inline void bufring_put(struct bufring *b, uint16_t bid)
+{
+	if (!b->inc) {
+		bufring_recycle(b, bid);
+		return;
+	}
+	if (--b->refs[bid] == 0 && b->out[bid])
+		bufring_recycle(b, bid);
+}
+
+/* A completion without data (error, EOF) came with buffer bid: give it back if it left the ring. */
+void bufring_return_unused(struct bufring *b, uint16_t bid, uint32_t cqe_flags);
+
+/* The buffer k places after bid in the ring (bundles). */
+static inline uint16_t bufring_next(const struct bufring *b, uint16_t bid, uint32_t k)
+{
+	return b->shadow[(b->pos[bid] + k) & (b->count - 1)];
+}
+
+#endif

@@ -1,0 +1,140 @@
+/*
+ * uring_core.h - the io_uring echo server's shared core.
+ *
+ * One ring, one thread.  The core owns the ring (set-up with the
+ * DEFER_TASKRUN fallback, SQPOLL, NAPI), the registered file table,
+ * accepts with the table guard, the stop poll, the accept-retry timer,
+ * get_sqe with the deferred FIFO, the starved FIFO, the completion
+ * dispatch table (handlers[op]) and the wait/reap loop.  An echo strategy
+ * (uring_echo_*.c) fills handlers[OP_RECV], handlers[OP_SEND], ... and the
+ * few hooks of struct strategy; a feature is a small unit that sets one of
+ * them up (the wait unit, a recv ioprio bit, the buffer ring's mode).
+ *
+ * user_data = op << 32 | connection index (the fixed-file slot), plus a
+ * buffer id in bits 40..55 where a handler needs one after the connection
+ * may be gone (send_zc notifications).
+ */
+#ifndef ECHO_CORE_URING_CORE_H
+#define ECHO_CORE_URING_CORE_H
+
+#include <stdint.h>
+
+#include "echo_core.h"
+#include "uring_bufring.h"
+#include "uring_compat.h"
+
+#define BUF_GROUP 0
+
+enum op {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_CLOSE,
+	OP_STOP,
+	OP_TIMER,
+	OP_CANCEL,
+	OP_COUNT,
+};
+
+enum conn_state {
+	CONN_FREE = 0,
+	CONN_RECV,      /* single, connbuf: recv in flight */
+	CONN_SEND,      /* single, connbuf: send in flight */
+	CONN_STARVED,   /* single: recv found no buffer; waiting in the starved queue */
+	CONN_CLOSING,   /* close in flight (or deferred) */
+	CONN_OPEN,      /* mshot: open; what is in flight is in flags */
+};
+
+struct conn {
+	uint8_t state;    /* enum conn_state */
+	uint8_t pad;
+	uint16_t bid;     /* single: buffer being echoed while CONN_SEND */
+	uint32_t sent;    /* bytes of that buffer already sent */
+	uint32_t len;     /* bytes in that buffer */
+	uint32_t off;     /* where they start in it (incremental buffers) */
+	uint32_t flags;   /* mshot: CF_* */
+	uint32_t qhead;   /* mshot: the send queue (segment indices) */
+	uint32_t qtail;
+	uint32_t qlen;
+};
+
+struct server;
+typedef void (*handler_fn)(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe);
+
+/* What an echo strategy provides; NULL hooks do nothing. */
+struct strategy {
+	int (*setup)(struct server *s);                 /* after ring and files: buffers, handlers */
+	void (*teardown)(struct server *s);
+	void (*start)(struct server *s, uint32_t idx);  /* a connection was accepted into slot idx */
+	void (*resume)(struct server *s, uint32_t idx); /* arm what found no SQE (not closes) */
+	void (*rearm)(struct server *s, uint32_t idx);  /* a starved connection may receive again */
+	int (*must_not_block)(const struct server *s);  /* work left that needs no completion */
+};
+
+struct seg;
+struct gather;
+
+struct server {
+	struct io_uring ring;
+	struct bufring br;
+	const struct strategy *strat;
+	handler_fn handlers[OP_COUNT];
+	int (*wait)(struct server *s, int block);      /* the wait unit: plain or batched */
+	struct conn *conns;
+	uint32_t max_conns;
+	uint32_t *starved;        /* FIFO of connections waiting for a buffer */
+	uint32_t starved_head, starved_len;
+	uint32_t *deferred;       /* FIFO of connections whose next op found no SQE */
+	uint32_t deferred_head, deferred_len;
+	int listen_fd;
+	int stop_fd;
+	int ready_fd;
+	uint32_t nconns;          /* slots holding a connection (closing ones too) */
+	uint32_t accepts;         /* accepts in flight, each with a slot reserved */
+	int accept_paused;        /* resource error: wait for a close or the timer */
+	int timer_armed;
+	int table_full;           /* counted once in accept_pauses per full spell */
+	struct __kernel_timespec retry_ts;
+	int stopping;
+	struct ec_server_stats *stats;
+	/* configuration, defaults resolved */
+	uint32_t features;
+	uint32_t buf_size;
+	uint32_t buf_count;
+	uint32_t batch_nr;
+	uint32_t batch_wait_us;
+	uint32_t mshot_budget;
+	int sqpoll_cpu;
+	uint16_t recv_ioprio;     /* IORING_RECVSEND_POLL_FIRST (pollfirst) */
+	int min_timeout;          /* batch: the kernel has IORING_FEAT_MIN_TIMEOUT */
+	int mshot_limit;          /* mshot: the kernel caps a multishot recv's bytes (6.17) */
+	/* the send unit (uring_zc.c): plain send or send_zc */
+	void (*prep_send)(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
+			  const void *buf, uint32_t len);
+	void (*put_buf)(struct server *s, uint16_t bid);  /* a buffer's bytes are echoed */
+	handler_fn send_done;     /* zc: the strategy's send handler, behind the notification filter */
+	uint32_t *zc_notifs;      /* zc: notifications outstanding per buffer */
+	uint32_t *zc_held;        /* zc: puts held back until they arrive */
+	/* strategy state */
+	unsigned char **connbuf;  /* connbuf: each connection's own buffer */
+	struct seg *segs;         /* mshot: send-queue entries */
+	struct gather **gathers;  /* mshot+bundle: each connection's sendmsg area */
+	uint32_t segs_cap, segs_free;
+};
+
+extern const struct strategy echo_single, echo_mshot, echo_connbuf;
+
+static inline uint64_t make_data(enum op op, uint32_t idx)
+{
+	return (uint64_t)op << 32 | idx;
+}
+
+struct io_uring_sqe *get_sqe(struct server *s);
+void defer(struct server *s, uint32_t idx);
+void arm_close(struct server *s, uint32_t idx);
+void starve(struct server *s, uint32_t idx);
+int batch_wait(struct server *s, int block);
+int setup_send(struct server *s);
+void teardown_send(struct server *s);
+
+#endif

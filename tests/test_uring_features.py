@@ -1,0 +1,213 @@
+"""The io_uring server's variants (issue 10): the C contract (feature bits, refused combinations,
+epoll refusing features) and what each variant adds - back-pressure and fairness of the multishot
+send queue, short sends, batched waits that never hold a lone request long, the counters."""
+
+import errno
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import echo_core
+from conftest import IO_URING_REFUSED, SERVER_CPU, split_impl, variant_refused
+from echo_client import connect, distinct_payload, echo_all, recv_exact
+from echo_core.native import ffi, lib
+
+pytestmark = pytest.mark.skipif(IO_URING_REFUSED is not None, reason=str(IO_URING_REFUSED))
+
+PROVIDED = ["uring", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"]
+VARIANTS = PROVIDED + ["uring+connbuf", "uring+pollfirst", "uring+batch", "uring+zc", "uring+mshot+zc",
+                       "uring+mshot+bundle+batch+pollfirst"]
+
+
+@pytest.fixture
+def variant_server(request):
+    started = []
+
+    def start(name, **options):
+        if "+" in name and variant_refused(name):
+            pytest.skip(variant_refused(name))
+        base, opts = split_impl(name)
+        srv = echo_core.Server(base, port=0, cpu=SERVER_CPU, **{**opts, **options}).start()
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        if srv.proc is not None:
+            srv.stop()
+
+
+def test_feature_bits_are_the_contract():
+    assert (lib.EC_FEAT_MSHOT, lib.EC_FEAT_BUNDLE, lib.EC_FEAT_INC, lib.EC_FEAT_CONNBUF, lib.EC_FEAT_BATCH,
+            lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI,
+            lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x1ff)
+    cfg = ffi.new("struct ec_server_config *")
+    assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.mshot_budget, cfg.sqpoll_cpu) == (0,) * 5
+
+
+def _serve_directly(func, features, **fields):
+    bound = ffi.new("int *")
+    listen_fd = lib.ec_listen(b"127.0.0.1", 0, 16, bound)
+    assert listen_fd >= 0
+    r, w = os.pipe()
+    try:
+        os.write(w, b"x")  # stop at once should set-up succeed
+        cfg = ffi.new("struct ec_server_config *", dict(buf_size=4096, buf_count=16, ring_entries=64,
+                                                       epoll_budget=4, ready_fd=-1, sqpoll_cpu=-1,
+                                                       features=features, **fields))
+        stats = ffi.new("struct ec_server_stats *")
+        return func(listen_fd, r, cfg, stats)
+    finally:
+        os.close(listen_fd)
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("features", [
+    512,          # unknown bit
+    0x2,          # bundle without mshot
+    0x8 | 0x1,    # connbuf with mshot
+    0x8 | 0x4,    # connbuf with inc
+    0x1 | 0x2 | 0x8,
+    0x1 | 0x2 | 0x4,  # bundle with inc
+    0x40 | 0x8,   # zc with connbuf
+])
+def test_impossible_combinations_are_refused_with_einval(features):
+    assert _serve_directly(lib.ec_uring_serve, features) == -errno.EINVAL
+
+
+@pytest.mark.parametrize("features", [0x1, 0x8, 0x10, 0x20])
+def test_epoll_refuses_any_feature(features):
+    assert _serve_directly(lib.ec_epoll_serve, features) == -errno.EINVAL
+
+
+@pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100,
+                                      0x1 | 0x2 | 0x10 | 0x20])
+def test_supported_combinations_start_and_stop(features):
+    assert _serve_directly(lib.ec_uring_serve, features) in (0, -errno.EOPNOTSUPP)
+
+
+def test_python_refuses_features_for_epoll():
+    srv = echo_core.Server("epoll", port=0, features=1)
+    with pytest.raises(RuntimeError, match="Invalid argument"):
+        srv.start()
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_short_sends_are_completed(variant_server, name):
+    # A client with a tiny receive buffer that reads slowly: the server's sends come back short.
+    srv = variant_server(name)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.connect(("127.0.0.1", srv.port))
+    data = distinct_payload(3, 4 << 20)
+    writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+    writer.start()
+    got = bytearray()
+    s.settimeout(30)
+    while len(got) < len(data):
+        chunk = s.recv(1 << 16)
+        assert chunk, "EOF before every byte came back"
+        got += chunk
+        if len(got) < (1 << 20):
+            time.sleep(0.0005)
+    writer.join(10)
+    s.close()
+    assert bytes(got) == data
+    assert srv.stats()["short_sends"] > 0
+
+
+@pytest.mark.parametrize("name", ["uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"])
+def test_never_reading_client_holds_at_most_its_budget(variant_server, name):
+    # 16 buffers, budget 2: four hogs that never read cannot take the pool; others keep echoing.
+    srv = variant_server(name, buf_count=16, buf_size=4096, mshot_budget=2)
+    hogs = [connect(srv.port) for _ in range(4)]
+    block = os.urandom(1 << 16)
+    for h in hogs:
+        h.setblocking(False)
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        for h in hogs:
+            try:
+                h.send(block)
+            except BlockingIOError:
+                pass
+        time.sleep(0.005)
+    others = [connect(srv.port) for _ in range(8)]
+    payloads = [distinct_payload(i, 300_000) for i in range(8)]
+    assert echo_all(others, payloads, timeout=60) == payloads
+    stats = srv.stats()
+    assert stats["backpressure_pauses"] > 0
+    for s in hogs + others:
+        s.close()
+
+
+@pytest.mark.parametrize("name", ["uring+mshot", "uring+mshot+bundle"])
+def test_multishot_receives_many_times_per_recv_armed(variant_server, name):
+    srv = variant_server(name)
+    socks = [connect(srv.port) for _ in range(4)]
+    payloads = [distinct_payload(i, 2 << 20) for i in range(4)]
+    assert echo_all(socks, payloads, timeout=60) == payloads
+    st = srv.stats()
+    # One armed recv brings several buffers' worth (the budget's, 16 x 64 KiB, at most).
+    assert st["bytes_in"] > 2 * 65536 * st["recv_calls"], (st["bytes_in"], st["recv_calls"])
+    assert st["recv_ok"] >= st["recv_calls"] or "bundle" in name
+    assert sum(st["recv_hist"]) == st["recv_ok"]
+    assert st["bytes_in"] == st["bytes_out"] == 4 * (2 << 20)
+    for s in socks:
+        s.close()
+
+
+def test_batched_wait_never_holds_a_lone_request_long(variant_server):
+    # batch_nr 64 and 2 ms at most: a lone ping-pong must not wait for 63 companions.
+    srv = variant_server("uring+batch", batch_nr=64, batch_wait_us=2000)
+    with connect(srv.port) as s:
+        rtts = []
+        for i in range(200):
+            t = time.monotonic()
+            s.sendall(b"x" * 64)
+            recv_exact(s, 64)
+            rtts.append(time.monotonic() - t)
+    rtts.sort()
+    assert rtts[len(rtts) // 2] < 20e-3, rtts[len(rtts) // 2]
+    # The idle server is not spinning: a wait lasts until something happens.
+    before = srv.stats()["wait_calls"]
+    time.sleep(0.3)
+    assert srv.stats()["wait_calls"] - before < 50
+
+
+@pytest.mark.parametrize("name", ["uring+inc", "uring+mshot+inc"])
+def test_few_large_incremental_buffers_are_shared_by_many_connections(variant_server, name):
+    # Four 1 MiB buffers, consumed piece by piece by 16 streaming connections at once.
+    srv = variant_server(name, buf_count=4, buf_size=1 << 20)
+    socks = [connect(srv.port) for _ in range(16)]
+    payloads = [distinct_payload(i, 500_000) for i in range(16)]
+    try:
+        assert echo_all(socks, payloads, timeout=60) == payloads
+    finally:
+        for s in socks:
+            s.close()
+    st = srv.stats()
+    # Many more completions than buffers: the same buffers took piece after piece.
+    assert st["recv_ok"] > 4 * 16
+    assert st["bytes_in"] == st["bytes_out"] == 16 * 500_000
+
+
+@pytest.mark.parametrize("name", ["uring+zc", "uring+mshot+zc"])
+def test_send_zc_notifications_are_counted_and_buffers_come_back(variant_server, name):
+    # A tiny pool: were a buffer not returned after its notification, the echo would stall.
+    srv = variant_server(name, buf_count=4, buf_size=4096)
+    socks = [connect(srv.port) for _ in range(8)]
+    payloads = [distinct_payload(i, 300_000) for i in range(8)]
+    try:
+        assert echo_all(socks, payloads, timeout=60) == payloads
+    finally:
+        for s in socks:
+            s.close()
+    st = srv.stats()
+    # Each send posts its result and (on loopback, which copies) a notification too.
+    assert st["completions"] > st["recv_ok"] + 2 * st["send_calls"] - 100
