@@ -49,43 +49,31 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-#: The io_uring variants (issue 10) every server test runs over: name -> the options selecting it
-#: (echo_core.h's EC_FEAT_* bits).  Names follow the spec syntax "uring+feature+..."; until specs
-#: are parsed by echo_core itself, split_impl() turns a name into Server(base, **options).
-FEAT = {"mshot": 1, "bundle": 2, "inc": 4, "connbuf": 8, "batch": 16, "pollfirst": 32, "zc": 64,
-        "sqpoll": 128, "napi": 256}
+#: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.specs);
+#: the SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
 URING_VARIANTS = ("uring+connbuf", "uring+pollfirst", "uring+batch", "uring+inc", "uring+mshot",
                   "uring+mshot+bundle", "uring+mshot+inc", "uring+mshot+bundle+batch+pollfirst",
-                  "uring+zc", "uring+mshot+zc", "uring+sqpoll", "uring+napi")
+                  "uring+zc", "uring+mshot+zc", f"uring+sqpoll(cpu={SERVER_CPU})", "uring+napi")
 #: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).
 ALL_IMPLS = echo_core.IMPLS + (URING_VARIANTS if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0"
                                else ())
-
-
-def split_impl(name):
-    """"uring+mshot+bundle" -> ("uring", {"features": 3}); "epoll" -> ("epoll", {})."""
-    base, *feats = name.split("+")
-    if not feats:
-        return base, {}
-    opts = {"features": sum(FEAT[f] for f in feats)}
-    if "sqpoll" in feats:
-        opts["sqpoll_cpu"] = SERVER_CPU
-    return base, opts
-
-
 _VARIANT_REFUSED = {}
 
 
-def variant_refused(name):
-    """Why this kernel refuses the variant (set-up fails: EOPNOTSUPP, EINVAL, ...), or None; cached."""
-    if name not in _VARIANT_REFUSED:
-        base, opts = split_impl(name)
-        try:
-            echo_core.Server(base, port=0, **opts).start().stop()
-            _VARIANT_REFUSED[name] = None
-        except (RuntimeError, OSError) as exc:
-            _VARIANT_REFUSED[name] = f"{name} refused here: {exc}"
-    return _VARIANT_REFUSED[name]
+def variant_refused(spec):
+    """Why this machine cannot run the spec (the probe's reason, or set-up failing: EOPNOTSUPP,
+    EINVAL, ...), or None; cached."""
+    from echo_core import specs
+
+    if spec not in _VARIANT_REFUSED:
+        why = specs.unsupported_reason(spec)
+        if why is None:
+            try:
+                echo_core.Server(spec, port=0).start().stop()
+            except (RuntimeError, OSError) as exc:
+                why = f"{spec} refused here: {exc}"
+        _VARIANT_REFUSED[spec] = why
+    return _VARIANT_REFUSED[spec]
 
 
 def impl_param(name):
@@ -121,10 +109,8 @@ def spec(request):
 def start_server(impl):
     """Factory: start_server(**options) -> a running echo_core.Server of the parametrized impl."""
     started = []
-    base, variant_opts = split_impl(impl)
-
     def start(**options):
-        srv = echo_core.Server(base, port=0, cpu=SERVER_CPU, **{**variant_opts, **options}).start()
+        srv = echo_core.Server(impl, port=0, cpu=SERVER_CPU, **options).start()
         started.append(srv)
         return srv
 

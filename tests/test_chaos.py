@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import echo_core
-from conftest import ALL_IMPLS, impl_param, split_impl
+from conftest import ALL_IMPLS, impl_param
 from echo_core import chaos
 
 SERVER_CPU = max(os.sched_getaffinity(0))
@@ -31,8 +31,7 @@ def _cli(args, timeout=60):
 
 
 def test_chaos_finds_nothing_wrong_and_exercises_everything(impl):
-    impl, variant_opts = split_impl(impl)
-    r = chaos.run_chaos(impl, seconds=3.0, seed=7, cpu=SERVER_CPU, server_options=variant_opts)
+    r = chaos.run_chaos(impl, seconds=3.0, seed=7, cpu=SERVER_CPU)
     assert r["ok"], chaos.verdict(r)
     assert r["violations"] == [] and r["violation_count"] == 0
     assert r["connections"] > 100 and r["scripts"] > 50
@@ -49,9 +48,8 @@ def test_chaos_finds_nothing_wrong_and_exercises_everything(impl):
 
 
 def test_full_connection_table_loses_no_connection(impl):
-    impl, variant_opts = split_impl(impl)
     r = chaos.run_chaos(impl, seconds=1.5, seed=11, connections=24, cpu=SERVER_CPU,
-                        server_options={"max_conns": 8, **variant_opts})
+                        server_options={"max_conns": 8})
     assert r["server"]["accept_pauses"] > 0  # the table did fill up
     assert r["ok"], chaos.verdict(r)
 

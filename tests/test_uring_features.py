@@ -11,7 +11,7 @@ import time
 import pytest
 
 import echo_core
-from conftest import IO_URING_REFUSED, SERVER_CPU, split_impl, variant_refused
+from conftest import IO_URING_REFUSED, SERVER_CPU, variant_refused
 from echo_client import connect, distinct_payload, echo_all, recv_exact
 from echo_core.native import ffi, lib
 
@@ -29,8 +29,7 @@ def variant_server(request):
     def start(name, **options):
         if "+" in name and variant_refused(name):
             pytest.skip(variant_refused(name))
-        base, opts = split_impl(name)
-        srv = echo_core.Server(base, port=0, cpu=SERVER_CPU, **{**opts, **options}).start()
+        srv = echo_core.Server(name, port=0, cpu=SERVER_CPU, **options).start()
         started.append(srv)
         return srv
 
@@ -91,9 +90,10 @@ def test_supported_combinations_start_and_stop(features):
 
 
 def test_python_refuses_features_for_epoll():
-    srv = echo_core.Server("epoll", port=0, features=1)
-    with pytest.raises(RuntimeError, match="Invalid argument"):
-        srv.start()
+    with pytest.raises(ValueError, match="epoll takes no features"):
+        echo_core.Server("epoll+mshot", port=0)
+    with pytest.raises(ValueError, match="conflicts with spec epoll"):
+        echo_core.Server("epoll", port=0, features=1)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -124,7 +124,7 @@ def test_short_sends_are_completed(variant_server, name):
 @pytest.mark.parametrize("name", ["uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"])
 def test_never_reading_client_holds_at_most_its_budget(variant_server, name):
     # 16 buffers, budget 2: four hogs that never read cannot take the pool; others keep echoing.
-    srv = variant_server(name, buf_count=16, buf_size=4096, mshot_budget=2)
+    srv = variant_server(name.replace("mshot", "mshot(budget=2)"), buf_count=16, buf_size=4096)
     hogs = [connect(srv.port) for _ in range(4)]
     block = os.urandom(1 << 16)
     for h in hogs:
@@ -164,7 +164,7 @@ def test_multishot_receives_many_times_per_recv_armed(variant_server, name):
 
 def test_batched_wait_never_holds_a_lone_request_long(variant_server):
     # batch_nr 64 and 2 ms at most: a lone ping-pong must not wait for 63 companions.
-    srv = variant_server("uring+batch", batch_nr=64, batch_wait_us=2000)
+    srv = variant_server("uring+batch(nr=64,wait_us=2000)")
     with connect(srv.port) as s:
         rtts = []
         for i in range(200):
