@@ -8,7 +8,7 @@
 #   make report   execute notebooks/report.ipynb on every result set in $(DATA)/ and render
 #                 $(REPORTS)/report.html (standalone, code hidden)
 #   make test     the test suite
-#   make test-sanitize  C core built with ASan+UBSan into build/sanitize/; server and load tests (~1.5 min)
+#   make test-sanitize  C core built with ASan+UBSan into build/sanitize/; servers, load, chaos, variants (~4 min)
 
 PYTHON ?= .venv/bin/python
 DATA ?= data
