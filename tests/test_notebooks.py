@@ -181,7 +181,7 @@ def test_counter_table_and_chart_on_real_per_message_columns(tmp_path):
     good = results.valid_rows(df[df["mode"].isin(report.CLOSED_MODES)])
     expected = good.groupby(["mode", "payload", "connections", "impl"])[list(columns)].median()
     for (mode, payload, conns, impl), row in expected.iterrows():
-        got = table.loc[(mode, payload, conns, stats.IMPL_LABELS[impl])]
+        got = table.loc[(mode, payload, conns, stats.impl_label(impl))]
         for column in columns:
             assert got[column] == pytest.approx(row[column], nan_ok=True), (mode, payload, conns, impl, column)
     assert {"valid runs", "msgs/s", "server µs/msg"} <= set(table.columns)
