@@ -14,9 +14,9 @@ int ec_sockaddr(const char *host, int port, struct sockaddr_storage *ss, socklen
 int ec_notify_ready(int ready_fd);
 
 /*
- * Count one successful recv of n > 0 bytes in the servers' size histogram:
- * bucket floor(log2(n)), the last bucket taking everything above.  A few
- * instructions, so it can sit in the hot path of both servers.
+ * Count one successful recv of n > 0 bytes: bytes_in, recv_ok and the size
+ * histogram (bucket floor(log2(n)), the last bucket taking everything above).
+ * A few instructions, so it can sit in the hot path of every server.
  */
 static inline void ec_count_recv(struct ec_server_stats *st, uint64_t n)
 {
@@ -24,6 +24,7 @@ static inline void ec_count_recv(struct ec_server_stats *st, uint64_t n)
 
 	if (b >= EC_RECV_HIST_BUCKETS)
 		b = EC_RECV_HIST_BUCKETS - 1;
+	st->bytes_in += n;
 	st->recv_ok++;
 	st->recv_hist[b]++;
 }

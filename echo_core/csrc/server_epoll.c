@@ -159,7 +159,6 @@ static int do_recv(struct server *s, struct conn *c, int fd)
 		if ((uint32_t)r < want && !c->hup)
 			c->readable = false;
 		c->end += (uint32_t)r;
-		s->st->bytes_in += (uint64_t)r;
 		ec_count_recv(s->st, (uint64_t)r);
 		n = pending(c);
 		if (n > s->st->pending_bytes_max)

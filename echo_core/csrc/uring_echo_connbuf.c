@@ -85,7 +85,6 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	}
 	c->len = (uint32_t)cqe->res;
 	c->sent = 0;
-	s->stats->bytes_in += (uint64_t)cqe->res;
 	ec_count_recv(s->stats, (uint64_t)cqe->res);
 	if (c->len > s->stats->pending_bytes_max)
 		s->stats->pending_bytes_max = c->len;

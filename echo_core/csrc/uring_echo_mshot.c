@@ -335,7 +335,6 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	if (!more)
 		c->flags &= ~CF_RECV;
 	if (cqe->res > 0) {
-		s->stats->bytes_in += (uint64_t)cqe->res;
 		ec_count_recv(s->stats, (uint64_t)cqe->res);
 		if (take_data(s, c, cqe)) {
 			fail(s, idx);
