@@ -192,8 +192,10 @@ def test_few_large_incremental_buffers_are_shared_by_many_connections(variant_se
         for s in socks:
             s.close()
     st = srv.stats()
-    # Many more completions than buffers: the same buffers took piece after piece.
-    assert st["recv_ok"] > 4 * 16
+    # The kernel left buffers in the ring after filling part of them: later pieces - of this or
+    # another connection - went into the same buffer at a growing offset.
+    assert st["recv_buf_more"] > 0
+    assert st["recv_ok"] > 4
     assert st["bytes_in"] == st["bytes_out"] == 16 * 500_000
 
 

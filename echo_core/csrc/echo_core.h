@@ -107,6 +107,8 @@ struct ec_server_stats {
 	uint64_t recv_ok;             /* recvs that returned data (> 0 bytes) */
 	uint64_t recv_hist[EC_RECV_HIST_BUCKETS]; /* those recvs by size: bucket i holds
 						     [2^i, 2^(i+1)) bytes, the last one all above */
+	uint64_t recv_buf_more;       /* io_uring inc: recvs whose buffer stayed in the ring for the
+					 next piece (IORING_CQE_F_BUF_MORE) */
 };
 
 /* Bind and listen (TCP_NODELAY, SO_REUSEADDR, non-blocking). Returns the fd. */

@@ -336,6 +336,8 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 		c->flags &= ~CF_RECV;
 	if (cqe->res > 0) {
 		ec_count_recv(s->stats, (uint64_t)cqe->res);
+		if (cqe->flags & IORING_CQE_F_BUF_MORE)
+			s->stats->recv_buf_more++;
 		if (take_data(s, c, cqe)) {
 			fail(s, idx);
 			return;

@@ -89,6 +89,8 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	c->sent = 0;
 	c->off = bufring_take(&s->br, c->bid, c->len, cqe->flags);
 	ec_count_recv(s->stats, (uint64_t)cqe->res);
+	if (cqe->flags & IORING_CQE_F_BUF_MORE)
+		s->stats->recv_buf_more++;
 	if (c->len > s->stats->pending_bytes_max)
 		s->stats->pending_bytes_max = c->len;
 	arm_send(s, idx);
