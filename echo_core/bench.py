@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from echo_core import counters, specs, validity
 from echo_core.load import check_load_args
@@ -52,7 +53,7 @@ def _load_command(port, host, mode, payload, connections, duration, warmup, warm
 
 def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max=None, rate=None,
                   arrivals="poisson", server_cpu=None, client_cpus=None, threads=None, host="127.0.0.1",
-                  window=0, server_options=None, observer=None):
+                  window=0, server_options=None, observer=None, load_hosts=None, allow_remote=False):
     """Run one load against a fresh server and return one flat row (dict).
 
     ``impl`` is a server spec (echo_core.specs: "uring", "epoll", "uring+mshot+bundle", ...) or
@@ -70,19 +71,31 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     ``observer`` (e.g. a profiler) is a context-manager factory called with the running server; it
     is entered before the load starts and left before the server stops, and what it yields, if not
     None, is a FIFO the load generator writes "enable"/"disable" lines to at the window's edges.
+
+    ``load_hosts`` (echo_core.cluster.LoadHosts) sends the load from several dask workers instead of
+    a local process: the connections are split over them, all start at one instant, the row sums
+    them (``hosts``; per-host figures under ``host_rows``, which the sweep writes to a side table).
+    The server then listens on load_hosts.server_address (in its namespace) when it has one.
+    ``allow_remote`` lets load go to a non-loopback ``host`` outside echo_core's namespaces.
     """
     impl = specs.canonical(impl)
     auto_server, auto_client = default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     threads = threads or len(client_cpus)
+    if load_hosts is not None:
+        return _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate,
+                             arrivals, server_cpu, client_cpus, threads, host, window, server_options,
+                             allow_remote)
     # Refuse bad load arguments before a server is started (port 1 stands for the one it will pick).
     check_load_args(host, 1, mode, payload, connections, threads, duration, warmup, window=window,
-                    rate=rate, cpus=client_cpus)
+                    rate=rate, cpus=client_cpus, allow_remote=allow_remote)
     with make_server(impl, host=host, port=0, cpu=server_cpu, **(server_options or {})) as srv, \
             (observer(srv) if observer else contextlib.nullcontext()) as window_ctl:
         cmd = _load_command(srv.port, host, mode, payload, connections, duration, warmup, warmup_max, rate,
                             arrivals, threads, client_cpus, window, srv.pids(), srv.stats_path, window_ctl)
+        if allow_remote:
+            cmd.append("--allow-remote")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         os.sched_setaffinity(proc.pid, set(client_cpus))
         limit = max(warmup, warmup_max or 0) + duration + 60
@@ -94,6 +107,45 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
             raise RuntimeError(f"load generator did not finish within {limit:.0f} s") from None
     record = _parse_record(out, err, proc.returncode)
     return _make_row(impl, record, server_cpu, client_cpus, proc.returncode)
+
+
+def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
+                  server_cpu, client_cpus, threads, host, window, server_options, allow_remote):
+    """run_benchmark with the load from load_hosts' workers (echo_core.cluster)."""
+    from echo_core import cluster
+
+    if warmup_max is not None and mode != "rate":
+        raise ValueError("load from several hosts needs a fixed warm-up (no warmup_max): they share one window")
+    host = load_hosts.server_address or host
+    per_host = cluster.split_connections(connections, len(load_hosts.workers))
+    check_load_args(host, 1, mode, payload, per_host[0], threads, duration, warmup, window=window,
+                    rate=rate, cpus=client_cpus, allow_remote=allow_remote)
+    # The offered rate is the total: each host offers its connections' share of it.
+    rates = [None if rate is None else rate * n / connections for n in per_host]
+    with make_server(impl, host=host, port=0, cpu=server_cpu, netns=load_hosts.server_ns,
+                     **(server_options or {})) as srv:
+        start_at = time.time() + cluster.START_MARGIN_S + connections / 5000
+
+        def args_for_host(k):
+            # Only a host on the server's machine can read its /proc and counters file: host 1 does.
+            local = k == 0 and load_hosts.same_machine
+            cmd = _load_command(srv.port, host, mode, payload, per_host[k], duration, warmup, None, rates[k],
+                                arrivals, threads, client_cpus, window, srv.pids() if local else [],
+                                srv.stats_path if local else None)
+            cmd += ["--start-at", repr(start_at)] + (["--allow-remote"] if allow_remote else [])
+            return cmd[4:]  # the worker runs its own python -m echo_core load
+
+        limit = start_at - time.time() + warmup + duration + 60
+        results = cluster.run_on_hosts(load_hosts, args_for_host, client_cpus, limit)
+    records = [_parse_record(r["out"], r["err"], r["code"]) for r in results]
+    merged = cluster.merge_records(records)
+    # CPUs the load ran on: hosts on one machine (namespaces) share theirs.
+    cpus = {(r["machine"], c) for r in results for c in client_cpus}
+    row = _make_row(impl, merged, server_cpu, client_cpus, max(r["code"] for r in results), len(cpus))
+    row["host_rows"] = [{"host": k + 1, "worker": w, "machine": r["machine"],
+                         **{c: rec.get(c) for c in cluster.HOST_COLUMNS if c in rec}}
+                        for k, (w, r, rec) in enumerate(zip(load_hosts.workers, results, records))]
+    return row
 
 
 def _parse_record(out, err, code):
@@ -139,7 +191,7 @@ def _server_counter_columns(row, msgs):
     return out
 
 
-def _make_row(impl, record, server_cpu, client_cpus, load_exit):
+def _make_row(impl, record, server_cpu, client_cpus, load_exit, client_cpu_count=None):
     nan = float("nan")
     row = {"impl": impl, **record, "server_cpu": server_cpu, "client_cpus": ",".join(map(str, client_cpus)),
            "load_exit": load_exit}
@@ -159,7 +211,9 @@ def _make_row(impl, record, server_cpu, client_cpus, load_exit):
         # should include it and server_util may exceed 1): a reader comparing designs must know.
         row["server_note"] = "sqpoll: a kernel SQ polling thread uses a CPU of its own besides server_cpu"
     row["server_util"] = server_cpu_s / window if window > 0 else nan
-    row["client_util"] = record["client_cpu_s"] / (window * len(client_cpus)) if window > 0 else nan
+    row.setdefault("hosts", 1)
+    client_cpu_count = client_cpu_count or len(client_cpus)
+    row["client_util"] = record["client_cpu_s"] / (window * client_cpu_count) if window > 0 else nan
     row["bottleneck"] = bottleneck(row["server_util"], row["client_util"])
     row["window_agreement"] = validity.window_agreement(row)
     row["valid"], row["invalid_reason"] = validity.assess(row)

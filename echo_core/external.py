@@ -157,8 +157,9 @@ class ExternalServer(ServerProcess):
     the timeout.
     """
 
-    def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, **options):
+    def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, netns=None, **options):
         self.argv = parse_exec(impl)
+        self.netns = netns  # a namespace echo_core made (echo_core.netns) to run the server in
         if options:
             raise ValueError(f"server options ({', '.join(sorted(options))}) do not apply to an external "
                              f"server ({impl!r}); pass them in its command line")
@@ -186,8 +187,11 @@ class ExternalServer(ServerProcess):
         return [arg.replace("{port}", str(port)).replace("{host}", self.host) for arg in self.argv]
 
     def start(self):
-        port = self.port or free_port(self.host)
+        # A fresh namespace has every port free; one free on this namespace's loopback will do.
+        port = self.port or free_port("127.0.0.1" if self.netns else self.host)
         argv = self.command(port)
+        if self.netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         self._stderr = tempfile.NamedTemporaryFile(prefix="echo_core-external-", suffix=".stderr")
         try:
             self.proc = self._spawn(argv)

@@ -5,9 +5,11 @@
 of results.  ``add_load_arguments`` / ``load_command`` are the CLI glue used
 by ``python -m echo_core load``.
 
-Load only ever goes to a loopback address (127.0.0.0/8 or ::1): this tool
-opens thousands of connections and pushes gigabytes per second, which is
-fine on loopback and rude anywhere else.
+Load goes to a loopback address (127.0.0.0/8 or ::1) or into a network
+namespace echo_core created (echo_core.netns), and elsewhere only with an
+explicit allow_remote / --allow-remote: this tool opens thousands of
+connections and pushes gigabytes per second, which is fine there and rude
+anywhere else.
 """
 
 import ipaddress
@@ -17,9 +19,10 @@ import mmap
 import os
 import resource
 import sys
+import time
 
 from echo_core import counters as kcounters
-from echo_core import histogram
+from echo_core import histogram, netns
 from echo_core.native import check, ffi, lib
 from echo_core.stop import StopOnSignal
 
@@ -69,20 +72,27 @@ def _seconds(name, value, allow_zero):
     return value
 
 
-def check_host(host):
-    """Return host as a canonical loopback literal, or raise ValueError."""
+def check_host(host, allow_remote=False):
+    """Return host as a canonical address literal, or raise ValueError.
+
+    Load goes to loopback (127.0.0.0/8, ::1), to addresses inside network namespaces echo_core itself
+    created (echo_core.netns, in 198.18.0.0/15) and, only with allow_remote (``--allow-remote``), to
+    another unicast address: a lab network the user owns.
+    """
     try:
         addr = ipaddress.ip_address(str(host))
     except ValueError:
-        raise ValueError(
-            f"host must be a numeric loopback address (127.0.0.0/8 or ::1), got {host!r}"
-        ) from None
+        raise ValueError(f"host must be a numeric IP address (e.g. 127.0.0.1 or ::1), got {host!r}") from None
     if getattr(addr, "scope_id", None):
         raise ValueError(f"host must not carry a scope id, got {host!r}")
-    if not addr.is_loopback:
-        raise ValueError(
-            f"host {host!r} is not loopback: load only goes to 127.0.0.0/8 or ::1"
-        )
+    if addr.is_loopback or netns.is_lab_address(addr):
+        return str(addr)
+    if addr.is_multicast or addr.is_unspecified or str(addr) == "255.255.255.255":
+        raise ValueError(f"host {host!r} is not a unicast address")
+    if not allow_remote:
+        raise ValueError(f"host {host!r} is not loopback nor inside a network namespace echo_core created: "
+                         "load only goes elsewhere with --allow-remote (allow_remote=True), for a lab "
+                         "network you own")
     return str(addr)
 
 
@@ -170,14 +180,14 @@ def _check_fd_limit(connections):
 
 def check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
                     connect_timeout=10.0, window=0, rate=None, cpus=None, warmup_max=None,
-                    arrivals="poisson", seed=1, server_pids=None):
+                    arrivals="poisson", seed=1, server_pids=None, allow_remote=False, start_at=None):
     """Validate and normalise run_load's arguments; raises ValueError with a clear message.
 
     Returns a dict of the normalised values (keyword names of run_load).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    host = check_host(host)
+    host = check_host(host, allow_remote)
     if port is None:
         raise ValueError("port is required")
     port = _int("port", port, 1, 65535)
@@ -211,11 +221,31 @@ def check_load_args(host, port, mode, payload, connections, threads, duration, w
     cpu_list = parse_cpus(cpus)
     pids = parse_pids(server_pids)
     _check_fd_limit(connections)
+    if start_at is not None:
+        start_at = _start_at(start_at, mode, warmup, warmup_max)
 
     return dict(host=host, port=port, mode=mode, payload=payload, connections=connections,
                 threads=threads, duration=duration, warmup=warmup, connect_timeout=connect_timeout,
                 window=window, rate=rate, cpus=cpu_list, warmup_max=warmup_max, arrivals=arrivals,
-                seed=seed, server_pids=pids)
+                seed=seed, server_pids=pids, start_at=start_at)
+
+
+#: How far ahead a start barrier may lie: the wait before it does not watch for ^C.
+MAX_START_AHEAD_S = 300.0
+
+
+def _start_at(value, mode, warmup, warmup_max):
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"start_at must be a wall-clock time in seconds since the epoch, got {value!r}") from None
+    ahead = value - time.time()
+    if not math.isfinite(value) or ahead > MAX_START_AHEAD_S:
+        raise ValueError(f"start_at must lie within {MAX_START_AHEAD_S:.0f} s from now, got {ahead:+.1f} s")
+    if mode != "rate" and warmup_max > warmup:
+        raise ValueError("start_at needs a fixed warm-up (no warmup_max): several hosts share one window "
+                         "only if it is fixed in advance")
+    return value
 
 
 def run_load(
@@ -238,6 +268,8 @@ def run_load(
     server_stats_path=None,
     window_ctl_path=None,
     counters="all",
+    allow_remote=False,
+    start_at=None,
 ):
     """Run one load against an echo server on host:port and return a flat dict.
 
@@ -256,6 +288,10 @@ def run_load(
     counters ("all", "none", a list or a comma list of echo_core.counters.NAMES): with
     server_pids, the kernel counters (tracepoints, PMU) counted on the server's threads over the
     window (server_kc_* keys; NaN where not countable, counters_note says why).
+    allow_remote lets the load go to a non-loopback address (check_host).  start_at (wall-clock
+    seconds since the epoch): once every connection is up, wait for that instant before starting,
+    so that load generators on several hosts share the warm-up and window (start_late_s says how
+    late this one was).
     window_ctl_path names a FIFO that already has a reader (perf's
     ``--control fifo:PATH``): it gets "enable\n" when the window opens and
     "disable\n" when it closes, so a profiler samples the window only.
@@ -265,7 +301,8 @@ def run_load(
     main thread) ends the run early and raises KeyboardInterrupt.
     """
     a = check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
-                        connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids)
+                        connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids,
+                        allow_remote, start_at)
     names = counters if isinstance(counters, (list, tuple)) else kcounters.parse_names(counters)
     if any(n not in kcounters.NAMES for n in names):
         raise ValueError(f"unknown counter(s) in {names!r}: choose from {', '.join(kcounters.NAMES)}")
@@ -304,6 +341,7 @@ def run_load(
     cfg.window_ctl_fd = window_ctl
     cfg.counters = ctr_c
     cfg.ncounters = len(events)
+    cfg.start_at_s = a["start_at"] or 0.0
 
     try:
         # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
@@ -405,6 +443,7 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         "send_calls": res.send_calls,
         "recv_calls": res.recv_calls,
         "interrupted": interrupted,
+        "start_late_s": res.start_late_s,
     }
     if stream:
         for key in LATENCY_KEYS:
@@ -471,7 +510,12 @@ def _number(name, text, kind):
 def add_load_arguments(parser):
     """Add the load generator's options to an argparse parser (or sub-parser)."""
     # Numbers are parsed in load_command so bad values give one clear line, not a usage dump.
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address of the server (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="server address: loopback (default 127.0.0.1) or inside an echo_core network namespace")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a non-loopback server address: only for a lab network you own")
+    parser.add_argument("--start-at", default=None, metavar="T",
+                        help="wall-clock start instant (s since the epoch) shared by load generators on several hosts")
     parser.add_argument("--port", required=True, help="server port")
     parser.add_argument("--mode", choices=tuple(MODES), default="rr",
                         help="stream: continuous writes; rr: closed loop; rate: open loop at --rate (default rr)")
@@ -527,6 +571,8 @@ def _kwargs_from_args(args):
         server_stats_path=args.server_stats,
         window_ctl_path=getattr(args, "window_ctl", None),
         counters=kcounters.parse_names(getattr(args, "counters", "all")),
+        allow_remote=getattr(args, "allow_remote", False),
+        start_at=None if getattr(args, "start_at", None) is None else _number("start-at", args.start_at, float),
     )
 
 

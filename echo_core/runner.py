@@ -229,7 +229,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
           arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
           server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
           host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None,
-          resume=False, cells=None):
+          resume=False, cells=None, load_hosts=None, cluster=None, hosts=None, netns=None, allow_remote=False,
+          security=None, allow_plain_tcp=False):
     """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
 
     Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
@@ -245,7 +246,33 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     server_cpu, client_cpus, threads, window and host go to run_benchmark.  A misspelt keyword is a
     TypeError before any server starts.  ``resume=True`` continues the result set ``name`` (see
     resume_sweep): planned runs it already holds as valid rows are skipped, the rest are appended.
+
+    Load from several hosts (echo_core.cluster): ``cluster`` (a distributed.Client or a scheduler
+    address; ``hosts`` workers of it, default all; ``security`` for tls://, ``allow_plain_tcp`` to
+    accept a plain-TCP scheduler off loopback), or ``netns=N`` (N namespace hosts on this machine,
+    made and removed by this call; needs root), or a ready ``load_hosts``.  Rows then sum the hosts
+    (``hosts`` column) and ``<name>-hosts.csv`` holds the per-host figures.  ``allow_remote`` lets the
+    load go to a non-loopback ``host`` that is not in a namespace echo_core made.
     """
+    if sum(x is not None for x in (load_hosts, cluster, netns)) > 1:
+        raise ValueError("give at most one of load_hosts, cluster and netns")
+    if netns is not None or cluster is not None:
+        from echo_core import cluster as _cluster
+
+        kwargs = dict(locals())
+        for key in ("load_hosts", "cluster", "hosts", "netns", "security", "allow_plain_tcp", "_cluster"):
+            kwargs.pop(key)
+        if netns is not None:
+            from echo_core import netns as _netns
+
+            _netns.check_can_create()  # a clear error before anything is made
+            with _cluster.netns_hosts(netns) as made:
+                return sweep(**kwargs, load_hosts=made)
+        connected = _cluster.LoadHosts.connect(cluster, hosts, security, allow_plain_tcp)
+        try:
+            return sweep(**kwargs, load_hosts=connected)
+        finally:
+            connected.close()
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
     impls, modes = _canonical_impls(impls), list(modes)
@@ -269,6 +296,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
               "arrivals": arrivals, "target_ci": target_ci, "max_repeats": max_repeats,
               "cells": cells, "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
               "threads": threads, "window": window, "host": host, "on_error": on_error,
+              "allow_remote": allow_remote,
               "order": "repeat-major; impls alternate order between repeats", "runs_planned": len(runs),
               "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
@@ -276,6 +304,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
             "parameters": params, "machine": machine.machine_info(features_file)}
     # What each spec meant on this machine: its server options and, if it could not run here, why.
     meta["specs"] = specs.describe(impls)
+    # Where the load came from: the hosts, their namespaces and how long setting them up took.
+    meta["load_hosts"] = load_hosts.describe() if load_hosts is not None else None
     # Why a set's kernel-counter columns are NaN, if they are (each row's counters_note says it too).
     meta["counters"] = counters.availability()
     if resume:
@@ -289,7 +319,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     def bench(impl, mode, payload, conns, rate=None):
         return run_benchmark(impl, mode, payload, conns, duration=duration, warmup=warmup, warmup_max=warmup_max,
                              rate=rate, arrivals=arrivals, server_cpu=server_cpu, client_cpus=client_cpus,
-                             threads=threads, host=host, window=window, server_options=server_options)
+                             threads=threads, host=host, window=window, server_options=server_options,
+                             load_hosts=load_hosts, allow_remote=allow_remote)
 
     capacity = _Capacity(impls, bench)
     # Offered loads of a resumed set stay what they were: reuse the capacities its rows were scaled by.
@@ -300,12 +331,22 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     writer = _CsvAppender.existing(csv_path) if previous else _CsvAppender(csv_path, leading=SWEEP_COLUMNS + CELL)
     rows = list(previous)
     bar = _tqdm()(total=len(runs), desc=name, unit="run", disable=not progress, dynamic_ncols=True)
+    hosts_writer = [None]  # the side table, opened with the first multi-host row
 
     def run_all(batch):
         for run in batch:
             bar.set_postfix_str(f"{run['mode']} {run['payload']}B x{run['connections']} {run['impl']}", refresh=False)
             row = _run_one(run, bench, capacity, on_error)
             row = {"sweep": name, "run_index": len(rows), **row}
+            host_rows = row.pop("host_rows", None)
+            if host_rows:
+                if hosts_writer[0] is None:
+                    hosts_writer[0] = _hosts_appender(output_dir / f"{name}-hosts.csv")
+                for host_row in host_rows:
+                    hosts_writer[0].write({"sweep": name, "run_index": row["run_index"], "impl": row["impl"],
+                                           "mode": row["mode"], "payload": row["payload"],
+                                           "connections_total": row["connections"], "repeat": row["repeat"],
+                                           **host_row})
             writer.write(row)
             rows.append(row)
             bar.update(1)
@@ -335,6 +376,11 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     df = load_csv(csv_path)
     df.attrs.update(name=name, csv=str(csv_path), json=str(json_path), metadata=meta)
     return df
+
+
+def _hosts_appender(path):
+    """The per-host side table of a multi-host sweep (appended to when resumed)."""
+    return _CsvAppender.existing(path) if path.exists() else _CsvAppender(path, leading=["sweep", "run_index"])
 
 
 def _previous_rows(output_dir, name):

@@ -117,15 +117,15 @@ def check_max_conns(impl, max_conns, nofile):
                                     f"{nofile}, at most {lib.EC_MAX_CONNS})")
 
 
-def make_server(impl, host="127.0.0.1", port=0, cpu=None, **options):
+def make_server(impl, host="127.0.0.1", port=0, cpu=None, netns=None, **options):
     """A Server for a spec ("uring", "epoll", "uring+mshot", ...), an ExternalServer for "exec:CMD";
-    neither is started yet."""
+    neither is started yet.  netns: run it inside that network namespace (echo_core.netns)."""
     check_impl(impl)
     if impl.startswith(EXEC_PREFIX):
         from echo_core.external import ExternalServer
 
-        return ExternalServer(impl, host=host, port=port, cpu=cpu, **options)
-    return Server(impl, host=host, port=port, cpu=cpu, **options)
+        return ExternalServer(impl, host=host, port=port, cpu=cpu, netns=netns, **options)
+    return Server(impl, host=host, port=port, cpu=cpu, netns=netns, **options)
 
 
 def _listen(host, port, backlog):
@@ -292,8 +292,9 @@ class Server(ServerProcess):
     sends SIGTERM, waits for a clean exit and returns the final counters.
     """
 
-    def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, **options):
+    def __init__(self, impl, host="127.0.0.1", port=0, cpu=None, startup_timeout=15.0, netns=None, **options):
         self.options = validate(impl, host, port, cpu, options)
+        self.netns = netns  # a namespace echo_core made (echo_core.netns) to run the server in
         impl = check_impl(impl)  # the canonical spec
         self.impl, self.host, self.port, self.cpu = impl, host, port, cpu
         self.startup_timeout = startup_timeout
@@ -326,6 +327,9 @@ class Server(ServerProcess):
             cmd += ["--cpu", str(self.cpu)]
         for name, value in self.options.items():
             cmd += [f"--{name.replace('_', '-')}", str(value)]
+        if self.netns:
+            # `ip netns exec` enters the namespace and execs the command: the pid stays the server's.
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         # "listening on" comes only after the C side finished its set-up; a failure there is a

@@ -1,6 +1,8 @@
 """`python -m echo_core sweep`: a named grid (with overrides) -> CSV + JSON + charts, and a summary."""
 
 import argparse
+import contextlib
+import signal
 from pathlib import Path
 
 from echo_core import results, specs, stats
@@ -74,7 +76,56 @@ def add_sweep_arguments(parser):
                              "recorded, skipping runs it already holds as valid (grid options are ignored)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    hosts = parser.add_argument_group("load from several hosts (see README: when one machine is not enough)")
+    where = hosts.add_mutually_exclusive_group()
+    where.add_argument("--netns", type=int, default=None, metavar="N",
+                       help="try it on this machine: N load-host network namespaces (198.18.0.0/15) with a dask "
+                            "worker each, the server in one more; all removed at the end (needs root)")
+    where.add_argument("--scheduler", default=None, metavar="ADDR",
+                       help="a dask scheduler (tls://HOST:PORT, or tcp:// on loopback) whose workers send the load")
+    hosts.add_argument("--hosts", type=int, default=None, metavar="K", help="with --scheduler: use K of its workers")
+    hosts.add_argument("--host", default="127.0.0.1",
+                       help="the server's address (default 127.0.0.1; --netns picks its own)")
+    hosts.add_argument("--allow-remote", action="store_true",
+                       help="let load go to a --host outside loopback and echo_core's namespaces: only a lab "
+                            "network you own")
+    hosts.add_argument("--allow-plain-tcp", action="store_true",
+                       help="accept a tcp:// --scheduler off loopback (anyone reaching it runs code on the workers)")
+    hosts.add_argument("--tls-ca-file", default=None, help="with a tls:// --scheduler: CA certificate (PEM)")
+    hosts.add_argument("--tls-cert", default=None, help="with a tls:// --scheduler: client certificate (PEM)")
+    hosts.add_argument("--tls-key", default=None, help="with a tls:// --scheduler: client key (PEM)")
     return parser
+
+
+@contextlib.contextmanager
+def _term_as_interrupt():
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _hosts_kwargs(args):
+    """sweep() keywords for where the load comes from."""
+    kwargs = {"host": args.host, "allow_remote": args.allow_remote}
+    if args.netns is not None:
+        kwargs["netns"] = args.netns
+    elif args.scheduler is not None:
+        security = None
+        if args.tls_ca_file or args.tls_cert or args.tls_key:
+            from distributed.security import Security
+
+            security = Security(tls_ca_file=args.tls_ca_file, tls_client_cert=args.tls_cert,
+                                tls_client_key=args.tls_key, require_encryption=True)
+        kwargs.update(cluster=args.scheduler, hosts=args.hosts, security=security,
+                      allow_plain_tcp=args.allow_plain_tcp)
+    elif args.hosts is not None:
+        raise ValueError("--hosts goes with --scheduler")
+    return kwargs
 
 
 OVERRIDES = ("duration", "warmup", "warmup_max", "repeats", "impls", "modes", "payloads", "connections", "rates",
@@ -113,7 +164,10 @@ def sweep_command(args):
         eta = estimate_seconds(params)
         about = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
         print(f"{args.grid} grid: {count_runs(params)} runs, about {about}", flush=True)
-        df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid, **params)
+        # SIGTERM unwinds like ^C, so that namespaces, workers and servers are removed.
+        with _term_as_interrupt():
+            df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid,
+                       **params, **_hosts_kwargs(args))
     meta = df.attrs["metadata"]
     print(f"{meta['rows']} runs in {meta['elapsed_s']:.0f} s")
     print(f"results:  {df.attrs['csv']}")

@@ -1,7 +1,8 @@
 """Is a run a valid measurement?  One verdict per row, used by every statistic, chart and report.
 
 A run is valid only if every byte came back unchanged, nothing failed, the load generator ran its whole
-window and exited cleanly, and server and client describe the same steady window: the server's bytes
+window and exited cleanly, load hosts (if several) started together, and server and client describe the
+same steady window: the server's bytes
 sent over the window agree with the client's echoed bytes received over it within STEADY_TOLERANCE.
 Invalid rows stay in the CSV (``valid`` False, ``invalid_reason`` says why) and are excluded from
 statistics and charts, which say how many runs they left out.
@@ -11,6 +12,8 @@ import math
 
 #: Server bytes out vs client bytes in over the measured window may differ by at most this fraction.
 STEADY_TOLERANCE = 0.05
+#: Load from several hosts: hosts whose windows opened this far apart (s) measured different windows.
+HOSTS_START_SKEW_LIMIT = 0.05
 
 
 def _num(row, key):
@@ -54,6 +57,9 @@ def reasons(row):
         out.append(f"load generator exit {int(code)}")
     if not _positive(row, "bytes"):
         out.append("nothing echoed in the window")
+    skew = _num(row, "hosts_start_skew_s")
+    if math.isfinite(skew) and skew > HOSTS_START_SKEW_LIMIT:
+        out.append(f"hosts' windows disagree: starts {skew * 1e3:.0f} ms apart")
     agreement = window_agreement(row)
     if math.isfinite(agreement) and abs(agreement - 1) > STEADY_TOLERANCE:
         out.append(f"unsteady: server/client bytes {agreement:.3f}")

@@ -10,7 +10,7 @@ $SUDO apt-get update -qq
 # gcc brings gcc-N -> libgcc-N-dev, which depends on the ASan and UBSan runtimes (Debian 12: libasan8,
 # libubsan1) and binutils (readelf) that `make test-sanitize` uses: nothing more to install for it.
 $SUDO apt-get install -y -qq --no-install-recommends \
-    gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd >/dev/null
+    gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd openssl >/dev/null
 # perf, for `python -m echo_core profile` (optional at run time: profiling says what is missing).
 # Debian packages it as linux-perf; Ubuntu as linux-tools-common plus the kernel's linux-tools-$(uname -r).
 if ! command -v perf >/dev/null 2>&1; then
@@ -22,5 +22,8 @@ python3 -m venv .venv
 # setuptools >= 77 (the build backend pyproject.toml names) also for `make test-sanitize`, which builds
 # the sanitized extension with this venv's setup.py rather than in pip's isolated build environment.
 .venv/bin/pip install -q --upgrade pip "setuptools>=77"
+# pyproject.toml's dependencies include dask.distributed (load from several hosts, `sweep --netns`);
+# iproute2 above provides `ip` for the namespaces.
 .venv/bin/pip install -q -e ".[dev]"
+.venv/bin/python -c "import distributed" || { echo "error: dask.distributed did not install" >&2; exit 1; }
 .venv/bin/python -c "import echo_core; print('echo_core', echo_core.__version__, 'installed in .venv')"

@@ -196,6 +196,9 @@ struct ec_load_config {
 	const struct ec_counter *counters; /* perf events counted on every server pid's threads
 					      (inherited by threads they create), may be NULL */
 	uint32_t ncounters;       /* at most EC_MAX_COUNTERS */
+	double start_at_s;        /* 0, or a CLOCK_REALTIME instant (s since the epoch): with every
+				     connection up, wait for it before t0, so that load generators on
+				     several hosts run the same warm-up and window */
 };
 
 struct ec_load_result {
@@ -244,6 +247,8 @@ struct ec_load_result {
 	uint64_t counter_delta[EC_MAX_COUNTERS];
 	int counter_status[EC_MAX_COUNTERS];
 	uint64_t latency_hist[EC_HIST_BUCKETS]; /* merged latency histogram (ns buckets) */
+	double start_late_s;      /* with start_at_s: how late t0 came after it (connecting took
+				     longer than the barrier allowed); 0 otherwise */
 };
 
 /* Run one load. Returns 0, or a negative errno for bad config or set-up failure. */

@@ -22,6 +22,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "clock.h"
@@ -70,6 +71,12 @@ static int validate(const struct ec_load_config *cfg)
 	if (cfg->warmup_max_s != 0 && !seconds_ok(cfg->warmup_max_s, cfg->warmup_s))
 		return -EINVAL;
 	if (cfg->mode != EC_MODE_STREAM && cfg->mode != EC_MODE_RR && cfg->mode != EC_MODE_RATE)
+		return -EINVAL;
+	/* A start barrier waits without watching stop_fd: it must be a real instant. */
+	if (!(cfg->start_at_s >= 0) || !isfinite(cfg->start_at_s))
+		return -EINVAL;
+	/* Several hosts share one window only when its start is fixed in advance. */
+	if (cfg->start_at_s > 0 && cfg->mode != EC_MODE_RATE && cfg->warmup_max_s > cfg->warmup_s)
 		return -EINVAL;
 	if (cfg->mode == EC_MODE_RATE && (!(cfg->rate > 0) || cfg->rate > 1e9))
 		return -EINVAL;
@@ -251,6 +258,27 @@ static int start_workers(struct worker *ws, uint32_t nw, uint32_t *started)
 	return -ret;
 }
 
+/*
+ * Several hosts' load generators share one start instant (wall clock: the
+ * only clock hosts share).  Returns how late we are for it, 0 when on time.
+ */
+static double wait_for_start(double start_at_s)
+{
+	struct timespec ts, now;
+	double late;
+
+	if (start_at_s <= 0)
+		return 0;
+	ts.tv_sec = (time_t)start_at_s;
+	ts.tv_nsec = (long)((start_at_s - (double)ts.tv_sec) * 1e9);
+	while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
+	clock_gettime(CLOCK_REALTIME, &now);
+	late = (double)(now.tv_sec - ts.tv_sec) + (double)(now.tv_nsec - ts.tv_nsec) / 1e9;
+	/* clock_nanosleep returns at once for a past instant: then "late" is how far past it. */
+	return late > 1e-3 ? late : 0;
+}
+
 static int run_workers(struct load *ld, struct conn *conns, uint32_t nconns, struct worker *ws,
 		       uint32_t nw, struct ec_load_result *res)
 {
@@ -266,6 +294,7 @@ static int run_workers(struct load *ld, struct conn *conns, uint32_t nconns, str
 	if (ret) {
 		ec_gate_open(ld, GATE_ABORT);
 	} else {
+		res->start_late_s = wait_for_start(cfg->start_at_s);
 		ld->t0 = now_ns();
 		ld->arr.t0 = ld->t0;
 		ld->win_start = WIN_UNKNOWN;

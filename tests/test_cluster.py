@@ -1,0 +1,300 @@
+"""Load from several hosts: a real dask scheduler and workers (on loopback, and in network namespaces
+this test makes), the start barrier, where load may go and who may drive it, and clean-up."""
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from echo_core import cluster, netns
+from echo_core.bench import run_benchmark
+from echo_core.load import check_host, run_load
+from echo_core.runner import sweep
+from echo_core.server import Server
+
+FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
+SERVER_CPU = max(os.sched_getaffinity(0))
+CLIENT_CPUS = [c for c in sorted(os.sched_getaffinity(0)) if c != SERVER_CPU] or [SERVER_CPU]
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not netns.shutil.which("ip"),
+                                reason="network namespaces need root and iproute2's ip")
+
+
+def _lab_leftovers(index):
+    """Namespaces, links, registry entries and processes of lab `index` that still exist."""
+    left = [ns for ns in os.listdir(netns.NETNS_DIR) if ns.startswith(f"ec{index}-")] \
+        if netns.NETNS_DIR.is_dir() else []
+    left += [link for link in os.listdir("/sys/class/net") if link.startswith(f"ec{index}")]
+    if (netns.REGISTRY_DIR / f"ec{index}.json").exists():
+        left.append("registry entry")
+    marker = f"198.18.{index}."
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd and "distributed" in cmd:
+                left.append(f"process {pid}: {cmd[:80]}")
+    return left
+
+
+# ------------------------------------------------------------------ where load may go
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "198.18.250.9", "2001:db8::1"])
+def test_load_to_a_non_loopback_address_is_refused_without_the_opt_in(host):
+    # Documentation and benchmarking addresses: nothing is sent, the check refuses first.
+    with pytest.raises(ValueError, match="--allow-remote"):
+        run_load(host=host, port=9, duration=0.1)
+    with pytest.raises(ValueError, match="--allow-remote"):
+        run_benchmark("epoll", "rr", 64, 1, duration=0.1, host=host)
+    proc = subprocess.run([sys.executable, "-m", "echo_core", "load", "--host", host, "--port", "9"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: ") and "--allow-remote" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The opt-in only lifts the address check (tests never send load there).
+    assert check_host(host, allow_remote=True) == str(ipaddress.ip_address(host))
+
+
+def test_loopback_needs_no_opt_in_and_broadcast_is_never_a_target():
+    assert check_host("127.0.0.1") == "127.0.0.1"
+    assert check_host("::1") == "::1"
+    for host in ("0.0.0.0", "224.0.0.1", "255.255.255.255"):
+        with pytest.raises(ValueError, match="unicast"):
+            check_host(host, allow_remote=True)
+
+
+# ------------------------------------------------------------------ who may drive it
+
+def test_plain_tcp_scheduler_off_loopback_needs_tls_or_an_explicit_opt_in():
+    assert cluster.check_scheduler_address("tcp://127.0.0.1:8786") == "tcp://127.0.0.1:8786"
+    with pytest.raises(ValueError, match="tls://"):
+        cluster.check_scheduler_address("tcp://192.0.2.7:8786")
+    with pytest.raises(ValueError, match="tls://"):
+        cluster.check_scheduler_address("192.0.2.7:8786")
+    assert cluster.check_scheduler_address("192.0.2.7:8786", allow_plain_tcp=True) == "tcp://192.0.2.7:8786"
+    with pytest.raises(ValueError, match="security"):
+        cluster.check_scheduler_address("tls://192.0.2.7:8786")
+    assert cluster.check_scheduler_address("tls://192.0.2.7:8786", security=object()) == "tls://192.0.2.7:8786"
+    with pytest.raises(ValueError, match="unsupported"):
+        cluster.check_scheduler_address("ws://127.0.0.1:8786")
+
+
+# ------------------------------------------------------------------ the start barrier
+
+def test_load_generators_wait_for_a_shared_start_instant():
+    with Server("epoll", cpu=SERVER_CPU) as srv:
+        start_at = time.time() + 1.5
+        t0 = time.time()
+        r = run_load(port=srv.port, mode="rr", payload=64, connections=2, duration=0.3, start_at=start_at,
+                     cpus=CLIENT_CPUS)
+        assert time.time() - t0 >= 1.5 + 0.3 - 0.05  # waited for the instant, then ran the window
+        assert r["start_late_s"] == 0 and r["mismatches"] == 0 and r["messages"] > 0
+        # An instant already past starts at once and says how late it was.
+        r = run_load(port=srv.port, mode="rr", payload=64, connections=2, duration=0.2,
+                     start_at=time.time() - 2, cpus=CLIENT_CPUS)
+        assert r["start_late_s"] >= 2
+    with pytest.raises(ValueError, match="fixed warm-up"):
+        run_load(port=9, mode="rr", duration=0.1, warmup=0.1, warmup_max=1, start_at=time.time() + 1)
+    with pytest.raises(ValueError, match="within"):
+        run_load(port=9, mode="rr", duration=0.1, start_at=time.time() + 3600)
+
+
+def test_merged_record_sums_hosts_and_merges_latency_exactly():
+    with Server("epoll", cpu=SERVER_CPU) as srv:
+        recs = [run_load(port=srv.port, mode="rr", payload=64, connections=c, duration=0.3, cpus=CLIENT_CPUS)
+                for c in (1, 3)]
+    merged = cluster.merge_records(recs)
+    assert merged["hosts"] == 2 and merged["connections"] == 4
+    assert merged["messages"] == recs[0]["messages"] + recs[1]["messages"]
+    assert merged["latency_samples"] == recs[0]["latency_samples"] + recs[1]["latency_samples"]
+    lo, hi = sorted(r["p50_us"] for r in recs)
+    assert lo * 0.98 <= merged["p50_us"] <= hi * 1.02
+    # Jain's index over the 4 connections, rebuilt exactly from the hosts' figures.
+    assert 0 < merged["fairness"] <= 1
+    assert cluster.split_connections(7, 2) == [4, 3]
+    with pytest.raises(ValueError, match="cannot be spread"):
+        cluster.split_connections(1, 2)
+
+
+# ------------------------------------------------------------------ a real dask cluster on loopback
+
+@pytest.fixture(scope="module")
+def local_hosts():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as lc, Client(lc) as client:
+        yield cluster.LoadHosts.connect(client)
+
+
+def test_two_dask_workers_send_the_load_and_the_row_adds_them_up(local_hosts):
+    assert len(local_hosts.workers) == 2 and local_hosts.same_machine
+    row = run_benchmark("epoll", "rr", 512, 6, duration=0.5, warmup=0.2, client_cpus=CLIENT_CPUS,
+                        load_hosts=local_hosts)
+    assert row["hosts"] == 2 and row["connections"] == 6 and row["connected"] == 6
+    assert row["mismatches"] == 0 and row["errors"] == 0
+    assert row["valid"], row["invalid_reason"]
+    hosts = row["host_rows"]
+    assert [h["host"] for h in hosts] == [1, 2] and [h["connections"] for h in hosts] == [3, 3]
+    assert {h["worker"] for h in hosts} == set(local_hosts.workers)
+    assert row["msgs_per_s"] == pytest.approx(sum(h["msgs_per_s"] for h in hosts))
+    # Host 1 shares the server's machine: the server's side of the window is measured.
+    assert row["server_cpu_s"] > 0 and row["window_agreement"] == pytest.approx(1, abs=0.05)
+
+
+def test_a_byte_flipping_server_gives_an_invalid_row_not_a_crash(local_hosts):
+    spec = f"exec:{sys.executable} {FAULTY} --host {{host}} --port {{port}} --fault flip --after 100"
+    row = run_benchmark(spec, "rr", 512, 2, duration=0.4, warmup=0.1, client_cpus=CLIENT_CPUS,
+                        load_hosts=local_hosts)
+    assert row["hosts"] == 2 and row["mismatches"] > 0
+    assert not row["valid"] and "mismatched" in row["invalid_reason"]
+
+
+# ------------------------------------------------------------------ namespaces on this machine
+
+@needs_root
+def test_lab_addresses_are_load_targets_only_while_the_lab_lives():
+    with netns.Lab(1) as lab:
+        assert check_host(lab.server_address) == lab.server_address
+        index = lab.index
+        # The server namespace is reachable from a host namespace over the bridge.
+        probe = subprocess.run(lab.exec_prefix(lab.host_ns[0]) + [
+            sys.executable, "-c", f"import socket; s = socket.socket(); s.settimeout(5); "
+            f"print(s.connect_ex(('{lab.server_address}', 9)))"], capture_output=True, text=True, timeout=30)
+        assert probe.stdout.strip() == str(__import__("errno").ECONNREFUSED)  # routed, nobody listening
+    assert _lab_leftovers(index) == []
+    with pytest.raises(ValueError, match="--allow-remote"):
+        check_host(lab.server_address)
+
+
+@needs_root
+def test_a_lab_whose_creator_was_killed_is_removed_by_the_next_one():
+    code = ("from echo_core import netns; import time; lab = netns.Lab(1).create(); "
+            "print(lab.index, flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    index = int(proc.stdout.readline())
+    assert _lab_leftovers(index)  # made
+    proc.kill()
+    proc.wait()
+    with netns.Lab(1):
+        pass
+    assert _lab_leftovers(index) == []
+
+
+@needs_root
+def test_netns_scheduler_listens_on_the_bridge_only():
+    with cluster.netns_hosts(1) as hosts:
+        sched = hosts.description["scheduler"]
+        port = int(sched.rsplit(":", 1)[1])
+        assert sched.startswith(f"tcp://{hosts.description['netns']['bridge_address']}:")
+        out = subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True).stdout
+        addresses = {line.split()[3].split("/")[0] for line in out.splitlines() if " inet" in line}
+        others = [a for a in addresses
+                  if not ipaddress.ip_address(a).is_link_local and ipaddress.ip_address(a) not in netns.BENCH_NET]
+        assert others, out  # at least loopback
+        for addr in others:
+            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            with socket.socket(family) as s:
+                s.settimeout(5)
+                assert s.connect_ex((addr, port)) != 0, f"scheduler reachable on {addr}:{port}"
+        index = hosts.description["netns"]["subnet"].split(".")[2]
+    assert _lab_leftovers(index) == []
+
+
+@needs_root
+def test_netns_sweep_from_two_hosts(tmp_path):
+    df = sweep(impls=["uring", "epoll"], modes=["rr", "stream"], payloads=[4096], connections=[8], repeats=1,
+               duration=0.5, warmup=0.2, netns=2, output_dir=tmp_path, name="two-hosts", progress=False,
+               client_cpus=CLIENT_CPUS, server_cpu=SERVER_CPU)
+    assert len(df) == 4
+    assert (df["hosts"] == 2).all() and (df["mismatches"] == 0).all() and (df["errors"] == 0).all()
+    assert df["valid"].all(), df["invalid_reason"].tolist()
+    assert (df["host"].str.startswith("198.18.")).all()
+    side = (tmp_path / "two-hosts-hosts.csv").read_text().splitlines()
+    assert len(side) == 1 + 2 * 4
+    meta = json.loads((tmp_path / "two-hosts.json").read_text())
+    lab = meta["load_hosts"]
+    assert lab["hosts"] == 2 and lab["timings"]["netns_setup_s"] > 0 and lab["timings"]["dask_startup_s"] > 0
+    index = lab["netns"]["subnet"].split(".")[2]
+    assert _lab_leftovers(index) == []
+
+
+@needs_root
+def test_sigterm_during_a_netns_sweep_removes_everything(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "echo_core", "sweep", "--netns", "1", "--impls", "epoll",
+                             "--modes", "rr", "--payloads", "512", "--connections", "2", "--repeats", "20",
+                             "--duration", "0.5", "--warmup", "0.1", "--output-dir", str(tmp_path), "--quiet",
+                             "--no-plots"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    entry = None
+    while time.monotonic() < deadline and entry is None:
+        for path in netns.REGISTRY_DIR.glob("*.json") if netns.REGISTRY_DIR.is_dir() else []:
+            data = json.loads(path.read_text() or "{}")
+            if data.get("owner") == proc.pid and data.get("pids"):
+                entry = data
+        time.sleep(0.2)
+    assert entry is not None, "the sweep did not start its lab"
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert _lab_leftovers(entry["index"]) == []
+
+
+@needs_root
+def test_netns_without_root_is_one_clear_line(tmp_path):
+    # The CLI as an unprivileged user: drop root after the imports (the interpreter's own files may
+    # not be readable by that user), then run `sweep --netns 2`.
+    code = ("import os, sys; import echo_core.cli, echo_core.cluster, echo_core.netns; "
+            "os.setgid(65534); os.setuid(65534); "
+            f"sys.exit(echo_core.cli.main(['sweep', '--netns', '2', '--output-dir', '{tmp_path}', '--quiet']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --netns needs root") and "Traceback" not in proc.stderr
+
+
+def _make_tls_files(directory):
+    """A throw-away CA and one certificate (for 127.0.0.1) signed by it, with the openssl command."""
+    ca_key, ca, key, csr, cert = (str(directory / n) for n in ("ca.key", "ca.pem", "node.key", "node.csr", "node.pem"))
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, timeout=60)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "1",
+        "-subj", "/CN=echo_core test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ext = directory / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert, "-days", "1",
+        "-extfile", str(ext))
+    return ca, cert, key
+
+
+@pytest.mark.skipif(not netns.shutil.which("openssl"), reason="needs the openssl command to make certificates")
+def test_a_tls_scheduler_drives_the_load_with_certificates(tmp_path):
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    ca, cert, key = _make_tls_files(tmp_path)
+    sec = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                   tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, protocol="tls://", host="127.0.0.1",
+                      security=sec, dashboard_address=None) as lc:
+        address = lc.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        with pytest.raises(ValueError, match="security"):
+            cluster.LoadHosts.connect(address)
+        hosts = cluster.LoadHosts.connect(address, security=sec)
+        try:
+            row = run_benchmark("epoll", "rr", 256, 2, duration=0.3, warmup=0.1, client_cpus=CLIENT_CPUS,
+                                load_hosts=hosts)
+        finally:
+            hosts.close()
+    assert row["hosts"] == 1 and row["mismatches"] == 0 and row["valid"], row["invalid_reason"]
