@@ -32,7 +32,7 @@ import time
 from echo_core import histogram, netns
 
 #: Seconds between submitting the loads and the shared start: time to start Python and connect.
-START_MARGIN_S = 3.0
+START_MARGIN_S = 1.5
 
 
 # ------------------------------------------------------------------ who may drive the load

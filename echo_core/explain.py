@@ -99,7 +99,13 @@ def headline(profile):
     """One sentence: the cell, throughput ratio, CPU per message ratio and who was saturated."""
     cell, impls = profile.meta["cell"], profile.impls
     what = f"{cell['mode']} {cell['payload']:,} B × {cell['connections']:,} connections"
-    info = profile.meta["impls"]
+    # profile.json stores NaN as null: an implementation without a valid run has no figures.
+    info = {impl: {k: (math.nan if v is None else v) for k, v in fig.items()}
+            for impl, fig in profile.meta["impls"].items()}
+    missing = [i for i in impls if not math.isfinite(info[i].get("msgs_per_s", math.nan))]
+    if missing:
+        why = "; ".join(f"{_label(i)}: {info[i].get('invalid_reason') or 'no run'}" for i in missing)
+        return f"{what}: no valid run to explain for {', '.join(map(_label, missing))} ({why})."
     if len(impls) < 2:
         one = info[impls[0]]
         return f"{what}: {_label(impls[0])} echoed {one['msgs_per_s']:,.0f} msgs/s at {one['server_cpu_us_per_msg']:.2f} µs of server CPU per message."

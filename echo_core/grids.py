@@ -43,6 +43,10 @@ GRIDS = {
                            ("rr", 512, 512), ("stream", 100000, 512), ("rr", 16384, 512), ("rr", 512, 64),
                            ("stream", 512, 64)),
                  "duration": 2.0, "warmup": 0.5, "warmup_max": 10.0, "repeats": 3},
+    # Issue 11: the same cells with the load from this host and from several (sweep --netns 2 / --scheduler):
+    # a fixed warm-up, because hosts share one window fixed in advance; 8 and 64 connections split evenly.
+    "hosts": {"impls": ("uring", "epoll", "uring+mshot+bundle"), "modes": ("rr", "stream"), "payloads": (512, 16384),
+              "connections": (8, 64), "duration": 1.5, "warmup": 1.0, "repeats": 3},
     "latency": {"impls": ("uring", "epoll"), "modes": ("rate",), "payloads": (512, 16384),
                 "connections": (1, 64), "load_fractions": (0.25, 0.5, 0.75, 0.9, 1.0, 1.2, 1.5, 2.0, 3.0),
                 "duration": 2.0, "warmup": 0.5, "repeats": 3},

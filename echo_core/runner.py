@@ -47,6 +47,8 @@ from echo_core.server import check_impl
 
 #: Columns the sweep adds to each run_benchmark row, first in the CSV.
 SWEEP_COLUMNS = ["sweep", "run_index", "repeat", "started_at", "wall_s"]
+#: With several load hosts an adaptive warm-up (warmup_max) becomes a fixed one of at most this long.
+FIXED_WARMUP_FOR_HOSTS_S = 2.0
 ARRIVALS = ("poisson", "uniform")
 
 
@@ -273,6 +275,13 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
             return sweep(**kwargs, load_hosts=connected)
         finally:
             connected.close()
+    fixed_warmup_note = None
+    if load_hosts is not None and warmup_max is not None:
+        # Hosts share one window fixed in advance: the adaptive warm-up becomes a longer fixed one.
+        fixed = max(warmup, min(warmup_max, FIXED_WARMUP_FOR_HOSTS_S))
+        fixed_warmup_note = (f"several load hosts: warmup_max {warmup_max} s replaced by a fixed {fixed} s "
+                             "warm-up (they share one window fixed in advance)")
+        warmup, warmup_max = fixed, None
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
     impls, modes = _canonical_impls(impls), list(modes)
@@ -306,6 +315,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     meta["specs"] = specs.describe(impls)
     # Where the load came from: the hosts, their namespaces and how long setting them up took.
     meta["load_hosts"] = load_hosts.describe() if load_hosts is not None else None
+    if fixed_warmup_note:
+        meta["load_hosts"]["warmup_note"] = fixed_warmup_note
     # Why a set's kernel-counter columns are NaN, if they are (each row's counters_note says it too).
     meta["counters"] = counters.availability()
     if resume:
@@ -418,7 +429,11 @@ def resume_sweep(name, output_dir="data", progress=True, on_row=None):
     json_path = Path(output_dir) / f"{name}.json"
     if not json_path.is_file():
         raise FileNotFoundError(f"cannot resume {name!r}: {json_path} does not exist")
-    params = json.loads(json_path.read_text()).get("parameters", {})
+    meta = json.loads(json_path.read_text())
+    if meta.get("load_hosts"):
+        # Its hosts (namespaces, workers) are gone; rows from other hosts would not be comparable.
+        raise ValueError(f"cannot resume {name!r}: its load came from several hosts; run it again")
+    params = meta.get("parameters", {})
     return sweep(output_dir=output_dir, name=name, resume=True, progress=progress, on_row=on_row,
                  **{k: params[k] for k in RESUMABLE if k in params})
 

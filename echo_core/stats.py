@@ -369,3 +369,23 @@ def up_to_saturation(curves):
             if rec["achieved_fraction"] < KNEE_ACHIEVED:
                 break
     return curves.loc[keep], len(curves) - len(keep)
+
+
+def hosts_comparison(sets, metric="msgs_per_s", baseline=BASELINE, level=0.95):
+    """The same cells measured with the load from different places, side by side.
+
+    sets: {label: result set DataFrame}, e.g. {"1 host": local, "2 hosts (netns)": netns}.  One row per
+    (label, impl, cell): label, hosts (the set's), impl, RATIO_CELL, the impl's median `metric` over valid
+    runs (numerator), the baseline's (baseline), the paired ratio to the baseline with its CI (ratio,
+    ratio_ci_low, ratio_ci_high), cpu_ratio and n_excluded -- spec_ratios of each set, stacked."""
+    import pandas as pd
+
+    parts = []
+    for label, df in sets.items():
+        table = spec_ratios(df, metric=metric, baseline=baseline, level=level)
+        hosts = pd.to_numeric(df.get("hosts", pd.Series([1] * len(df))), errors="coerce").fillna(1)
+        parts.append(table.assign(label=label, hosts=int(hosts.max()) if len(hosts) else 1))
+    if not parts:
+        return pd.DataFrame(columns=["label", "hosts", "impl"] + RATIO_CELL + ["ratio"])
+    out = pd.concat(parts, ignore_index=True)
+    return out[["label", "hosts"] + [c for c in out.columns if c not in ("label", "hosts")]]

@@ -44,7 +44,8 @@ def add_sweep_arguments(parser):
     """Add the `sweep` subcommand's options to an argparse parser."""
     parser.add_argument("--grid", choices=sorted(GRIDS), default="quick",
                         help="named grid (default quick: ~2 minutes; seed: the seed study's grid, ~30 minutes; "
-                             "latency: open-loop latency vs offered load; ablation: io_uring features vs epoll)")
+                             "latency: open-loop latency vs offered load; ablation: io_uring features vs epoll; "
+                             "hosts: cells for comparing load from one host and from several, --netns 2)")
     parser.add_argument("--output-dir", default="data", help="where the CSV, JSON and charts go (default data)")
     parser.add_argument("--name", default=None, help="result set name (default sweep-YYYYmmdd-HHMMSS)")
     parser.add_argument("--duration", type=float, default=None, help="measured seconds per run (default: the grid's)")
