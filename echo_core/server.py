@@ -250,10 +250,6 @@ class _ReadyWaiter:
         self._thread = threading.Thread(target=self._wait, name="echo_core-ready", daemon=True)
         self._thread.start()
 
-    @property
-    def write_fd(self):
-        return self.write_fds[0]
-
     def _wait(self):
         on_listening, host, port = self._args
         try:
