@@ -9,7 +9,7 @@ import time
 
 from echo_core import counters, specs, validity
 from echo_core.load import check_load_args
-from echo_core.server import exit_description, make_server
+from echo_core.server import exit_description, make_server, thread_cpus
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
 SATURATED = 0.90
@@ -23,8 +23,21 @@ def default_cpus():
     return cpus[-1], cpus[:-1]
 
 
-def bottleneck(server_util, client_util):
-    """Which side ran out of CPU: 'server', 'client', 'both' or 'none'."""
+def cpus_shared(server_cpus, client_cpus, server_threads=1, available=None):
+    """True when the server's and the client's CPUs overlap, or when server_threads loops plus a
+    load generator cannot each have a CPU of their own here: such a run proves correctness, it
+    cannot show how the server scales."""
+    available = len(os.sched_getaffinity(0)) if available is None else available
+    if set(server_cpus or ()) & set(client_cpus or ()):
+        return True
+    return server_threads > 1 and available < server_threads + 1
+
+
+def bottleneck(server_util, client_util, shared=False):
+    """Which side ran out of CPU: 'server', 'client', 'both' or 'none'; 'cpus-shared' when the two
+    sides shared CPUs (see cpus_shared), where neither figure means what it says."""
+    if shared:
+        return "cpus-shared"
     if not (server_util == server_util and client_util == client_util):
         return "unknown"  # a side's CPU was not measured (e.g. an external server's went unread)
     server_bound, client_bound = server_util >= SATURATED, client_util >= SATURATED
@@ -53,7 +66,8 @@ def _load_command(port, host, mode, payload, connections, duration, warmup, warm
 
 def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max=None, rate=None,
                   arrivals="poisson", server_cpu=None, client_cpus=None, threads=None, host="127.0.0.1",
-                  window=0, server_options=None, observer=None, load_hosts=None, allow_remote=False):
+                  window=0, server_options=None, observer=None, server_threads=1, server_cpus=None,
+                  load_hosts=None, allow_remote=False):
     """Run one load against a fresh server and return one flat row (dict).
 
     ``impl`` is a server spec (echo_core.specs: "uring", "epoll", "uring+mshot+bundle", ...) or
@@ -68,6 +82,10 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     ``warmup`` is the minimum warm-up; with ``warmup_max`` the load generator waits (up to it) for
     a steady state before opening the window.
 
+    ``server_threads`` event loops in the server (``threads`` is the load generator's), pinned to
+    ``server_cpus`` (default: see echo_core.server.thread_cpus, starting at ``server_cpu``); the row
+    records them and how evenly the loops shared the connections and bytes.
+
     ``observer`` (e.g. a profiler) is a context-manager factory called with the running server; it
     is entered before the load starts and left before the server stops, and what it yields, if not
     None, is a FIFO the load generator writes "enable"/"disable" lines to at the window's edges.
@@ -81,16 +99,19 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     impl = specs.canonical(impl)
     auto_server, auto_client = default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
+    server_cpus = thread_cpus(server_threads, None if server_cpus else server_cpu, server_cpus) or [server_cpu]
+    server_cpu = server_cpus[0]
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     threads = threads or len(client_cpus)
     if load_hosts is not None:
         return _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate,
-                             arrivals, server_cpu, client_cpus, threads, host, window, server_options,
+                             arrivals, server_cpus, client_cpus, threads, host, window, server_options,
                              allow_remote)
     # Refuse bad load arguments before a server is started (port 1 stands for the one it will pick).
     check_load_args(host, 1, mode, payload, connections, threads, duration, warmup, window=window,
                     rate=rate, cpus=client_cpus, allow_remote=allow_remote)
-    with make_server(impl, host=host, port=0, cpu=server_cpu, **(server_options or {})) as srv, \
+    srv_threads = {} if server_threads == 1 else {"threads": server_threads, "cpus": server_cpus}
+    with make_server(impl, host=host, port=0, cpu=server_cpu, **srv_threads, **(server_options or {})) as srv, \
             (observer(srv) if observer else contextlib.nullcontext()) as window_ctl:
         cmd = _load_command(srv.port, host, mode, payload, connections, duration, warmup, warmup_max, rate,
                             arrivals, threads, client_cpus, window, srv.pids(), srv.stats_path, window_ctl)
@@ -106,11 +127,12 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
             proc.communicate()
             raise RuntimeError(f"load generator did not finish within {limit:.0f} s") from None
     record = _parse_record(out, err, proc.returncode)
-    return _make_row(impl, record, server_cpu, client_cpus, proc.returncode)
+    per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
+    return _make_row(impl, record, server_cpu, client_cpus, proc.returncode, server_cpus, per_thread)
 
 
 def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
-                  server_cpu, client_cpus, threads, host, window, server_options, allow_remote):
+                  server_cpus, client_cpus, threads, host, window, server_options, allow_remote):
     """run_benchmark with the load from load_hosts' workers (echo_core.cluster)."""
     from echo_core import cluster
 
@@ -122,7 +144,8 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
                     rate=rate, cpus=client_cpus, allow_remote=allow_remote)
     # The offered rate is the total: each host offers its connections' share of it.
     rates = [None if rate is None else rate * n / connections for n in per_host]
-    with make_server(impl, host=host, port=0, cpu=server_cpu, netns=load_hosts.server_ns,
+    srv_threads = {} if len(server_cpus) == 1 else {"threads": len(server_cpus), "cpus": server_cpus}
+    with make_server(impl, host=host, port=0, cpu=server_cpus[0], netns=load_hosts.server_ns, **srv_threads,
                      **(server_options or {})) as srv:
         start_at = time.time() + cluster.START_MARGIN_S + connections / 5000
 
@@ -141,7 +164,9 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
     merged = cluster.merge_records(records)
     # CPUs the load ran on: hosts on one machine (namespaces) share theirs.
     cpus = {(r["machine"], c) for r in results for c in client_cpus}
-    row = _make_row(impl, merged, server_cpu, client_cpus, max(r["code"] for r in results), len(cpus))
+    per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
+    row = _make_row(impl, merged, server_cpus[0], client_cpus, max(r["code"] for r in results), server_cpus,
+                    per_thread, client_cpu_count=len(cpus))
     row["host_rows"] = [{"host": k + 1, "worker": w, "machine": r["machine"],
                          **{c: rec.get(c) for c in cluster.HOST_COLUMNS if c in rec}}
                         for k, (w, r, rec) in enumerate(zip(load_hosts.workers, results, records))]
@@ -191,10 +216,28 @@ def _server_counter_columns(row, msgs):
     return out
 
 
-def _make_row(impl, record, server_cpu, client_cpus, load_exit, client_cpu_count=None):
+def _thread_columns(server_cpus, per_thread):
+    """How the server's loops shared the run: per-thread conns_accepted and bytes_in at its end,
+    and the imbalance max/mean of bytes_in (1.0 = even; NaN without bytes or counters)."""
     nan = float("nan")
+    out = {"server_threads": len(server_cpus), "server_cpus": ",".join(map(str, server_cpus))}
+    if not per_thread:
+        return {**out, "server_thread_conns": "", "server_thread_bytes": "", "server_thread_imbalance": nan}
+    conns = [t["conns_accepted"] for t in per_thread]
+    data = [t["bytes_in"] for t in per_thread]
+    mean = sum(data) / len(data)
+    return {**out, "server_thread_conns": ",".join(map(str, conns)),
+            "server_thread_bytes": ",".join(map(str, data)),
+            "server_thread_imbalance": max(data) / mean if mean > 0 else nan}
+
+
+def _make_row(impl, record, server_cpu, client_cpus, load_exit, server_cpus=None, per_thread=None,
+              client_cpu_count=None):
+    nan = float("nan")
+    server_cpus = list(server_cpus) if server_cpus else [server_cpu]
     row = {"impl": impl, **record, "server_cpu": server_cpu, "client_cpus": ",".join(map(str, client_cpus)),
-           "load_exit": load_exit}
+           "load_exit": load_exit, **_thread_columns(server_cpus, per_thread)}
+    nthreads = row["server_threads"]
     window = record["duration_s"]
     server_cpu_s = row.get("server_cpu_s", nan)
     msgs = record["msgs_per_s"] * window  # fractional in stream mode, see load.py
@@ -210,11 +253,13 @@ def _make_row(impl, record, server_cpu, client_cpus, load_exit, client_cpu_count
         # The SQ thread is an extra busy CPU (an io thread of the server process, so server_cpu_s
         # should include it and server_util may exceed 1): a reader comparing designs must know.
         row["server_note"] = "sqpoll: a kernel SQ polling thread uses a CPU of its own besides server_cpu"
-    row["server_util"] = server_cpu_s / window if window > 0 else nan
+    # Each loop has a CPU of its own: utilisation is of all of them.
+    row["server_util"] = server_cpu_s / (window * nthreads) if window > 0 else nan
     row.setdefault("hosts", 1)
     client_cpu_count = client_cpu_count or len(client_cpus)
     row["client_util"] = record["client_cpu_s"] / (window * client_cpu_count) if window > 0 else nan
-    row["bottleneck"] = bottleneck(row["server_util"], row["client_util"])
+    row["bottleneck"] = bottleneck(row["server_util"], row["client_util"],
+                                   shared=cpus_shared(server_cpus, client_cpus, nthreads))
     row["window_agreement"] = validity.window_agreement(row)
     row["valid"], row["invalid_reason"] = validity.assess(row)
     return row

@@ -19,11 +19,24 @@ def _add_serve_arguments(p):
     p.add_argument("--host", default="127.0.0.1", help="numeric address to listen on")
     p.add_argument("--port", type=int, default=0, help="port (0 = pick a free one)")
     p.add_argument("--cpu", type=int, default=None, help="pin the server to this CPU")
+    p.add_argument("--threads", type=int, default=1,
+                   help="share-nothing event loops, one SO_REUSEPORT listener each (default 1)")
+    p.add_argument("--cpus", type=_cpu_list, default=None,
+                   help="with --threads N: N comma-separated CPUs, loop i pinned to the i-th "
+                        "(default: the server's CPU, then the others)")
     p.add_argument("--stats-file", default=None, help=argparse.SUPPRESS)
     # Defaults are None so that only options given explicitly are checked against the spec's tunables.
     for name, default in server.DEFAULT_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, dest=name,
                        help=f"default {default} (or the spec's)")
+
+
+def _cpu_list(text):
+    """argparse type of --cpus: a comma list of CPU numbers (checked against --threads by serve())."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated CPU numbers, got {text!r}") from None
 
 
 def _spec(text):
@@ -37,7 +50,8 @@ def _spec(text):
 def _serve_command(args):
     options = {name: getattr(args, name) for name in server.DEFAULT_OPTIONS if getattr(args, name) is not None}
     stats = server.serve(args.impl, host=args.host, port=args.port, cpu=args.cpu,
-                         stats_path=args.stats_file, on_listening=server.print_listening, **options)
+                         stats_path=args.stats_file, on_listening=server.print_listening,
+                         threads=args.threads, cpus=args.cpus, **options)
     print(server.stats_json(stats), flush=True)
     return 0
 

@@ -145,14 +145,19 @@ def parse_pids(pids):
 
 
 def _map_server_stats(path):
-    """Map a server's counters file read-only; returns the mmap (the caller closes it)."""
+    """Map a server's counters file read-only; returns (the mmap, its slots), the caller closes it.
+
+    A server with N threads keeps N consecutive struct ec_server_stats (one per loop) in the file:
+    the load generator snapshots their totals."""
     size = ffi.sizeof("struct ec_server_stats")
     try:
         with open(path, "rb") as f:
             actual = os.fstat(f.fileno()).st_size
-            if actual < size:
-                raise ValueError(f"server stats file {path!r} holds {actual} bytes, expected {size}")
-            return mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+            slots = actual // size
+            if actual < size or actual % size or slots > lib.EC_MAX_SERVER_THREADS:
+                raise ValueError(f"server stats file {path!r} holds {actual} bytes, expected a multiple "
+                                 f"of {size} (one per server thread, at most {lib.EC_MAX_SERVER_THREADS})")
+            return mmap.mmap(f.fileno(), actual, prot=mmap.PROT_READ), slots
     except OSError as e:
         raise ValueError(f"cannot map server stats file {path!r}: {e.strerror or e}") from None
 
@@ -308,7 +313,7 @@ def run_load(
         raise ValueError(f"unknown counter(s) in {names!r}: choose from {', '.join(kcounters.NAMES)}")
     # Resolved before the stats file is mapped: it may mount tracefs, which must not leak a mapping.
     events, not_counted = kcounters.resolve(names) if a["server_pids"] else ([], {})
-    shared = _map_server_stats(server_stats_path) if server_stats_path else None
+    shared, nslots = _map_server_stats(server_stats_path) if server_stats_path else (None, 0)
     window_ctl = _open_window_ctl(window_ctl_path) if window_ctl_path else -1
 
     cfg = ffi.new("struct ec_load_config *")
@@ -338,6 +343,7 @@ def run_load(
     cfg.server_pids = pids_c
     cfg.nserver_pids = len(a["server_pids"]) if a["server_pids"] else 0
     cfg.server_stats = stats_c
+    cfg.nserver_stats = nslots
     cfg.window_ctl_fd = window_ctl
     cfg.counters = ctr_c
     cfg.ncounters = len(events)

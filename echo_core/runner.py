@@ -43,7 +43,7 @@ from echo_core.bench import run_benchmark
 from echo_core.grids import CELL, GRIDS, grid_params, offered_loads, plan
 from echo_core.load import MODES
 from echo_core.results import load_csv
-from echo_core.server import check_impl
+from echo_core.server import check_impl, thread_cpus
 
 #: Columns the sweep adds to each run_benchmark row, first in the CSV.
 SWEEP_COLUMNS = ["sweep", "run_index", "repeat", "started_at", "wall_s"]
@@ -231,8 +231,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
           arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
           server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
           host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None,
-          resume=False, cells=None, load_hosts=None, cluster=None, hosts=None, netns=None, allow_remote=False,
-          security=None, allow_plain_tcp=False):
+          resume=False, cells=None, server_threads=1, server_cpus=None, load_hosts=None, cluster=None, hosts=None,
+          netns=None, allow_remote=False, security=None, allow_plain_tcp=False):
     """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
 
     Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
@@ -245,7 +245,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     ``on_error`` "record" keeps a failed run as a row with an ``error`` text, "raise" stops.
     ``impls`` are server specs (echo_core.specs); ``cells`` (a list of (mode, payload, connections)) runs
     those cells instead of the product of modes, payloads and connections (see echo_core.grids.plan).
-    server_cpu, client_cpus, threads, window and host go to run_benchmark.  A misspelt keyword is a
+    server_cpu, client_cpus, threads (the load generator's), server_threads and server_cpus (the
+    server's event loops and their CPUs), window and host go to run_benchmark.  A misspelt keyword is a
     TypeError before any server starts.  ``resume=True`` continues the result set ``name`` (see
     resume_sweep): planned runs it already holds as valid rows are skipped, the rest are appended.
 
@@ -291,6 +292,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     load_fractions = list(load_fractions) if load_fractions else None
     _validate(impls, modes, payloads, connections, duration, repeats, warmup, warmup_max, rates,
               load_fractions, arrivals, target_ci, max_repeats, cells)
+    server_cpus = list(server_cpus) if server_cpus is not None else None
+    thread_cpus(server_threads, None, server_cpus)  # one clear ValueError before anything runs
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_rows(output_dir, name) if resume else []
@@ -304,8 +307,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
               "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,
               "arrivals": arrivals, "target_ci": target_ci, "max_repeats": max_repeats,
               "cells": cells, "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
-              "threads": threads, "window": window, "host": host, "on_error": on_error,
-              "allow_remote": allow_remote,
+              "threads": threads, "server_threads": server_threads, "server_cpus": server_cpus,
+              "window": window, "host": host, "on_error": on_error, "allow_remote": allow_remote,
               "order": "repeat-major; impls alternate order between repeats", "runs_planned": len(runs),
               "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE))}
     meta = {"name": name, "csv": csv_path.name, "status": "running", "started_at": _now(),
@@ -331,6 +334,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
         return run_benchmark(impl, mode, payload, conns, duration=duration, warmup=warmup, warmup_max=warmup_max,
                              rate=rate, arrivals=arrivals, server_cpu=server_cpu, client_cpus=client_cpus,
                              threads=threads, host=host, window=window, server_options=server_options,
+                             server_threads=server_threads, server_cpus=server_cpus,
                              load_hosts=load_hosts, allow_remote=allow_remote)
 
     capacity = _Capacity(impls, bench)
@@ -420,7 +424,8 @@ def row_key(row):
 #: The sweep() parameters a result set's metadata records and resume_sweep() passes back.
 RESUMABLE = ("impls", "modes", "payloads", "connections", "duration", "warmup", "warmup_max", "repeats", "rates",
              "load_fractions", "arrivals", "target_ci", "max_repeats", "server_options", "server_cpu",
-             "client_cpus", "threads", "window", "host", "on_error", "grid", "cells")
+             "client_cpus", "threads", "window", "host", "on_error", "grid", "cells", "server_threads",
+             "server_cpus")
 
 
 def resume_sweep(name, output_dir="data", progress=True, on_row=None):

@@ -67,7 +67,7 @@ COUNTERS = {
 #: Why counters are missing, when a result set's rows carry no counters_note (it predates the counters).
 COUNTERS_PREDATE = "its CSV has no counter columns (measured before echo_core recorded them)"
 #: Bottleneck verdicts in the order ties are broken (deterministic, most severe first).
-VERDICT_ORDER = ("both", "server", "client", "none")
+VERDICT_ORDER = ("cpus-shared", "both", "server", "client", "none")
 
 
 def _finite(values):

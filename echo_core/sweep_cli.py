@@ -10,14 +10,15 @@ from echo_core.grids import GRIDS, count_runs, estimate_seconds, grid_params
 from echo_core.runner import resume_sweep, row_key, sweep
 
 
-def _list(kind, what):
+def _list(kind, what, minimum=None):
     def parse(text):
         try:
             values = [kind(v) for v in text.split(",") if v.strip()]
         except ValueError:
             values = []
-        if not values or min(values) <= 0:
-            raise argparse.ArgumentTypeError(f"expected comma-separated positive {what}, got {text!r}")
+        if not values or (min(values) < minimum if minimum is not None else min(values) <= 0):
+            adjective = "non-negative" if minimum == 0 else "positive"
+            raise argparse.ArgumentTypeError(f"expected comma-separated {adjective} {what}, got {text!r}")
         return values
     return parse
 
@@ -75,6 +76,11 @@ def add_sweep_arguments(parser):
     parser.add_argument("--resume", metavar="NAME", default=None,
                         help="continue the interrupted result set NAME in --output-dir with the parameters it "
                              "recorded, skipping runs it already holds as valid (grid options are ignored)")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="the server's event loops (share-nothing, one SO_REUSEPORT listener each; default 1); "
+                             "not the load generator's threads")
+    parser.add_argument("--server-cpus", type=_list(int, "CPU numbers", minimum=0), default=None,
+                        help="with --server-threads N: N comma-separated CPUs, loop i pinned to the i-th")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     hosts = parser.add_argument_group("load from several hosts (see README: when one machine is not enough)")
@@ -165,10 +171,13 @@ def sweep_command(args):
         eta = estimate_seconds(params)
         about = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min"
         print(f"{args.grid} grid: {count_runs(params)} runs, about {about}", flush=True)
+        # sweep() refuses bad values (threads out of range, cpus not one per thread) in one line.
+        server = {"server_threads": 1 if args.server_threads is None else args.server_threads,
+                  "server_cpus": args.server_cpus}
         # SIGTERM unwinds like ^C, so that namespaces, workers and servers are removed.
         with _term_as_interrupt():
             df = sweep(output_dir=args.output_dir, name=args.name, progress=not args.quiet, grid=args.grid,
-                       **params, **_hosts_kwargs(args))
+                       **server, **params, **_hosts_kwargs(args))
     meta = df.attrs["metadata"]
     print(f"{meta['rows']} runs in {meta['elapsed_s']:.0f} s")
     print(f"results:  {df.attrs['csv']}")

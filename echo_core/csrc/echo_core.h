@@ -111,8 +111,31 @@ struct ec_server_stats {
 					 next piece (IORING_CQE_F_BUF_MORE) */
 };
 
+/*
+ * Most share-nothing event loops one server runs (threads=N): one
+ * SO_REUSEPORT listener, one ring or epoll instance and one stats slot each.
+ * Sized for a 64-core machine with headroom; the kernel spreads new
+ * connections over the listeners by a hash of the 4-tuple.
+ */
+#define EC_MAX_SERVER_THREADS 256
+
 /* Bind and listen (TCP_NODELAY, SO_REUSEADDR, non-blocking). Returns the fd. */
 int ec_listen(const char *host, int port, int backlog, int *bound_port);
+
+/*
+ * ec_listen, plus SO_REUSEPORT when reuseport is non-zero: every listener of
+ * a multi-threaded server binds the same port with it (the first one may
+ * bind port 0 and tell the others the port it got).
+ */
+int ec_listen_reuseport(const char *host, int port, int backlog, int reuseport, int *bound_port);
+
+/*
+ * The totals over n consecutive stats slots (one per server thread), read
+ * with relaxed loads while the loops write them: counters and recv_hist
+ * buckets add up, pending_bytes_max is the largest, running is 1 only when
+ * every loop runs.  n == 0 gives all zeros.
+ */
+void ec_server_stats_sum(const struct ec_server_stats *slots, uint32_t n, struct ec_server_stats *out);
 
 /* Raise the soft RLIMIT_NOFILE to the hard limit. Returns the new soft limit. */
 int ec_raise_nofile(void);
@@ -190,6 +213,8 @@ struct ec_load_config {
 	const int *server_pids;   /* server processes whose CPU use the window records; may be NULL */
 	uint32_t nserver_pids;
 	const struct ec_server_stats *server_stats; /* the server's live counters (read-only); may be NULL */
+	uint32_t nserver_stats;   /* consecutive slots at server_stats (one per server thread, at most
+				     EC_MAX_SERVER_THREADS); their totals are snapshot; 0 counts as 1 */
 	int stop_fd;              /* -1, or a fd whose readability ends the run early */
 	int window_ctl_fd;        /* -1, or a fd (e.g. perf's --control fifo) that gets "enable\n"
 				     at the window's start and "disable\n" at its end */

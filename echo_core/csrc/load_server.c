@@ -126,20 +126,6 @@ static int proc_ctxsw(int pid, uint64_t *vol, uint64_t *invol)
 	return n ? 0 : -ESRCH;
 }
 
-_Static_assert(sizeof(struct ec_server_stats) % sizeof(uint64_t) == 0,
-	       "the server's counters are plain uint64_t fields");
-
-/* Copy the counters field by field with relaxed loads: the server writes them as we read. */
-static void copy_stats(const struct ec_server_stats *src, struct ec_server_stats *dst)
-{
-	const uint64_t *s = (const uint64_t *)src;
-	uint64_t *d = (uint64_t *)dst;
-	size_t i;
-
-	for (i = 0; i < sizeof(*src) / sizeof(uint64_t); i++)
-		d[i] = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
-}
-
 void ec_server_snap(const struct ec_load_config *cfg, struct server_snap *s)
 {
 	uint64_t ut = 0, st = 0;
@@ -148,7 +134,7 @@ void ec_server_snap(const struct ec_load_config *cfg, struct server_snap *s)
 
 	memset(s, 0, sizeof(*s));
 	if (cfg->server_stats)
-		copy_stats(cfg->server_stats, &s->stats);
+		ec_server_stats_sum(cfg->server_stats, cfg->nserver_stats ? cfg->nserver_stats : 1, &s->stats);
 	if (!cfg->server_pids || !cfg->nserver_pids)
 		return;
 	/* CPU clocks first: they are what the window's CPU figures rest on. */

@@ -131,8 +131,13 @@ static void progress_now(const struct load *ld, struct progress *p)
 		p->tx += __atomic_load_n(&ld->ws[i].pub_tx, __ATOMIC_RELAXED);
 		p->rx += __atomic_load_n(&ld->ws[i].pub_rx, __ATOMIC_RELAXED);
 	}
-	if (ld->cfg->server_stats)
-		p->server_out = __atomic_load_n(&ld->cfg->server_stats->bytes_out, __ATOMIC_RELAXED);
+	if (ld->cfg->server_stats) {
+		/* bytes_out over every server thread's slot: the server as a whole kept up, or not. */
+		uint32_t n = ld->cfg->nserver_stats ? ld->cfg->nserver_stats : 1;
+
+		for (i = 0; i < n; i++)
+			p->server_out += __atomic_load_n(&ld->cfg->server_stats[i].bytes_out, __ATOMIC_RELAXED);
+	}
 }
 
 static uint64_t absdiff(uint64_t a, uint64_t b)

@@ -95,6 +95,8 @@ static int validate(const struct ec_load_config *cfg)
 			return -EINVAL;
 	if (cfg->ncounters > EC_MAX_COUNTERS || (cfg->ncounters && !cfg->counters))
 		return -EINVAL;
+	if (cfg->nserver_stats > EC_MAX_SERVER_THREADS || (cfg->nserver_stats && !cfg->server_stats))
+		return -EINVAL;
 	if (!fd_ok(cfg->stop_fd) || !fd_ok(cfg->window_ctl_fd))
 		return -EBADF;
 	return 0;

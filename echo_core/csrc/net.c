@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -34,6 +35,11 @@ int ec_sockaddr(const char *host, int port, struct sockaddr_storage *ss, socklen
 
 int ec_listen(const char *host, int port, int backlog, int *bound_port)
 {
+	return ec_listen_reuseport(host, port, backlog, 0, bound_port);
+}
+
+int ec_listen_reuseport(const char *host, int port, int backlog, int reuseport, int *bound_port)
+{
 	struct sockaddr_storage ss;
 	socklen_t len;
 	int fd, one = 1, ret;
@@ -51,6 +57,7 @@ int ec_listen(const char *host, int port, int backlog, int *bound_port)
 	 * which is the only way to set it on io_uring direct descriptors.
 	 */
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one))) ||
 	    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) ||
 	    bind(fd, (struct sockaddr *)&ss, len) || listen(fd, backlog)) {
 		ret = -errno;
@@ -66,6 +73,37 @@ int ec_listen(const char *host, int port, int backlog, int *bound_port)
 	*bound_port = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
 					      : ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
 	return fd;
+}
+
+_Static_assert(sizeof(struct ec_server_stats) % sizeof(uint64_t) == 0,
+	       "the server's counters are plain uint64_t fields");
+
+/* The fields that do not add up over threads, as uint64_t indexes into the struct. */
+#define STATS_IDX(field) (offsetof(struct ec_server_stats, field) / sizeof(uint64_t))
+
+void ec_server_stats_sum(const struct ec_server_stats *slots, uint32_t n, struct ec_server_stats *out)
+{
+	const size_t nf = sizeof(*out) / sizeof(uint64_t);
+	uint64_t *d = (uint64_t *)out;
+	uint32_t t;
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	for (t = 0; t < n; t++) {
+		/* Relaxed loads: the loops write these as we read, each one a plain aligned uint64_t. */
+		const uint64_t *s = (const uint64_t *)&slots[t];
+
+		for (i = 0; i < nf; i++) {
+			uint64_t v = __atomic_load_n(&s[i], __ATOMIC_RELAXED);
+
+			if (i == STATS_IDX(running))
+				d[i] = t == 0 ? v : (d[i] && v);
+			else if (i == STATS_IDX(pending_bytes_max))
+				d[i] = v > d[i] ? v : d[i];
+			else
+				d[i] += v;
+		}
+	}
 }
 
 int ec_raise_nofile(void)
