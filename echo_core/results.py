@@ -14,6 +14,8 @@ from echo_core.grids import CELL
 
 #: The columns a result set must have.
 REQUIRED = ["impl", "mode", "payload", "connections"]
+#: A multi-host result set <name> keeps its per-host figures in <name><HOSTS_TABLE_SUFFIX>.csv.
+HOSTS_TABLE_SUFFIX = "-hosts"
 
 
 def _as_bool(value):
@@ -60,23 +62,49 @@ def load_csv(path):
     return normalize(df)
 
 
-def load_results(results_dir):
+def _is_multi_host(meta):
+    return bool(meta.get("load_hosts"))
+
+
+def multi_host_sets(results_dir):
+    """Names of the result sets in results_dir whose load came from several hosts (sweep --netns,
+    --scheduler): load_results leaves them out unless asked, since their client path differs."""
+    out = []
+    for json_path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            meta = json.loads(json_path.read_text())
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and _is_multi_host(meta) and json_path.with_suffix(".csv").exists():
+            out.append(json_path.stem)
+    return out
+
+
+def load_results(results_dir, multi_host=False):
     """Every result set (<name>.csv with its <name>.json) in results_dir.
 
     Returns (df, metadata): all rows concatenated (the ``sweep`` column names their set), and a dict
-    name -> metadata (empty dict when the JSON is missing).
+    name -> metadata (empty dict when the JSON is missing).  Sets whose load came from several hosts
+    (their JSON has ``load_hosts``) are left out unless multi_host=True: pooled with single-host
+    runs of the same cells they would mix two different client paths (see multi_host_sets).
     """
     import pandas as pd
 
     results_dir = Path(results_dir)
     frames, metas = [], {}
     for csv_path in sorted(results_dir.glob("*.csv")):
+        side_table_of = csv_path.stem.removesuffix(HOSTS_TABLE_SUFFIX)
+        if side_table_of != csv_path.stem and (results_dir / f"{side_table_of}.csv").exists():
+            continue  # a multi-host set's per-host side table, not a set of its own
         header = pd.read_csv(csv_path, nrows=0).columns
         if not set(REQUIRED) <= set(header):
             continue  # not a sweep
-        frames.append(load_csv(csv_path))
         json_path = csv_path.with_suffix(".json")
-        metas[csv_path.stem] = json.loads(json_path.read_text()) if json_path.exists() else {}
+        meta = json.loads(json_path.read_text()) if json_path.exists() else {}
+        if _is_multi_host(meta) and not multi_host:
+            continue
+        frames.append(load_csv(csv_path))
+        metas[csv_path.stem] = meta
     if not frames:
         raise FileNotFoundError(f"no sweep results (*.csv with {'/'.join(REQUIRED)}) in {results_dir}")
     return pd.concat(frames, ignore_index=True), metas

@@ -42,7 +42,7 @@ from echo_core import counters, machine, specs, stats, validity
 from echo_core.bench import run_benchmark
 from echo_core.grids import CELL, GRIDS, grid_params, offered_loads, plan
 from echo_core.load import MODES
-from echo_core.results import load_csv
+from echo_core.results import HOSTS_TABLE_SUFFIX, load_csv
 from echo_core.server import check_impl, thread_cpus
 
 #: Columns the sweep adds to each run_benchmark row, first in the CSV.
@@ -356,7 +356,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
             host_rows = row.pop("host_rows", None)
             if host_rows:
                 if hosts_writer[0] is None:
-                    hosts_writer[0] = _hosts_appender(output_dir / f"{name}-hosts.csv")
+                    hosts_writer[0] = _hosts_appender(output_dir / f"{name}{HOSTS_TABLE_SUFFIX}.csv")
                 for host_row in host_rows:
                     hosts_writer[0].write({"sweep": name, "run_index": row["run_index"], "impl": row["impl"],
                                            "mode": row["mode"], "payload": row["payload"],

@@ -9,8 +9,10 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # gcc brings gcc-N -> libgcc-N-dev, which depends on the ASan and UBSan runtimes (Debian 12: libasan8,
 # libubsan1) and binutils (readelf) that `make test-sanitize` uses: nothing more to install for it.
+# iproute2: `ip` for `sweep --netns`; openssl: the TLS test's throw-away certificates; iperf3: the
+# one-way loopback ceiling of benchmarks/bench_loopback.py.
 $SUDO apt-get install -y -qq --no-install-recommends \
-    gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd openssl >/dev/null
+    gcc libc6-dev make liburing-dev python3 python3-venv python3-dev iproute2 netcat-openbsd openssl iperf3 >/dev/null
 # perf, for `python -m echo_core profile` (optional at run time: profiling says what is missing).
 # Debian packages it as linux-perf; Ubuntu as linux-tools-common plus the kernel's linux-tools-$(uname -r).
 if ! command -v perf >/dev/null 2>&1; then

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from echo_core import cluster, netns, stats
+from echo_core import cluster, netns, results, stats
 from echo_core.bench import run_benchmark
 from echo_core.load import check_host, run_load
 from echo_core.runner import sweep
@@ -226,6 +226,12 @@ def test_netns_sweep_from_two_hosts(tmp_path):
     assert lab["hosts"] == 2 and lab["timings"]["netns_setup_s"] > 0 and lab["timings"]["dask_startup_s"] > 0
     index = lab["netns"]["subnet"].split(".")[2]
     assert _lab_leftovers(index) == []
+    # The report pools single-host sets only; the side table is never taken for a set.
+    assert results.multi_host_sets(tmp_path) == ["two-hosts"]
+    with pytest.raises(FileNotFoundError):
+        results.load_results(tmp_path)
+    pooled, metas = results.load_results(tmp_path, multi_host=True)
+    assert list(metas) == ["two-hosts"] and len(pooled) == 4
     table = stats.hosts_comparison({"2 hosts": df})
     assert set(table["impl"]) == {"uring"} and (table["hosts"] == 2).all() and len(table) == 2
     assert (table["ratio"] > 0).all()
