@@ -19,25 +19,19 @@ import csv
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 from echo_core.bench import default_cpus, run_benchmark
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from echo_core.external import free_port
 
 
 def iperf3_one_way(payload, connections, duration, server_cpu, client_cpus):
     """iperf3 -c 127.0.0.1 with `connections` parallel streams of `payload`-byte writes, the receiver
     pinned to server_cpu, the sender to client_cpus; returns (bytes/s received, receiver CPU share)."""
-    port = free_port()
+    port = free_port("127.0.0.1")
     server = subprocess.Popen(["taskset", "-c", str(server_cpu), "iperf3", "-s", "-1", "-p", str(port),
                                "-B", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

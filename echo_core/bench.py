@@ -1,6 +1,7 @@
 """One benchmark run: a pinned server process, a pinned load-generator process, one tidy row."""
 
 import contextlib
+import ipaddress
 import json
 import os
 import subprocess
@@ -104,6 +105,8 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     threads = threads or len(client_cpus)
     if load_hosts is not None:
+        if observer is not None:
+            raise ValueError("an observer (profiler) watches a local load: not with load_hosts")
         return _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate,
                              arrivals, server_cpus, client_cpus, threads, host, window, server_options,
                              allow_remote)
@@ -139,6 +142,9 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
     if warmup_max is not None and mode != "rate":
         raise ValueError("load from several hosts needs a fixed warm-up (no warmup_max): they share one window")
     host = load_hosts.server_address or host
+    if not load_hosts.same_machine and ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"the load hosts are other machines: {host} would be their own loopback; give the "
+                         "server's address on the network they share (--host ADDR --allow-remote)")
     per_host = cluster.split_connections(connections, len(load_hosts.workers))
     check_load_args(host, 1, mode, payload, per_host[0], threads, duration, warmup, window=window,
                     rate=rate, cpus=client_cpus, allow_remote=allow_remote)
@@ -147,26 +153,31 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
     srv_threads = {} if len(server_cpus) == 1 else {"threads": len(server_cpus), "cpus": server_cpus}
     with make_server(impl, host=host, port=0, cpu=server_cpus[0], netns=load_hosts.server_ns, **srv_threads,
                      **(server_options or {})) as srv:
-        start_at = time.time() + cluster.START_MARGIN_S + connections / 5000
+        start_at = time.time() + cluster.start_margin(load_hosts, connections)
+        # This machine's CPU numbers mean nothing on another: remote hosts run their load unpinned.
+        cpus = client_cpus if load_hosts.same_machine else []
 
         def args_for_host(k):
             # Only a host on the server's machine can read its /proc and counters file: host 1 does.
             local = k == 0 and load_hosts.same_machine
             cmd = _load_command(srv.port, host, mode, payload, per_host[k], duration, warmup, None, rates[k],
-                                arrivals, threads, client_cpus, window, srv.pids() if local else [],
+                                arrivals, threads, cpus, window, srv.pids() if local else [],
                                 srv.stats_path if local else None)
-            cmd += ["--start-at", repr(start_at)] + (["--allow-remote"] if allow_remote else [])
+            # Rate mode: each host its own Poisson schedule, not k copies of one.
+            cmd += ["--start-at", repr(start_at), "--seed", str(1 + k)] + (["--allow-remote"] if allow_remote else [])
             return cmd[4:]  # the worker runs its own python -m echo_core load
 
         limit = start_at - time.time() + warmup + duration + 60
-        results = cluster.run_on_hosts(load_hosts, args_for_host, client_cpus, limit)
+        results = cluster.run_on_hosts(load_hosts, args_for_host, cpus, limit)
     records = [_parse_record(r["out"], r["err"], r["code"]) for r in results]
     merged = cluster.merge_records(records)
-    # CPUs the load ran on: hosts on one machine (namespaces) share theirs.
-    cpus = {(r["machine"], c) for r in results for c in client_cpus}
     per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
-    row = _make_row(impl, merged, server_cpus[0], client_cpus, max(r["code"] for r in results), server_cpus,
-                    per_thread, client_cpu_count=len(cpus))
+    codes = [r["code"] for r in results]
+    load_exit = next((c for c in codes if c != 0), 0)
+    # CPUs the load ran on: hosts on one machine (namespaces) share theirs.
+    used = {(r["machine"], c) for r in results for c in (cpus or [None])}
+    row = _make_row(impl, merged, server_cpus[0], client_cpus if cpus else [], load_exit, server_cpus,
+                    per_thread, client_cpu_count=len(used))
     row["host_rows"] = [{"host": k + 1, "worker": w, "machine": r["machine"],
                          **{c: rec.get(c) for c in cluster.HOST_COLUMNS if c in rec}}
                         for k, (w, r, rec) in enumerate(zip(load_hosts.workers, results, records))]

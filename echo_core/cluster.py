@@ -31,8 +31,9 @@ import time
 
 from echo_core import histogram, netns
 
-#: Seconds between submitting the loads and the shared start: time to start Python and connect.
-START_MARGIN_S = 1.5
+#: Seconds between submitting the loads and their shared start, before adding 0.5 s per host that
+#: shares a machine (see start_margin): time to start Python and connect.
+START_MARGIN_S = 1.0
 
 
 # ------------------------------------------------------------------ who may drive the load
@@ -94,6 +95,8 @@ class LoadHosts:
         """From a distributed.Client or a scheduler address; hosts = how many workers to use (default all)."""
         from distributed import Client
 
+        if hosts is not None and (isinstance(hosts, bool) or not isinstance(hosts, int) or hosts < 1):
+            raise ValueError(f"hosts must be a number of workers >= 1, got {hosts!r}")
         t0 = time.monotonic()
         owned = not isinstance(cluster, Client)
         if owned:
@@ -101,23 +104,30 @@ class LoadHosts:
             client = Client(address, security=security, timeout=timeout)
         else:
             client = cluster
-        if hosts:
-            client.wait_for_workers(hosts, timeout=timeout)
-        info = client.scheduler_info(n_workers=-1)["workers"]
-        workers = sorted(info, key=lambda a: str(info[a].get("name", a)))
-        if hosts:
-            if hosts > len(workers):
-                raise ValueError(f"asked for {hosts} load hosts, the cluster has {len(workers)} workers")
-            workers = workers[:hosts]
-        # Workers on this machine (a LocalCluster, or hosts that are this one) can read the server's
-        # /proc and counters file; on other machines those columns are NaN.
-        here = _machine_id()
-        machines = client.run(_machine_id, workers=workers)
-        hosts = cls(client, workers, same_machine=all(m == here for m in machines.values()),
-                    timings={"connect_s": time.monotonic() - t0},
-                    description={"scheduler": client.scheduler.address, "workers": workers})
-        hosts._owns_client = owned
-        return hosts
+        try:
+            if hosts:
+                client.wait_for_workers(hosts, timeout=timeout)
+            info = client.scheduler_info(n_workers=-1)["workers"]
+            workers = sorted(info, key=lambda a: str(info[a].get("name", a)))
+            if hosts:
+                if hosts > len(workers):
+                    raise ValueError(f"asked for {hosts} load hosts, the cluster has {len(workers)} workers")
+                workers = workers[:hosts]
+            if not workers:
+                raise ValueError("the cluster has no workers to send load from")
+            # Workers on this machine (a LocalCluster, or hosts that are this one) can read the server's
+            # /proc and counters file; on other machines those columns are NaN.
+            here = _machine_id()
+            machines = client.run(_machine_id, workers=workers)
+        except BaseException:
+            if owned:
+                client.close()
+            raise
+        made = cls(client, workers, same_machine=all(m == here for m in machines.values()),
+                   timings={"connect_s": time.monotonic() - t0},
+                   description={"scheduler": client.scheduler.address, "workers": workers})
+        made._owns_client = owned
+        return made
 
     def close(self):
         """Close the dask client if connect() opened it (a Client passed in stays the caller's)."""
@@ -134,30 +144,73 @@ def _python():
     return [sys.executable, "-m"]
 
 
+def make_tls_files(directory, ips):
+    """A throw-away CA and one certificate (valid for the IP addresses ips) signed by it, made with
+    the openssl command into directory (keys 0600); returns (ca, cert, key) paths."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        raise RuntimeError("needs the openssl command for the throw-away TLS certificates "
+                           "(Debian/Ubuntu: apt-get install openssl)")
+    d = str(directory)
+    ca_key, ca, key, csr, cert, ext = (os.path.join(d, n) for n in
+                                       ("ca.key", "ca.pem", "node.key", "node.csr", "node.pem", "ext.cnf"))
+    with open(ext, "w") as f:
+        f.write("subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips) + "\nbasicConstraints=CA:FALSE\n")
+    old_umask = os.umask(0o077)
+    try:
+        for args in (["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+                      "-subj", "/CN=echo_core throw-away CA"],
+                     ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj",
+                      f"/CN={ips[0]}"],
+                     ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+                      "-days", "2", "-extfile", ext]):
+            proc = subprocess.run(["openssl", *args], capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"openssl {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    finally:
+        os.umask(old_umask)
+    return ca, cert, key
+
+
+def _tls_flags(ca, cert, key):
+    return ["--tls-ca-file", ca, "--tls-cert", cert, "--tls-key", key]
+
+
 @contextlib.contextmanager
 def netns_hosts(hosts, startup_timeout=120):
     """Namespaces for a server and `hosts` load hosts (echo_core.netns.Lab), a dask scheduler on the
     bridge address in the root namespace and one single-threaded worker in each host namespace;
-    yields LoadHosts.  Everything is removed at the end, also on error or Ctrl-C."""
-    from distributed import Client
+    yields LoadHosts.  Everything is removed at the end, also on error or Ctrl-C.
 
-    with netns.Lab(hosts) as lab, tempfile.TemporaryDirectory(prefix="echo_core-dask-") as tmp, \
+    The bridge address is still an address of this machine: another host on its network could route
+    to it, and a dask scheduler runs whatever its clients send.  So the scheduler, the workers and
+    the client speak TLS with certificates from a throw-away CA made for this lab and kept 0600 in a
+    private temporary directory: only this process can drive them."""
+    from distributed import Client
+    from distributed.security import Security
+
+    with tempfile.TemporaryDirectory(prefix="echo_core-dask-") as tmp, netns.Lab(hosts) as lab, \
             contextlib.ExitStack() as stack:
         t0 = time.monotonic()
-        sched_file = os.path.join(tmp, "scheduler.json")
-        # The root namespace's end of the lab: the scheduler listens on the bridge address only.
-        sched = subprocess.Popen(_python() + ["distributed.cli.dask_scheduler", "--host", lab.bridge_address,
-                                              "--port", "0", "--no-dashboard", "--scheduler-file", sched_file],
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 start_new_session=True)
-        stack.callback(_stop, sched)
-        address = _wait_scheduler(sched, sched_file, startup_timeout)
+        ca, cert, key = make_tls_files(tmp, [lab.bridge_address, *lab.host_addresses])
+        tls = _tls_flags(ca, cert, key)
+        security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+        sched_file, sched_log = os.path.join(tmp, "scheduler.json"), os.path.join(tmp, "scheduler.log")
+        # In the root namespace, registered with the lab (stopped with it, or by the next lab if this
+        # process is SIGKILLed); it listens on the bridge address only.
+        with open(sched_log, "wb") as log:
+            sched = lab.popen(None, _python() + ["distributed.cli.dask_scheduler", "--host", lab.bridge_address,
+                                                 "--port", "0", "--protocol", "tls", *tls, "--no-dashboard",
+                                                 "--scheduler-file", sched_file],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
+        address = _wait_scheduler(sched, sched_file, sched_log, startup_timeout)
         for k, (ns, addr) in enumerate(zip(lab.host_ns, lab.host_addresses), start=1):
             lab.popen(ns, _python() + ["distributed.cli.dask_worker", address, "--host", addr, "--name", f"h{k}",
                                        "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "30",
-                                       "--local-directory", tmp],
+                                       "--local-directory", tmp, *tls],
                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = stack.enter_context(Client(address, timeout=startup_timeout))
+        client = stack.enter_context(Client(address, security=security, timeout=startup_timeout))
         client.wait_for_workers(hosts, timeout=startup_timeout)
         started = time.monotonic()
         info = client.scheduler_info(n_workers=-1)["workers"]
@@ -168,11 +221,12 @@ def netns_hosts(hosts, startup_timeout=120):
                         description={"netns": lab.describe(), "scheduler": address})
 
 
-def _wait_scheduler(proc, path, timeout):
+def _wait_scheduler(proc, path, log, timeout):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            with open(log, errors="replace") as f:
+                err = f.read().strip().splitlines()
             raise RuntimeError("dask scheduler exited: " + (err[-1] if err else f"exit {proc.returncode}"))
         try:
             with open(path) as f:
@@ -180,14 +234,6 @@ def _wait_scheduler(proc, path, timeout):
         except (OSError, ValueError, KeyError):
             time.sleep(0.1)
     raise RuntimeError(f"dask scheduler not up within {timeout} s")
-
-
-def _stop(proc):
-    netns._kill_group(proc.pid)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 # ------------------------------------------------------------------ one run over the hosts
@@ -227,11 +273,22 @@ def load_task(args, cpus, limit_s):
     return {"out": out, "err": err, "code": proc.returncode, "machine": _machine_id()}
 
 
+def start_margin(load_hosts, connections):
+    """Seconds between submitting the loads and their shared start: each host starts a Python
+    process and connects; hosts sharing one machine (namespaces) start one after another."""
+    per_machine = len(load_hosts.workers) if load_hosts.same_machine else 1
+    return START_MARGIN_S + 0.5 * per_machine + connections / 5000
+
+
 def run_on_hosts(load_hosts, args_for_host, cpus, limit_s):
     """Submit one load task per host (pinned to its worker) and gather their results in host order."""
     import distributed
 
     client = load_hosts.client
+    present = set(client.scheduler_info(n_workers=-1)["workers"])
+    gone = [w for w in load_hosts.workers if w not in present]
+    if gone:
+        raise RuntimeError(f"load host(s) gone from the cluster: {', '.join(gone)}")
     futures = [client.submit(load_task, args_for_host(k), cpus, limit_s, workers=[w], allow_other_workers=False,
                              pure=False, key=f"echo_core-load-{os.getpid()}-{time.monotonic_ns()}-{k}")
                for k, w in enumerate(load_hosts.workers)]
@@ -274,30 +331,32 @@ def merge_records(records):
     Counts and rates add up; the latency percentiles come from the exactly merged histograms; the
     window, warm-up and the server's figures are host 1's (the one that snapshots the server)."""
     nan = float("nan")
-    first = records[0]
-    out = dict(first)
+    out = dict(records[0])
     for key in _SUMMED:
         out[key] = sum(r.get(key, 0) or 0 for r in records)
+    rates = [r.get("rate", nan) for r in records]
+    out["rate"] = sum(rates) if all(x == x for x in rates) else nan  # offered: each host's share
     out["cpus"] = ";".join(str(r.get("cpus", "")) for r in records)
     out["conn_bytes_min"] = min(r["conn_bytes_min"] for r in records)
     out["conn_bytes_max"] = max(r["conn_bytes_max"] for r in records)
     out["fairness"] = _jain(records)
     out["interrupted"] = any(r.get("interrupted") for r in records)
-    hists = [r.get("latency_hist") or "" for r in records]
-    if any(hists):
-        merged = histogram.merge([h for h in hists if h])
+    msgs = out["msgs_per_s"] * out["duration_s"]
+    out["cpu_us_per_msg"] = out["client_cpu_s"] / msgs * 1e6 if msgs else nan
+    timed = [r for r in records if r.get("latency_samples")]
+    if timed:
+        merged = histogram.merge([r["latency_hist"] for r in timed if r.get("latency_hist")])
         for key, q in (("p50_us", 0.5), ("p90_us", 0.9), ("p99_us", 0.99), ("p999_us", 0.999)):
             out[key] = histogram.quantile(merged, q)
         out["latency_hist"] = merged
-        out["max_us"] = max(r["max_us"] for r in records)
-        out["min_us"] = min(r["min_us"] for r in records)
-        n = sum(r["latency_samples"] for r in records)
-        out["mean_us"] = sum(r["mean_us"] * r["latency_samples"] for r in records if r["latency_samples"]) / n \
-            if n else nan
+        out["max_us"] = max(r["max_us"] for r in timed)
+        out["min_us"] = min(r["min_us"] for r in timed)
+        out["mean_us"] = sum(r["mean_us"] * r["latency_samples"] for r in timed) / out["latency_samples"]
+        for key in ("send_lag_p50_us", "send_lag_p99_us", "send_lag_max_us"):
+            out[key] = max(r.get(key, nan) for r in timed)  # the laggiest host: an upper bound
     out["hosts"] = len(records)
     # Hosts that were all equally late for the start instant still share their window: what
     # matters is how far apart they started.
     late = [r.get("start_late_s", 0) or 0 for r in records]
     out["hosts_start_skew_s"] = max(late) - min(late)
-    out["hosts_window_spread_s"] = max(r["duration_s"] for r in records) - min(r["duration_s"] for r in records)
     return out

@@ -245,7 +245,7 @@ def _start_at(value, mode, warmup, warmup_max):
     except (TypeError, ValueError):
         raise ValueError(f"start_at must be a wall-clock time in seconds since the epoch, got {value!r}") from None
     ahead = value - time.time()
-    if not math.isfinite(value) or ahead > MAX_START_AHEAD_S:
+    if not math.isfinite(value) or value <= 0 or ahead > MAX_START_AHEAD_S:
         raise ValueError(f"start_at must lie within {MAX_START_AHEAD_S:.0f} s from now, got {ahead:+.1f} s")
     if mode != "rate" and warmup_max > warmup:
         raise ValueError("start_at needs a fixed warm-up (no warmup_max): several hosts share one window "

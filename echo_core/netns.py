@@ -13,6 +13,7 @@ load.check_host accepts addresses of live labs only, and a lab whose creator die
 cleaned up by the next Lab that starts.  Needs root and iproute2's ``ip``.
 """
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -53,39 +54,57 @@ def check_can_create():
         raise NetnsError("--netns needs iproute2's `ip` command (Debian/Ubuntu: apt-get install iproute2)")
 
 
-def _pid_alive(pid):
+def _registry_trusted():
+    """The registry is root's alone: anyone else's entries could mark addresses as load targets or
+    name what root removes."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        st = REGISTRY_DIR.stat()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def _names(index, hosts):
+    """(bridge, namespaces, root-side veth ends) of lab `index` with `hosts` load hosts."""
+    base = f"ec{index}"
+    namespaces = [f"{base}-srv"] + [f"{base}-h{k}" for k in range(1, hosts + 1)]
+    veths = [f"{base}v{k}" for k in range(hosts + 1)]  # <= 15 characters, as link names must be
+    return f"{base}br", namespaces, veths
+
+
+def _entry_ok(path, entry):
+    """A registry entry names only what lab `index` may have: nothing else is ever removed."""
+    try:
+        index, hosts = int(entry["index"]), len(entry["namespaces"]) - 1
+    except (KeyError, TypeError, ValueError):
+        return False
+    if not (0 <= index < MAX_LABS and 1 <= hosts <= MAX_HOSTS) or path.stem != f"ec{index}":
+        return False
+    bridge, namespaces, veths = _names(index, hosts)
+    return (entry.get("subnet") == f"198.18.{index}.0/24" and entry.get("namespaces") == namespaces
+            and entry.get("links") == [bridge, *veths])
 
 
 def _read_registry():
+    """(path, entry) of every well-formed entry of a trusted registry."""
     entries = []
-    if not REGISTRY_DIR.is_dir():
+    if not REGISTRY_DIR.is_dir() or not _registry_trusted():
         return entries
-    for path in sorted(REGISTRY_DIR.glob("*.json")):
+    for path in sorted(REGISTRY_DIR.glob("ec*.json")):
         try:
-            entries.append((path, json.loads(path.read_text())))
+            entry = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance(entry, dict) and _entry_ok(path, entry):
+            entries.append((path, entry))
     return entries
 
 
 def live_subnets():
     """Subnets of labs that exist now (their namespaces are there): the only non-loopback load targets
     allowed without an explicit opt-in."""
-    nets = []
-    for _, entry in _read_registry():
-        if any((NETNS_DIR / ns).exists() for ns in entry.get("namespaces", [])):
-            try:
-                nets.append(ipaddress.ip_network(entry["subnet"]))
-            except (KeyError, ValueError):
-                continue
-    return nets
+    return [ipaddress.ip_network(entry["subnet"]) for _, entry in _read_registry()
+            if any((NETNS_DIR / ns).exists() for ns in entry["namespaces"])]
 
 
 def is_lab_address(addr):
@@ -94,17 +113,81 @@ def is_lab_address(addr):
     return addr in BENCH_NET and any(addr in net for net in live_subnets())
 
 
+def _alive(pid):
+    """Running and not a zombie (whoever's child it is)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_pids(pids, grace=3.0):
+    """SIGTERM pids, SIGKILL whichever still runs after grace seconds."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def stop_process_group(proc, grace=3.0):
+    """SIGTERM a child started with start_new_session, SIGKILL its group if it lingers; reaps it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
+def _netns_pids(ns):
+    proc = _ip("netns", "pids", ns, check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
 def _remove(entry, path):
-    """Remove what a registry entry names (best effort) and the entry; returns the errors."""
+    """Remove what a (validated) registry entry names, and the entry; returns the errors.
+
+    Processes inside the lab's namespaces are found by the kernel (`ip netns pids`): deleting a
+    namespace does not end them.  Processes the lab started in the root namespace (its scheduler) by
+    their recorded pid, and only while their command line still names the lab's subnet: a pid reused
+    by someone else is left alone."""
     errors = []
-    for pid in entry.get("pids", []):
-        _kill_group(pid)
-    for ns in entry.get("namespaces", []):
-        if (NETNS_DIR / ns).exists():
-            proc = _ip("netns", "del", ns, check=False)
-            if proc.returncode != 0:
-                errors.append(f"ip netns del {ns}: {proc.stderr.strip()}")
-    for link in entry.get("links", []):
+    marker = entry["subnet"].rsplit(".", 1)[0] + "."
+    namespaces = [ns for ns in entry["namespaces"] if (NETNS_DIR / ns).exists()]
+    inside = [pid for ns in namespaces for pid in _netns_pids(ns)]
+    outside = [pid for pid in entry.get("pids", []) if isinstance(pid, int) and pid not in inside
+               and marker in _cmdline(pid)]
+    _kill_pids(inside + outside)
+    for ns in namespaces:
+        proc = _ip("netns", "del", ns, check=False)
+        if proc.returncode != 0:
+            errors.append(f"ip netns del {ns}: {proc.stderr.strip()}")
+    for link in entry["links"]:
         if Path(f"/sys/class/net/{link}").exists():
             proc = _ip("link", "del", link, check=False)
             # A veth goes away with its peer's namespace, possibly between the check and the del.
@@ -117,37 +200,40 @@ def _remove(entry, path):
     return errors
 
 
-def _kill_group(pid, grace=3.0):
-    """SIGTERM a process group we started (start_new_session), SIGKILL it if it lingers."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def clean_stale():
     """Remove labs whose creating process is gone (it was SIGKILLed before it could clean up)."""
     for path, entry in _read_registry():
-        if not _pid_alive(int(entry.get("owner", 0) or 0)):
+        owner = entry.get("owner")
+        if not (isinstance(owner, int) and _alive(owner)):
             _remove(entry, path)
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """While cleaning up, a second ^C or SIGTERM must not cut the clean-up short: hold them (main
+    thread only) and raise KeyboardInterrupt once it is done."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    old = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+           for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 class Lab:
     """N load-host namespaces and one server namespace on a bridge; a context manager.
 
-    Attributes once created: subnet, bridge_address, server_ns, server_address, host_ns (list),
-    host_addresses (list), setup_s (seconds the namespaces and links took to make).
+    Attributes once created: index, subnet, bridge, bridge_address, server_ns, server_address,
+    host_ns (list), host_addresses (list), setup_s (seconds the namespaces and links took to make).
     """
 
     def __init__(self, hosts):
@@ -160,50 +246,46 @@ class Lab:
         self._path = None
         self._entry = None
 
-    # ------------------------------------------------------------ naming
-    def _names(self, x):
-        base = f"ec{x}"
-        namespaces = [f"{base}-srv"] + [f"{base}-h{k}" for k in range(1, self.hosts + 1)]
-        veths = [f"{base}v{k}" for k in range(self.hosts + 1)]  # root-side ends; <= 15 characters
-        return base, namespaces, veths
-
-    def _pick_index(self):
-        used = set()
-        for _, entry in _read_registry():
-            used.add(int(entry.get("index", -1)))
+    def _claim(self):
+        """Claim the first free lab index by creating its registry entry exclusively, so two labs
+        started at once cannot take the same one.  The entry names everything the lab will make
+        before any of it exists, so whatever is made is also removed."""
         for x in range(MAX_LABS):
-            base = f"ec{x}"
-            if x not in used and not Path(f"/sys/class/net/{base}br").exists() \
-                    and not (NETNS_DIR / f"{base}-srv").exists():
-                return x
+            bridge, namespaces, veths = _names(x, self.hosts)
+            if Path(f"/sys/class/net/{bridge}").exists() or (NETNS_DIR / namespaces[0]).exists():
+                continue
+            path = REGISTRY_DIR / f"ec{x}.json"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            entry = {"index": x, "owner": os.getpid(), "subnet": f"198.18.{x}.0/24", "namespaces": namespaces,
+                     "links": [bridge, *veths], "pids": [], "created": time.time()}
+            with os.fdopen(fd, "w") as f:
+                json.dump(entry, f)
+            return path, entry
         raise NetnsError(f"all {MAX_LABS} lab subnets of 198.18.0.0/15 are in use")
 
-    # ------------------------------------------------------------ life cycle
     def create(self):
         check_can_create()
+        REGISTRY_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not _registry_trusted():
+            raise NetnsError(f"{REGISTRY_DIR} must belong to root and be writable by root alone")
         clean_stale()
         t0 = time.monotonic()
-        x = self._pick_index()
-        base, namespaces, veths = self._names(x)
-        self.index = x
-        self.subnet = ipaddress.ip_network(f"198.18.{x}.0/24")
-        self.bridge = f"{base}br"
+        self._path, self._entry = self._claim()
+        x = self.index = self._entry["index"]
+        self.bridge, namespaces, veths = _names(x, self.hosts)
+        self.subnet = ipaddress.ip_network(self._entry["subnet"])
         self.bridge_address = f"198.18.{x}.1"
         self.server_ns, self.host_ns = namespaces[0], namespaces[1:]
         self.server_address = f"198.18.{x}.2"
         self.host_addresses = [f"198.18.{x}.{3 + k}" for k in range(self.hosts)]
-        # Registered before anything exists, so that whatever is made is also removed.
-        REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
-        self._entry = {"index": x, "owner": os.getpid(), "subnet": str(self.subnet), "namespaces": namespaces,
-                       "links": [self.bridge, *veths], "pids": [], "created": time.time()}
-        self._path = REGISTRY_DIR / f"{base}.json"
-        self._save()
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
             _ip("link", "set", self.bridge, "up")
-            addresses = [self.server_address, *self.host_addresses]
-            for ns, veth, addr in zip(namespaces, veths, addresses):
+            for ns, veth, addr in zip(namespaces, veths, [self.server_address, *self.host_addresses]):
                 _ip("netns", "add", ns)
                 _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
                 _ip("link", "set", veth, "master", self.bridge)
@@ -227,26 +309,25 @@ class Lab:
         return ["ip", "netns", "exec", ns]
 
     def popen(self, ns, argv, **kwargs):
-        """Start argv inside namespace ns in a session of its own; it is killed when the lab closes."""
-        proc = subprocess.Popen(self.exec_prefix(ns) + list(argv), start_new_session=True, **kwargs)
+        """Start argv inside namespace ns (None: this process's) in a session of its own; it is
+        stopped when the lab closes, or by the next lab if this process dies first."""
+        prefix = self.exec_prefix(ns) if ns else []
+        proc = subprocess.Popen(prefix + list(argv), start_new_session=True, **kwargs)
         self._procs.append(proc)
         self._entry["pids"].append(proc.pid)
         self._save()
         return proc
 
     def close(self):
-        """Kill the lab's processes and remove its namespaces, links and registry entry."""
+        """Stop the lab's processes and remove its namespaces, links and registry entry."""
         if self._entry is None:
             return
-        for proc in self._procs:
-            _kill_group(proc.pid)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        errors = _remove(self._entry, self._path)
-        self._entry = None
-        self._procs = []
+        with signals_deferred():
+            for proc in reversed(self._procs):
+                stop_process_group(proc)
+            errors = _remove(self._entry, self._path)
+            self._entry = None
+            self._procs = []
         if errors:
             raise NetnsError("could not remove all of the lab: " + "; ".join(errors))
 

@@ -257,25 +257,9 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     (``hosts`` column) and ``<name>-hosts.csv`` holds the per-host figures.  ``allow_remote`` lets the
     load go to a non-loopback ``host`` that is not in a namespace echo_core made.
     """
+    arguments = dict(locals())  # for the call again once the load hosts are up
     if sum(x is not None for x in (load_hosts, cluster, netns)) > 1:
         raise ValueError("give at most one of load_hosts, cluster and netns")
-    if netns is not None or cluster is not None:
-        from echo_core import cluster as _cluster
-
-        kwargs = dict(locals())
-        for key in ("load_hosts", "cluster", "hosts", "netns", "security", "allow_plain_tcp", "_cluster"):
-            kwargs.pop(key)
-        if netns is not None:
-            from echo_core import netns as _netns
-
-            _netns.check_can_create()  # a clear error before anything is made
-            with _cluster.netns_hosts(netns) as made:
-                return sweep(**kwargs, load_hosts=made)
-        connected = _cluster.LoadHosts.connect(cluster, hosts, security, allow_plain_tcp)
-        try:
-            return sweep(**kwargs, load_hosts=connected)
-        finally:
-            connected.close()
     fixed_warmup_note = None
     if load_hosts is not None and warmup_max is not None:
         # Hosts share one window fixed in advance: the adaptive warm-up becomes a longer fixed one.
@@ -294,6 +278,23 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
               load_fractions, arrivals, target_ci, max_repeats, cells)
     server_cpus = list(server_cpus) if server_cpus is not None else None
     thread_cpus(server_threads, None, server_cpus)  # one clear ValueError before anything runs
+    if netns is not None or cluster is not None:
+        # Bad arguments fail above, before any namespace or dask process exists.
+        from echo_core import cluster as _cluster
+
+        kwargs = {k: v for k, v in arguments.items()
+                  if k not in ("load_hosts", "cluster", "hosts", "netns", "security", "allow_plain_tcp")}
+        if netns is not None:
+            from echo_core import netns as _netns
+
+            _netns.check_can_create()
+            with _cluster.netns_hosts(netns) as made:
+                return sweep(**kwargs, load_hosts=made)
+        connected = _cluster.LoadHosts.connect(cluster, hosts, security, allow_plain_tcp)
+        try:
+            return sweep(**kwargs, load_hosts=connected)
+        finally:
+            connected.close()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     previous = _previous_rows(output_dir, name) if resume else []

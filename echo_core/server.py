@@ -7,6 +7,7 @@ import mmap
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,8 @@ def _listen_all(host, port, backlog, threads):
     if threads == 1:
         fd, port = _listen(host, port, backlog)
         return [fd], port
+    if port:
+        _check_port_free(host, port)
     fds = []
     try:
         for _ in range(threads):
@@ -205,6 +208,23 @@ def _listen_all(host, port, backlog, threads):
             os.close(fd)
         raise
     return fds, port
+
+
+def _check_port_free(host, port):
+    """SO_REUSEPORT would let our loops join any same-user listener already on the port and share its
+    connections: make sure nobody listens there first (a plain bind, as ec_listen binds)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + BIND_RETRY_S
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise OSError(exc.errno, f"port {port} on {host} is already in use") from None
+        time.sleep(0.005)
 
 
 def _format_addr(host, port):

@@ -107,6 +107,8 @@ def add_sweep_arguments(parser):
 @contextlib.contextmanager
 def _term_as_interrupt():
     def interrupt(signum, frame):
+        # Once: a second SIGTERM must not cut the clean-up this one starts.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, interrupt)

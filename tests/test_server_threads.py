@@ -205,3 +205,16 @@ def test_sweep_cli_server_threads_reach_the_rows(tmp_path):
                           "--output-dir", str(tmp_path), "--name", "bad"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: threads must be an integer in 1.."), bad.stderr
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_threads_refuse_a_port_someone_already_listens_on():
+    # SO_REUSEPORT would let the loops join this listener's group and take half its connections.
+    import socket
+
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        with pytest.raises((OSError, RuntimeError), match="in use"):
+            Server("epoll", port=port, threads=2, cpus=[SERVER_CPU, SERVER_CPU]).start()

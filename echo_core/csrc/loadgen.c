@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -262,23 +263,41 @@ static int start_workers(struct worker *ws, uint32_t nw, uint32_t *started)
 
 /*
  * Several hosts' load generators share one start instant (wall clock: the
- * only clock hosts share).  Returns how late we are for it, 0 when on time.
+ * only clock hosts share).  Waits for it, or until stop_fd becomes readable
+ * (^C: the run then ends at once, as it would mid-window).  Returns how late
+ * t0 comes after the instant, 0 when on time.
  */
-static double wait_for_start(double start_at_s)
+static double wait_for_start(double start_at_s, int stop_fd)
 {
-	struct timespec ts, now;
-	double late;
+	struct pollfd pfd = { .fd = stop_fd, .events = POLLIN };
+	struct timespec now;
+	double left;
 
 	if (start_at_s <= 0)
 		return 0;
-	ts.tv_sec = (time_t)start_at_s;
-	ts.tv_nsec = (long)((start_at_s - (double)ts.tv_sec) * 1e9);
-	while (clock_nanosleep(CLOCK_REALTIME, TIMER_ABSTIME, &ts, NULL) == EINTR)
-		;
-	clock_gettime(CLOCK_REALTIME, &now);
-	late = (double)(now.tv_sec - ts.tv_sec) + (double)(now.tv_nsec - ts.tv_nsec) / 1e9;
-	/* clock_nanosleep returns at once for a past instant: then "late" is how far past it. */
-	return late > 1e-3 ? late : 0;
+	for (;;) {
+		clock_gettime(CLOCK_REALTIME, &now);
+		left = start_at_s - ((double)now.tv_sec + (double)now.tv_nsec / 1e9);
+		if (left <= 0)
+			break;
+		if (stop_fd < 0) {
+			struct timespec ts = { .tv_sec = (time_t)left,
+					       .tv_nsec = (long)((left - (double)(time_t)left) * 1e9) };
+
+			nanosleep(&ts, NULL);	/* an EINTR just loops */
+			continue;
+		}
+		/* poll() has ms resolution: sleep the last millisecond off above instead. */
+		if (left > 2e-3 && poll(&pfd, 1, (int)((left - 1e-3) * 1e3)) > 0)
+			return 0;
+		if (left <= 2e-3) {
+			struct timespec ts = { .tv_sec = 0, .tv_nsec = (long)(left * 1e9) };
+
+			nanosleep(&ts, NULL);
+		}
+	}
+	/* "left" is how far past the instant we woke: late when connecting outlasted the margin. */
+	return -left > 1e-3 ? -left : 0;
 }
 
 static int run_workers(struct load *ld, struct conn *conns, uint32_t nconns, struct worker *ws,
@@ -296,7 +315,7 @@ static int run_workers(struct load *ld, struct conn *conns, uint32_t nconns, str
 	if (ret) {
 		ec_gate_open(ld, GATE_ABORT);
 	} else {
-		res->start_late_s = wait_for_start(cfg->start_at_s);
+		res->start_late_s = wait_for_start(cfg->start_at_s, cfg->stop_fd);
 		ld->t0 = now_ns();
 		ld->arr.t0 = ld->t0;
 		ld->win_start = WIN_UNKNOWN;
