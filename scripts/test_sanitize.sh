@@ -28,7 +28,7 @@ if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
     TESTS=(tests/test_servers.py tests/test_load.py tests/test_counters.py tests/test_cli_and_api.py tests/test_external.py tests/test_chaos.py
-           tests/test_uring_features.py)
+           tests/test_uring_features.py tests/test_server_threads.py)
     # The io_uring variants run here through test_uring_features.py (each variant: echo, short sends,
     # tiny pools, back-pressure, ...); test_servers.py and test_chaos.py take them all in the normal
     # run, and over uring and epoll only here, which keeps CI's whole run well under 20 minutes.
