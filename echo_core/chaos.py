@@ -57,6 +57,8 @@ import struct
 import sys
 import time
 
+from echo_core.proc import pid_alive
+
 #: Pattern period: a prime, so no power-of-two sized slip lines the stream up with itself.
 PERIOD = 1048573
 MAX_CHUNK = 1 << 16
@@ -165,14 +167,6 @@ def fd_count(pid):
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def pid_alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 # ----------------------------------------------------------------- the client

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from echo_core.proc import pid_alive
+
 #: RFC 2544's benchmarking range: nothing real lives there.
 BENCH_NET = ipaddress.ip_network("198.18.0.0/15")
 REGISTRY_DIR = Path("/run/echo_core/netns")
@@ -113,15 +115,6 @@ def is_lab_address(addr):
     return addr in BENCH_NET and any(addr in net for net in live_subnets())
 
 
-def _alive(pid):
-    """Running and not a zombie (whoever's child it is)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _cmdline(pid):
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -138,10 +131,10 @@ def _kill_pids(pids, grace=3.0):
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -204,7 +197,7 @@ def clean_stale():
     """Remove labs whose creating process is gone (it was SIGKILLed before it could clean up)."""
     for path, entry in _read_registry():
         owner = entry.get("owner")
-        if not (isinstance(owner, int) and _alive(owner)):
+        if not (isinstance(owner, int) and pid_alive(owner)):
             _remove(entry, path)
 
 

@@ -69,6 +69,17 @@ def echo_all(socks, payloads, timeout=30.0):
     return [bytes(state[s][1]) for s in socks]
 
 
+def echo_on_new_connections(port, payloads, timeout=30.0):
+    """One new connection per payload, all echoed concurrently (echo_all), then closed; returns
+    what came back."""
+    socks = [connect(port) for _ in payloads]
+    try:
+        return echo_all(socks, payloads, timeout)
+    finally:
+        for s in socks:
+            s.close()
+
+
 def distinct_payload(i, size):
     """Bytes that differ between connections and along the stream."""
     head = f"<conn {i}>".encode()

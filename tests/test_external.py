@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from echo_client import connect, distinct_payload, echo_all, recv_exact
+from echo_client import connect, distinct_payload, echo_on_new_connections, recv_exact
 from echo_core.external import ExternalServer
 from echo_core.load import run_load
 from echo_core.server import Server, check_impl, make_server
@@ -38,13 +38,8 @@ def test_healthy_external_server_echoes_and_stops_cleanly():
         assert srv.pids()[0] == srv.pid
         assert os.sched_getaffinity(srv.pid) == {SERVER_CPU}
         assert srv.stats() is None and srv.stats_path is None
-        socks = [connect(srv.port) for _ in range(16)]
         payloads = [distinct_payload(i, 50_000 + i) for i in range(16)]
-        try:
-            assert echo_all(socks, payloads, timeout=30) == payloads
-        finally:
-            for s in socks:
-                s.close()
+        assert echo_on_new_connections(srv.port, payloads, timeout=30) == payloads
         pid = srv.pid
     assert srv.returncode == 0  # faulty_echo.py exits 0 on SIGTERM
     assert srv.proc is None and srv.pids() == [] and srv.final_stats is None

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from conftest import ALL_IMPLS, impl_param
-from echo_client import (connect, distinct_payload, echo_all, recv_exact, recv_to_eof, rss_kib)
+from echo_client import (connect, distinct_payload, echo_all, echo_on_new_connections, recv_exact, recv_to_eof,
+                         rss_kib)
 
 
 @pytest.fixture(params=ALL_IMPLS)
@@ -346,13 +347,8 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
 def test_starved_connections_are_rearmed_without_an_enobufs_storm(start_server):
     srv = start_server(buf_count=2, buf_size=512)
     n, size = 200, 5000
-    socks = [connect(srv.port) for _ in range(n)]
     payloads = [distinct_payload(i, size) for i in range(n)]
-    try:
-        assert echo_all(socks, payloads, timeout=60) == payloads
-    finally:
-        for s in socks:
-            s.close()
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
     stats = srv.stats()
     uses = stats["bytes_in"] // 512
     # Re-arming every starved connection whenever a buffer came back made ~90 ENOBUFS a buffer
@@ -364,13 +360,8 @@ def test_tiny_submission_queue_still_serves_everyone(start_server):
     # Two SQEs: nearly every operation finds the queue full and has to flush it first.
     srv = start_server(ring_entries=2, buf_count=4, buf_size=1024)
     n = 100
-    socks = [connect(srv.port) for _ in range(n)]
     payloads = [distinct_payload(i, 20000) for i in range(n)]
-    try:
-        assert echo_all(socks, payloads, timeout=60) == payloads
-    finally:
-        for s in socks:
-            s.close()
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
     assert wait_for(srv, "conns_active", 0) == 0
     assert srv.stats()["conns_closed"] == n
 

@@ -12,7 +12,7 @@ import pytest
 
 import echo_core
 from conftest import IO_URING_REFUSED, SERVER_CPU, variant_refused
-from echo_client import connect, distinct_payload, echo_all, recv_exact
+from echo_client import connect, distinct_payload, echo_all, echo_on_new_connections, recv_exact
 from echo_core.native import ffi, lib
 
 pytestmark = pytest.mark.skipif(IO_URING_REFUSED is not None, reason=str(IO_URING_REFUSED))
@@ -184,13 +184,8 @@ def test_batched_wait_never_holds_a_lone_request_long(variant_server):
 def test_few_large_incremental_buffers_are_shared_by_many_connections(variant_server, name):
     # Four 1 MiB buffers, consumed piece by piece by 16 streaming connections at once.
     srv = variant_server(name, buf_count=4, buf_size=1 << 20)
-    socks = [connect(srv.port) for _ in range(16)]
     payloads = [distinct_payload(i, 500_000) for i in range(16)]
-    try:
-        assert echo_all(socks, payloads, timeout=60) == payloads
-    finally:
-        for s in socks:
-            s.close()
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
     st = srv.stats()
     # The kernel left buffers in the ring after filling part of them: later pieces - of this or
     # another connection - went into the same buffer at a growing offset.
@@ -203,13 +198,8 @@ def test_few_large_incremental_buffers_are_shared_by_many_connections(variant_se
 def test_send_zc_notifications_are_counted_and_buffers_come_back(variant_server, name):
     # A tiny pool: were a buffer not returned after its notification, the echo would stall.
     srv = variant_server(name, buf_count=4, buf_size=4096)
-    socks = [connect(srv.port) for _ in range(8)]
     payloads = [distinct_payload(i, 300_000) for i in range(8)]
-    try:
-        assert echo_all(socks, payloads, timeout=60) == payloads
-    finally:
-        for s in socks:
-            s.close()
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
     st = srv.stats()
     # Each send posts its result and (on loopback, which copies) a notification too.
     assert st["completions"] > st["recv_ok"] + 2 * st["send_calls"] - 100
