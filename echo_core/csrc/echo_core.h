@@ -109,6 +109,8 @@ struct ec_server_stats {
 						     [2^i, 2^(i+1)) bytes, the last one all above */
 	uint64_t recv_buf_more;       /* io_uring inc: recvs whose buffer stayed in the ring for the
 					 next piece (IORING_CQE_F_BUF_MORE) */
+	uint64_t spills;              /* io_uring: recvs whose bytes were copied out of a low pool
+					 (a quarter or less free) so the buffer went back at once */
 };
 
 /*

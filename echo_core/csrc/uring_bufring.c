@@ -1,5 +1,6 @@
 /* uring_bufring.c - the provided-buffer ring object (see uring_bufring.h). */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -18,8 +19,23 @@ static void add(struct bufring *b, uint16_t bid, uint32_t at)
 	}
 }
 
+#ifdef EC_CHECKED
+void bufring_violation(const struct bufring *b, uint16_t bid, const char *what)
+{
+	fprintf(stderr, "echo_core: provided buffer %u %s (ring tail %u, %u free)\n", bid, what, b->tail, b->free);
+	abort();
+}
+#endif
+
 void bufring_recycle(struct bufring *b, uint16_t bid)
 {
+	if (!b->inc) {
+		BUFRING_CHECK(b, bid, !b->in_ring[bid], "given back twice");
+#ifdef EC_CHECKED
+		if (b->in_ring)
+			b->in_ring[bid] = 1;
+#endif
+	}
 	if (b->inc) {
 		b->off[bid] = 0;
 		b->out[bid] = 0;
@@ -33,6 +49,10 @@ void bufring_recycle(struct bufring *b, uint16_t bid)
 void bufring_return_unused(struct bufring *b, uint16_t bid, uint32_t cqe_flags)
 {
 	if (!b->inc) {
+#ifdef EC_CHECKED
+		if (b->in_ring)
+			b->in_ring[bid] = 0;	/* the kernel consumed it for this completion */
+#endif
 		b->free--;
 		bufring_recycle(b, bid);
 		return;
@@ -80,6 +100,14 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 		if (!b->off || !b->refs || !b->out)
 			return -ENOMEM;
 	}
+#ifdef EC_CHECKED
+	if (!inc) {
+		b->in_ring = malloc(count);
+		if (!b->in_ring)
+			return -ENOMEM;
+		memset(b->in_ring, 1, count);
+	}
+#endif
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (unsigned long)b->br;
 	reg.ring_entries = count;
@@ -108,5 +136,6 @@ void bufring_free(struct bufring *b)
 	free(b->off);
 	free(b->refs);
 	free(b->out);
+	free(b->in_ring);
 	memset(b, 0, sizeof(*b));
 }

@@ -11,7 +11,7 @@
  * piece is sent.  In plain mode every completion owns a whole buffer.
  *
  * Bundles: one completion spans the buffers that followed its first one in
- * the ring; bufring_next() names them from a shadow copy of the ring.
+ * the ring; bufring_at() names them from a shadow copy of the ring.
  */
 #ifndef ECHO_CORE_URING_BUFRING_H
 #define ECHO_CORE_URING_BUFRING_H
@@ -37,7 +37,22 @@ struct bufring {
 	uint32_t *off;		/* inc: bytes of each buffer the kernel has filled */
 	uint32_t *refs;		/* inc: pieces of each buffer still being echoed */
 	uint8_t *out;		/* inc: 1 once the kernel has let go of the buffer */
+	uint8_t *in_ring;	/* checked builds, plain mode: 1 while the buffer is the kernel's */
 };
+
+/*
+ * Checked builds (EC_CHECKED, which the sanitizer build defines): a plain-mode
+ * buffer taken while the server believes the kernel holds none of it, or
+ * given back while it is still in the ring, aborts with what happened - two
+ * owners of one buffer is how bytes get corrupted, long before a client sees it.
+ */
+#ifdef EC_CHECKED
+void bufring_violation(const struct bufring *b, uint16_t bid, const char *what);
+#define BUFRING_CHECK(b, bid, cond, what) \
+	do { if ((b)->in_ring && !(cond)) bufring_violation(b, bid, what); } while (0)
+#else
+#define BUFRING_CHECK(b, bid, cond, what) do { } while (0)
+#endif
 
 /* Allocate and register; track_bundles keeps the shadow ring. Returns 0 or -errno. */
 int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t size,
@@ -62,6 +77,11 @@ static inline uint32_t bufring_take(struct bufring *b, uint16_t bid, uint32_t le
 	uint32_t o;
 
 	if (!b->inc) {
+		BUFRING_CHECK(b, bid, b->in_ring[bid], "taken but not in the ring");
+#ifdef EC_CHECKED
+		if (b->in_ring)
+			b->in_ring[bid] = 0;
+#endif
 		b->free--;
 		return 0;
 	}
@@ -89,10 +109,34 @@ static inline void bufring_put(struct bufring *b, uint16_t bid)
 /* A completion without data (error, EOF) came with buffer bid: give it back if it left the ring. */
 void bufring_return_unused(struct bufring *b, uint16_t bid, uint32_t cqe_flags);
 
-/* The buffer k places after bid in the ring (bundles). */
-static inline uint16_t bufring_next(const struct bufring *b, uint16_t bid, uint32_t k)
+/*
+ * Bundles: a completion names only its first buffer; the others are the ones
+ * that followed it in the ring.  Read the first one's ring position before
+ * any buffer of the completion goes back: bufring_recycle() moves a buffer
+ * to the ring's tail and so rewrites its position (issue 15's corruption).
+ * Position pos + k stays valid until k buffers of the completion are back.
+ */
+static inline uint32_t bufring_pos(const struct bufring *b, uint16_t bid)
 {
-	return b->shadow[(b->pos[bid] + k) & (b->count - 1)];
+	return b->pos[bid];
+}
+
+/* The buffer at ring position pos (bundles). */
+static inline uint16_t bufring_at(const struct bufring *b, uint32_t pos)
+{
+	return b->shadow[pos & (b->count - 1)];
+}
+
+/*
+ * The length the kernel saw for the entry at ring position pos.  The kernel
+ * truncates a bundle's first entry in place to what it means to receive
+ * (io_ring_buffers_peek); if that receive then fails, the entry stays short
+ * in the ring and a later bundle fills only that much of it before moving on
+ * to the next buffer.  Recycling writes the full size back.
+ */
+static inline uint32_t bufring_len_at(const struct bufring *b, uint32_t pos)
+{
+	return *(volatile const uint32_t *)&b->br->bufs[pos & (b->count - 1)].len;
 }
 
 #endif

@@ -527,6 +527,8 @@ static void configure(struct server *s, const struct ec_server_config *cfg)
 		if (!s->mshot_budget)
 			s->mshot_budget = 1;
 	}
+	/* A quarter of the pool stays for connections that read (see must_spill). */
+	s->spill_below = cfg->buf_count / 4 ? cfg->buf_count / 4 : 1;
 	s->sqpoll_cpu = cfg->sqpoll_cpu;
 	s->recv_ioprio = cfg->features & EC_FEAT_POLLFIRST ? IORING_RECVSEND_POLL_FIRST : 0;
 	s->wait = cfg->features & EC_FEAT_BATCH ? batch_wait : plain_wait;

@@ -49,13 +49,16 @@ struct conn {
 	uint8_t state;    /* enum conn_state */
 	uint8_t pad;
 	uint16_t bid;     /* single: buffer being echoed while CONN_SEND */
-	uint32_t sent;    /* bytes of that buffer already sent */
-	uint32_t len;     /* bytes in that buffer */
 	uint32_t off;     /* where they start in it (incremental buffers) */
+	uint64_t sent;    /* bytes of that buffer already sent (mshot: bytes the send in flight asked for) */
+	uint64_t len;     /* bytes in that buffer (mshot: bytes queued; 64 bits: a bundle may overshoot
+			     the budget, and 16 gathered buffers of up to 1 GiB overflow 32) */
 	uint32_t flags;   /* mshot: CF_* */
 	uint32_t qhead;   /* mshot: the send queue (segment indices) */
 	uint32_t qtail;
 	uint32_t qlen;
+	uint32_t qsend;   /* mshot: segments at the queue's head the send in flight covers */
+	unsigned char *spill; /* single: the connection's own copy of its bytes (see must_spill) */
 };
 
 struct server;
@@ -120,7 +123,23 @@ struct server {
 	struct seg *segs;         /* mshot: send-queue entries */
 	struct gather **gathers;  /* mshot+bundle: each connection's sendmsg area */
 	uint32_t segs_cap, segs_free;
+	uint32_t spill_below;     /* copy received bytes out of the pool while fewer buffers are free */
 };
+
+/*
+ * A connection whose peer never reads keeps its buffers until its send
+ * completes, i.e. forever: enough of them would take the whole shared pool
+ * and starve every other connection (epoll is immune: each connection has
+ * its own buffer).  So while fewer than spill_below buffers are free, the
+ * strategies copy what a recv brought into memory of the connection's own
+ * and give the pool buffer back at once: the pool keeps a reserve for
+ * everyone, and what a stalled connection holds is bounded by its own
+ * budget, as with epoll.  Spilled bytes go out with a plain send.
+ */
+static inline int must_spill(const struct server *s)
+{
+	return s->br.free < s->spill_below;
+}
 
 extern const struct strategy echo_single, echo_mshot, echo_connbuf;
 
@@ -135,6 +154,7 @@ void arm_close(struct server *s, uint32_t idx);
 void starve(struct server *s, uint32_t idx);
 int batch_wait(struct server *s, int block);
 int setup_send(struct server *s);
+void prep_send_copy(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len);
 void teardown_send(struct server *s);
 
 #endif

@@ -57,7 +57,13 @@ struct seg {
 	uint32_t len;
 	uint32_t sent;
 	uint16_t bid;
+	unsigned char *spill;	/* the bytes, copied out of a low pool (must_spill); NULL: in buffer bid */
 };
+
+static unsigned char *seg_bytes(const struct server *s, const struct seg *g)
+{
+	return g->spill ? g->spill : bufring_addr(&s->br, g->bid) + g->off;
+}
 
 /* ------------------------------------------------------------- segments */
 
@@ -71,8 +77,10 @@ static uint32_t seg_alloc(struct server *s)
 
 		if (!n)
 			return NONE;
-		for (i = s->segs_cap; i < cap; i++)
+		for (i = s->segs_cap; i < cap; i++) {
 			n[i].next = i + 1 < cap ? i + 1 : NONE;
+			n[i].spill = NULL;
+		}
 		s->segs = n;
 		s->segs_free = s->segs_cap;
 		s->segs_cap = cap;
@@ -84,7 +92,12 @@ static uint32_t seg_alloc(struct server *s)
 
 static void seg_release(struct server *s, uint32_t i)
 {
-	s->put_buf(s, s->segs[i].bid);
+	if (s->segs[i].spill) {
+		free(s->segs[i].spill);
+		s->segs[i].spill = NULL;
+	} else {
+		s->put_buf(s, s->segs[i].bid);
+	}
 	s->segs[i].next = s->segs_free;
 	s->segs_free = i;
 }
@@ -92,10 +105,16 @@ static void seg_release(struct server *s, uint32_t i)
 static int enqueue(struct server *s, struct conn *c, uint16_t bid, uint32_t off, uint32_t len)
 {
 	uint32_t i = seg_alloc(s);
+	unsigned char *spill = NULL;
 
 	if (i == NONE)
 		return -ENOMEM;
-	s->segs[i] = (struct seg){ .next = NONE, .off = off, .len = len, .sent = 0, .bid = bid };
+	if (must_spill(s) && (spill = malloc(len))) {
+		memcpy(spill, bufring_addr(&s->br, bid) + off, len);
+		bufring_put(&s->br, bid);	/* nothing of it was sent: no zc notification to wait for */
+		s->stats->spills++;
+	}
+	s->segs[i] = (struct seg){ .next = NONE, .off = off, .len = len, .sent = 0, .bid = bid, .spill = spill };
 	if (c->qtail == NONE)
 		c->qhead = i;
 	else
@@ -118,24 +137,30 @@ static void pop(struct server *s, struct conn *c)
 	seg_release(s, i);
 }
 
-/* Drop what is queued, except a head whose send is in flight (the kernel reads it). */
+/*
+ * Drop what is queued, except the segments a send in flight covers: the
+ * kernel may still read them (a gathered send spans up to GATHER_MAX), and a
+ * buffer given back now could be refilled under it.  on_send drops them.
+ */
 static void drop_queue(struct server *s, struct conn *c)
 {
-	uint32_t keep = c->flags & CF_SEND ? c->qhead : NONE;
+	uint32_t keep = c->flags & CF_SEND ? c->qsend : 0;
+	uint32_t last = c->qhead, i;
 
-	while (c->qhead != NONE && c->qhead != keep)
-		pop(s, c);
-	if (keep != NONE) {
-		uint32_t i;
-
-		while ((i = s->segs[keep].next) != NONE) {
-			s->segs[keep].next = s->segs[i].next;
-			c->qlen--;
-			c->len -= s->segs[i].len;
-			seg_release(s, i);
-		}
-		c->qtail = keep;
+	if (!keep) {
+		while (c->qhead != NONE)
+			pop(s, c);
+		return;
 	}
+	while (--keep)
+		last = s->segs[last].next;
+	while ((i = s->segs[last].next) != NONE) {
+		s->segs[last].next = s->segs[i].next;
+		c->qlen--;
+		c->len -= s->segs[i].len;
+		seg_release(s, i);
+	}
+	c->qtail = last;
 }
 
 /* ----------------------------------------------------------- operations */
@@ -210,10 +235,11 @@ static int prep_gather(struct server *s, struct io_uring_sqe *sqe, uint32_t idx)
 	for (i = c->qhead; i != NONE && n < GATHER_MAX; i = s->segs[i].next, n++) {
 		const struct seg *g = &s->segs[i];
 
-		gt->iov[n].iov_base = bufring_addr(&s->br, g->bid) + g->off + g->sent;
+		gt->iov[n].iov_base = seg_bytes(s, g) + g->sent;
 		gt->iov[n].iov_len = g->len - g->sent;
 		c->sent += g->len - g->sent;
 	}
+	c->qsend = n;
 	memset(&gt->msg, 0, sizeof(gt->msg));
 	gt->msg.msg_iov = gt->iov;
 	gt->msg.msg_iovlen = n;
@@ -230,6 +256,7 @@ static void arm_send(struct server *s, uint32_t idx)
 	const struct seg *g = &s->segs[c->qhead];
 
 	c->flags |= CF_SEND;
+	c->qsend = 0;		/* nothing of the queue is the kernel's until the SQE is prepared */
 	if (!sqe) {
 		want(s, idx, CF_W_SEND);
 		return;
@@ -246,8 +273,12 @@ static void arm_send(struct server *s, uint32_t idx)
 		return;
 	}
 	c->sent = g->len - g->sent;
-	s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,
-		     g->len - g->sent);
+	c->qsend = 1;
+	if (g->spill)
+		prep_send_copy(s, sqe, idx, g->spill + g->sent, g->len - g->sent);
+	else
+		s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,
+			     g->len - g->sent);
 	s->stats->send_calls++;
 }
 
@@ -308,17 +339,23 @@ static void fail(struct server *s, uint32_t idx)
 
 /* ------------------------------------------------------------- handlers */
 
-/* Queue the res bytes of a completion: one segment per buffer (several for a bundle). */
+/*
+ * Queue the res bytes of a completion: one segment per buffer (several for a
+ * bundle, named by ring position from the first: see bufring_pos()).
+ */
 static int take_data(struct server *s, struct conn *c, const struct io_uring_cqe *cqe)
 {
 	uint16_t bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+	int bundle = !!s->br.shadow;
+	uint32_t pos = bundle ? bufring_pos(&s->br, bid) : 0;
 	uint32_t left = (uint32_t)cqe->res, k, n, off;
 	int ret = 0;
 
 	for (k = 0; left; k++) {
-		uint16_t b = k ? bufring_next(&s->br, bid, k) : bid;
+		uint16_t b = k ? bufring_at(&s->br, pos + k) : bid;
+		uint32_t room = bundle ? bufring_len_at(&s->br, pos + k) : s->buf_size;
 
-		n = left < s->buf_size ? left : s->buf_size;
+		n = left < room ? left : room;
 		off = bufring_take(&s->br, b, n, cqe->flags);
 		left -= n;
 		if (ret || (c->flags & CF_ERROR) || (ret = enqueue(s, c, b, off, n)))
@@ -391,6 +428,7 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	uint32_t done;
 
 	c->flags &= ~CF_SEND;
+	c->qsend = 0;
 	if (cqe->res < 0 || (c->flags & CF_ERROR)) {
 		if (cqe->res > 0)
 			s->stats->bytes_out += (uint64_t)cqe->res;
@@ -471,7 +509,9 @@ static void start(struct server *s, uint32_t idx)
 	c->flags = 0;
 	c->qhead = c->qtail = NONE;
 	c->qlen = 0;
+	c->qsend = 0;
 	c->len = 0;
+	c->sent = 0;
 	arm_recv(s, idx);
 }
 
@@ -496,6 +536,8 @@ static void teardown(struct server *s)
 {
 	uint32_t i;
 
+	for (i = 0; i < s->segs_cap; i++)
+		free(s->segs[i].spill);	/* NULL on the free list */
 	free(s->segs);
 	s->segs = NULL;
 	if (s->gathers) {

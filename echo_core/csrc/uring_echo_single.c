@@ -7,10 +7,29 @@
  * connection in the starved FIFO, re-armed as buffers return.
  */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 #include "net.h"
 #include "uring_core.h"
+
+#define SPILLED UINT32_MAX	/* c->off: the bytes are in c->spill, not in buffer c->bid */
+
+/* The echo is done (or abandoned): give its buffer back, unless its bytes were spilled. */
+static void release(struct server *s, struct conn *c)
+{
+	if (c->off != SPILLED)
+		s->put_buf(s, c->bid);
+}
+
+/* Close: the spill memory goes with the connection. */
+static void finish(struct server *s, uint32_t idx)
+{
+	free(s->conns[idx].spill);
+	s->conns[idx].spill = NULL;
+	arm_close(s, idx);
+}
 
 static void arm_recv(struct server *s, uint32_t idx)
 {
@@ -33,14 +52,17 @@ static void arm_send(struct server *s, uint32_t idx)
 {
 	struct conn *c = &s->conns[idx];
 	struct io_uring_sqe *sqe = get_sqe(s);
-	unsigned char *buf = bufring_addr(&s->br, c->bid) + c->off;
 
 	c->state = CONN_SEND;
 	if (!sqe) {
 		defer(s, idx);
 		return;
 	}
-	s->prep_send(s, sqe, idx, c->bid, buf + c->sent, c->len - c->sent);
+	if (c->off == SPILLED)
+		prep_send_copy(s, sqe, idx, c->spill + c->sent, (uint32_t)(c->len - c->sent));
+	else
+		s->prep_send(s, sqe, idx, c->bid, bufring_addr(&s->br, c->bid) + c->off + c->sent,
+			     (uint32_t)(c->len - c->sent));
 	s->stats->send_calls++;
 }
 
@@ -81,13 +103,19 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 		if (cqe->res < 0)
 			s->stats->conn_errors++;
 		/* res == 0 is EOF; everything received was already echoed. */
-		arm_close(s, idx);
+		finish(s, idx);
 		return;
 	}
 	c->bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 	c->len = (uint32_t)cqe->res;
 	c->sent = 0;
-	c->off = bufring_take(&s->br, c->bid, c->len, cqe->flags);
+	c->off = bufring_take(&s->br, c->bid, (uint32_t)c->len, cqe->flags);
+	if (must_spill(s) && (c->spill || (c->spill = malloc(s->buf_size)))) {
+		memcpy(c->spill, bufring_addr(&s->br, c->bid) + c->off, c->len);
+		bufring_put(&s->br, c->bid);
+		c->off = SPILLED;
+		s->stats->spills++;
+	}
 	ec_count_recv(s->stats, (uint64_t)cqe->res);
 	if (cqe->flags & IORING_CQE_F_BUF_MORE)
 		s->stats->recv_buf_more++;
@@ -102,8 +130,8 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 
 	if (cqe->res < 0) {
 		s->stats->conn_errors++;
-		s->put_buf(s, c->bid);
-		arm_close(s, idx);
+		release(s, c);
+		finish(s, idx);
 		return;
 	}
 	s->stats->bytes_out += (uint64_t)cqe->res;
@@ -113,7 +141,7 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 		arm_send(s, idx);
 		return;
 	}
-	s->put_buf(s, c->bid);
+	release(s, c);
 	arm_recv(s, idx);
 }
 
@@ -126,8 +154,19 @@ static int setup(struct server *s)
 			     !!(s->features & EC_FEAT_INC), 0);
 }
 
+static void teardown(struct server *s)
+{
+	uint32_t i;
+
+	for (i = 0; i < s->max_conns; i++) {
+		free(s->conns[i].spill);
+		s->conns[i].spill = NULL;
+	}
+}
+
 const struct strategy echo_single = {
 	.setup = setup,
+	.teardown = teardown,
 	.start = start,
 	.resume = resume,
 	.rearm = arm_recv,

@@ -18,14 +18,20 @@
 
 #define BID_SHIFT 40
 
-static void prep_plain(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
-		       const void *buf, uint32_t len)
+/* A plain send of bytes outside the pool (spilled: see must_spill); with zc too, no notification. */
+void prep_send_copy(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len)
 {
 	(void)s;
-	(void)bid;
 	io_uring_prep_send(sqe, idx, buf, len, MSG_NOSIGNAL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+}
+
+static void prep_plain(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
+		       const void *buf, uint32_t len)
+{
+	(void)bid;
+	prep_send_copy(s, sqe, idx, buf, len);
 }
 
 static void prep_zc(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
