@@ -38,22 +38,34 @@ def _cdef_from_header(path):
     return "".join(keep)
 
 
-def _check_liburing():
-    if not any(os.path.exists(os.path.join(d, "liburing.h")) for d in LIBURING_HEADER_DIRS):
-        raise SystemExit(
-            "echo_core needs liburing's headers to build: install them with "
-            "'apt-get install liburing-dev' (Debian/Ubuntu) or 'conda install -c conda-forge liburing'."
-        )
+def _liburing_prefix():
+    """The include directory holding liburing.h (the first of LIBURING_HEADER_DIRS); its sibling lib/ is
+    where the library is looked for first.  A prefix of its own (conda's, a liburing built from source
+    under /usr/local) must be searched for both, not only found."""
+    for d in LIBURING_HEADER_DIRS:
+        if os.path.exists(os.path.join(d, "liburing.h")):
+            return d
+    raise SystemExit(
+        "echo_core needs liburing's headers to build: install them with "
+        "'apt-get install liburing-dev' (Debian/Ubuntu) or 'conda install -c conda-forge liburing'."
+    )
 
 
-_check_liburing()
+LIBURING_INCLUDE = _liburing_prefix()
+_LIBURING_LIB = os.path.join(os.path.dirname(LIBURING_INCLUDE), "lib")
+# /usr/include is the compiler's own; any other prefix goes first on both search paths (and the
+# runtime path, so that the extension loads the liburing it was built against).
+_EXTRA_INCLUDE = [] if LIBURING_INCLUDE == "/usr/include" else [LIBURING_INCLUDE]
+_EXTRA_LIB = [_LIBURING_LIB] if _EXTRA_INCLUDE and os.path.isdir(_LIBURING_LIB) else []
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "echo_core.h")))
 ffibuilder.set_source(
     "echo_core._native",
     '#include "echo_core.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
-    include_dirs=[CSRC],
+    include_dirs=[CSRC] + _EXTRA_INCLUDE,
+    library_dirs=_EXTRA_LIB,
+    runtime_library_dirs=_EXTRA_LIB,
     libraries=["uring", "pthread"],
     # EC_CHECKED: the sanitizer build also checks invariants that cost a little (see uring_bufring.h).
     define_macros=[("NDEBUG", None), ("_GNU_SOURCE", None)] + ([("EC_CHECKED", None)] if SANITIZE else []),

@@ -24,6 +24,9 @@ the scripts without running anything).  Kinds:
   flood      a row of connections each closed right away (before or after the connect completes,
              plainly or with an RST)
   nonreader  writes a bounded number of bytes and never reads, then closes (with unread data: RST)
+  blast      streams 1-8 MiB in 64 KiB reads and writes for a moment, then resets with echoes still
+             queued in the server (issue 15: what bundles got wrong; the damage showed in other
+             connections' echoes, which every other script verifies)
 
 Verification.  Connection c sends the stream PATTERN[(phase_c + k) % P] for k = 0, 1, ... where
 PATTERN is a seeded random block of P = 1048573 (prime) bytes and phase_c comes from the script's
@@ -62,8 +65,8 @@ from echo_core.proc import pid_alive
 #: Pattern period: a prime, so no power-of-two sized slip lines the stream up with itself.
 PERIOD = 1048573
 MAX_CHUNK = 1 << 16
-KINDS = ("echo", "halfclose", "reset", "idle", "flood", "nonreader")
-WEIGHTS = (32, 22, 18, 10, 12, 6)
+KINDS = ("echo", "halfclose", "reset", "idle", "flood", "nonreader", "blast")
+WEIGHTS = (32, 22, 18, 10, 12, 6, 8)
 RSS_SAMPLE_S = 0.25
 SETTLE_S = 5.0
 MAX_VIOLATIONS = 50
@@ -131,6 +134,9 @@ def make_script(seed, index):
     elif kind == "flood":
         actions = [("reopen", rng.choice(("close", "rst", "now"))) for _ in range(rng.randint(2, 12))]
         actions.append(("rst",) if rng.random() < 0.5 else ("close",))
+    elif kind == "blast":
+        actions = [("recvsize", MAX_CHUNK), ("send", _size(rng, 1 << 20, 8 << 20)),
+                   ("pause", round(rng.uniform(0.02, 0.3), 3)), ("rst",)]
     else:  # nonreader
         actions = [("noread", 1e9), ("send", _size(rng, 64 << 10, 4 << 20)),
                    ("blocked", round(rng.uniform(0.1, 0.5), 3)), ("close",)]
@@ -569,7 +575,7 @@ def _check_args(seconds, seed, connections, drain_timeout, settle_s=SETTLE_S):
         raise ValueError(f"settle_s must be a number in [0, 600], got {settle_s!r}")
 
 
-def _cpus(cpu):
+def split_cpus(cpu):
     """(server cpu, client cpu or None): the server on the last CPU, the client on another one."""
     avail = sorted(os.sched_getaffinity(0))
     server_cpu = avail[-1] if cpu is None else cpu
@@ -597,7 +603,7 @@ def rss_margin_kib(impl, options, connections):
     return (64 << 20) // 1024 + buffers // 1024
 
 
-def _raise_fd_limit(need):
+def raise_fd_limit(need):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard == resource.RLIM_INFINITY else min(hard, max(need, soft)), hard))
@@ -646,9 +652,9 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
         raise ValueError(f"pid {pid!r} is not a running process")
     if server_options and port is not None:
         raise ValueError("server_options apply only to a server run_chaos starts (no port=)")
-    _raise_fd_limit(connections + 256)
+    raise_fd_limit(connections + 256)
 
-    server_cpu, client_cpu = _cpus(cpu)
+    server_cpu, client_cpu = split_cpus(cpu)
     srv = None
     violations_pre = []
     if port is None:
@@ -661,7 +667,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
             os.sched_setaffinity(0, {client_cpu})
         stats_fn = srv.stats if srv is not None and srv.stats() is not None else server_stats
         # Let the server settle (an exec: server's readiness probe connection must be gone).
-        fds_start = _settled_fds(pid, None, 0.3) if pid is not None else None
+        fds_start = settled_fds(pid, None, 0.3) if pid is not None else None
         rss_start = rss_kib(pid) if pid is not None else None
         bound = rss_bound_kib
         if bound is None and rss_start:
@@ -675,7 +681,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
             client.violate(None, f"server process {pid} is gone")
         fds_end = None
         if pid is not None and alive:
-            fds_end = _settled_fds(pid, fds_start, settle_s)
+            fds_end = settled_fds(pid, fds_start, settle_s)
             if fds_end != fds_start:
                 client.violate(None, f"server fd count {fds_end} did not return to {fds_start} within "
                                      f"{settle_s:g} s of the last client close")
@@ -720,7 +726,7 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     return result
 
 
-def _settled_fds(pid, want, timeout):
+def settled_fds(pid, want, timeout):
     """Poll the fd count until it equals want (or, with want None, stops changing); the last count."""
     deadline = time.monotonic() + timeout
     last = fd_count(pid)
@@ -786,6 +792,11 @@ def add_chaos_arguments(p):
     p.add_argument("--script", action="append", default=None, metavar="INDEX",
                    help="replay only script INDEX of --seed (repeatable), e.g. one a violation named")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--lifetime", action="store_true",
+                   help="the long-lived-server regime instead of scripts: one server through rounds of phases "
+                        "(streams closed with echoes queued, large and small rr, many connections, "
+                        "half-closes, non-readers) for --seconds (echo_core.lifetime)")
+    p.add_argument("--threads", default="1", metavar="N", help="with --lifetime: the server's event loops (default 1)")
     return p
 
 

@@ -3,7 +3,12 @@
 import argparse
 import sys
 
-from echo_core import chaos, load, profile_cli, server, specs, sweep_cli
+from echo_core import chaos, lifetime, load, profile_cli, server, specs, sweep_cli
+
+
+def _chaos_command(args):
+    """chaos: the seeded scripts, or with --lifetime the long-lived-server regime."""
+    return lifetime.lifetime_command(args) if args.lifetime else chaos.chaos_command(args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +77,7 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     handlers = {"serve": _serve_command, "impls": specs.impls_command, "load": load.load_command, "sweep": sweep_cli.sweep_command,
-                "charts": sweep_cli.charts_command, "chaos": chaos.chaos_command,
+                "charts": sweep_cli.charts_command, "chaos": _chaos_command,
                 "profile": profile_cli.profile_command}
     try:
         return handlers[args.command](args)

@@ -198,16 +198,21 @@ def netns_hosts(hosts, startup_timeout=120):
         security = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
         sched_file, sched_log = os.path.join(tmp, "scheduler.json"), os.path.join(tmp, "scheduler.log")
         # In the root namespace, registered with the lab (stopped with it, or by the next lab if this
-        # process is SIGKILLed); it listens on the bridge address only.
+        # process is SIGKILLed); it listens on the bridge address only, its HTTP routes included.
         with open(sched_log, "wb") as log:
             sched = lab.popen(None, _python() + ["distributed.cli.dask_scheduler", "--host", lab.bridge_address,
                                                  "--port", "0", "--protocol", "tls", *tls, "--no-dashboard",
+                                                 # distributed serves its HTTP routes (logs, stacks, task
+                                                 # keys; no TLS) even without a dashboard, by default on
+                                                 # every interface: keep them on the bridge too.
+                                                 "--dashboard-address", f"{lab.bridge_address}:0",
                                                  "--scheduler-file", sched_file],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         address = _wait_scheduler(sched, sched_file, sched_log, startup_timeout)
         for k, (ns, addr) in enumerate(zip(lab.host_ns, lab.host_addresses), start=1):
             lab.popen(ns, _python() + ["distributed.cli.dask_worker", address, "--host", addr, "--name", f"h{k}",
                                        "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "30",
+                                       "--dashboard-address", f"{addr}:0",
                                        "--local-directory", tmp, *tls],
                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = stack.enter_context(Client(address, security=security, timeout=startup_timeout))

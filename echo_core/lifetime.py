@@ -26,14 +26,17 @@ API: run_lifetime(impl, seconds, seed, ...) -> result dict (result["ok"], result
 CLI: python -m echo_core chaos --lifetime --impl SPEC --seconds N --seed S.
 """
 
+import json
 import os
 import random
 import selectors
 import socket
+import sys
 import time
 
-from echo_core.chaos import _settled_fds, fd_count, rss_kib, rss_margin_kib
+from echo_core.chaos import fd_count, raise_fd_limit, rss_kib, rss_margin_kib, settled_fds, split_cpus
 from echo_core.proc import pid_alive
+from echo_core.server import check_impl, make_server
 
 #: The phases of a round; each is a function (ctx, rng) below.
 PHASES = ("stream", "rr_large", "rr_small", "many", "halfclose", "nonreaders")
@@ -276,15 +279,12 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
     it, and stops it after.  short=True: the test suite's small counts.  Returns a dict with "ok",
     "violations" (strings), the phases run, counts, and the server's fd/RSS/conns_active at both ends.
     """
-    from echo_core.chaos import _cpus, _raise_fd_limit
-    from echo_core.server import check_impl, make_server
-
     if seconds < 0 or seconds > 7 * 86400:
         raise ValueError(f"seconds must be in 0..604800, got {seconds!r}")
-    _raise_fd_limit(SCALE["many"][0] + 256)
+    raise_fd_limit(SCALE["many"][0] + 256)
     rng = random.Random(f"echo_core.lifetime:{seed}")
     srv = None
-    server_cpu, client_cpu = _cpus(cpu)
+    server_cpu, client_cpu = split_cpus(cpu)
     if port is None:
         impl = check_impl(impl)
         kwargs = dict(server_options or {})
@@ -302,7 +302,7 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
     try:
         if client_cpu is not None and srv is not None and threads == 1:
             os.sched_setaffinity(0, {client_cpu})
-        fds_start = _settled_fds(pid, None, 0.3) if pid is not None else None
+        fds_start = settled_fds(pid, None, 0.3) if pid is not None else None
         rss_start = rss_kib(pid) if pid is not None else None
         if rss_start:
             rss_bound = rss_start + rss_margin_kib(impl, server_options, SCALE["many"][0]) * max(1, threads)
@@ -331,7 +331,7 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
         alive = pid_alive(pid) if pid is not None else None
         fds_end = active_end = None
         if alive:
-            fds_end = _settled_fds(pid, fds_start, settle_s)
+            fds_end = settled_fds(pid, fds_start, settle_s)
             if fds_end != fds_start:
                 violations.append(f"server fd count {fds_end} did not return to {fds_start}")
             if server_stats:
@@ -366,3 +366,36 @@ def verdict(result):
     if r["ok"]:
         return f"lifetime ok: {body}"
     return f"lifetime FAILED: {body}; {len(r['violations'])} violation(s); first: {r['violations'][0]}"
+
+
+def lifetime_command(args):
+    """`python -m echo_core chaos --lifetime ...`: 0 ok, 1 violations, 2 bad input (one line each)."""
+    try:
+        seconds = float(args.seconds)
+        seed = int(args.seed)
+        threads = int(args.threads)
+        if args.impl is None or args.port is not None:
+            raise ValueError("--lifetime runs a server of its own: give --impl SPEC (no --port)")
+        if seed < 0 or not 1 <= threads <= 64:
+            raise ValueError(f"--seed must be >= 0 and --threads in 1..64, got {seed} and {threads}")
+        options = {}
+        for item in args.option:
+            name, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--option expects NAME=VALUE, got {item!r}")
+            options[name.strip().replace("-", "_")] = int(value)
+        impl = check_impl(args.impl)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = run_lifetime(impl, seconds=seconds, seed=seed, threads=threads, server_options=options or None,
+                              cpu=None if args.cpu is None else int(args.cpu))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (RuntimeError, OSError) as exc:
+        print(f"lifetime FAILED: {impl}: {exc}", flush=True)
+        return 1
+    print(json.dumps(result) if args.json else verdict(result), flush=True)
+    return 0 if result["ok"] else 1

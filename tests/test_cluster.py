@@ -4,6 +4,7 @@ this test makes), the start barrier, where load may go and who may drive it, and
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -237,8 +238,36 @@ def test_netns_scheduler_listens_on_the_bridge_only_and_speaks_tls_to_its_own_ce
             with socket.socket(family) as s:
                 s.settimeout(5)
                 assert s.connect_ex((addr, port)) != 0, f"scheduler reachable on {addr}:{port}"
+        # Every socket a lab process listens on, in the root namespace and in the hosts' (review item 1:
+        # distributed's HTTP routes listened on 0.0.0.0:8787 even with --no-dashboard).
+        listening = _dask_listeners(None) + [row for ns in hosts.description["netns"]["host_ns"]
+                                             for row in _dask_listeners(ns)]
+        assert len(listening) >= 2, listening  # the scheduler's TLS port and its HTTP routes at least
+        wildcard = [row for row in listening if row[0].rsplit(":", 1)[0] in ("0.0.0.0", "*", "[::]", "::")]
+        assert not wildcard, f"lab processes listening on a wildcard address: {wildcard}"
+        lab_net = [ipaddress.ip_address(row[0].rsplit(":", 1)[0].strip("[]")) in netns.BENCH_NET for row in listening]
+        assert all(lab_net), listening
         index = hosts.description["netns"]["subnet"].split(".")[2]
     assert _lab_leftovers(index) == []
+
+
+def _dask_listeners(ns):
+    """(local address, process) of every listening TCP socket of a dask process in namespace ns."""
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    out = subprocess.run(prefix + ["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        fields = line.split()
+        pids = [int(p) for p in re.findall(r"pid=(\d+)", line)]
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "distributed.cli.dask_" in cmd:
+                rows.append((fields[3], cmd.split(" -m ")[-1][:60]))
+    return rows
 
 
 @needs_root

@@ -28,9 +28,15 @@ static unsigned flush_sq(struct io_uring *ring)
 	unsigned i;
 
 	if (sq->sqe_head != tail) {
-		/* Slot i of the SQ array names SQE i (liburing maps them 1:1; say so anyway). */
-		for (i = sq->sqe_head; i != tail; i++)
-			sq->array[i & sq->ring_mask] = i & sq->ring_mask;
+		/*
+		 * Slot i of the SQ array names SQE i (liburing maps them 1:1; say so
+		 * anyway).  liburing >= 2.5 sets rings up with IORING_SETUP_NO_SQARRAY
+		 * where the kernel has it (6.6): there is no array, sq->array is NULL.
+		 */
+		if (sq->array) {
+			for (i = sq->sqe_head; i != tail; i++)
+				sq->array[i & sq->ring_mask] = i & sq->ring_mask;
+		}
 		sq->sqe_head = tail;
 		io_uring_smp_store_release(sq->ktail, tail);
 	}
