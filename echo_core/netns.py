@@ -142,7 +142,11 @@ def _kill_pids(pids, grace=3.0):
 
 
 def stop_process_group(proc, grace=3.0):
-    """SIGTERM a child started with start_new_session, SIGKILL its group if it lingers; reaps it."""
+    """SIGTERM a child started with start_new_session, SIGKILL its group if it lingers; reaps it.
+    Once the leader is reaped its pid (and so the group id) may belong to someone else: a group is
+    signalled only while its leader is known to be unreaped."""
+    if proc.poll() is not None:
+        return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -245,7 +249,10 @@ class Lab:
         before any of it exists, so whatever is made is also removed."""
         for x in range(MAX_LABS):
             bridge, namespaces, veths = _names(x, self.hosts)
-            if Path(f"/sys/class/net/{bridge}").exists() or (NETNS_DIR / namespaces[0]).exists():
+            # Any name of this index already taken (a leftover ecX-hK of someone else's, say): not ours to
+            # fail on and then delete, take the next index.
+            if any(Path(f"/sys/class/net/{link}").exists() for link in (bridge, *veths)) or \
+                    any((NETNS_DIR / ns).exists() for ns in namespaces):
                 continue
             path = REGISTRY_DIR / f"ec{x}.json"
             try:

@@ -353,3 +353,19 @@ def test_a_tls_scheduler_drives_the_load_with_certificates(tmp_path):
         finally:
             hosts.close()
     assert row["hosts"] == 1 and row["mismatches"] == 0 and row["valid"], row["invalid_reason"]
+
+
+@needs_root
+def test_a_leftover_host_namespace_is_skipped_not_deleted():
+    """Review item 6: a namespace ecX-h1 that is not the lab's own made the lab fail at `ip netns add`
+    and was then removed with the lab; now the lab takes another index and leaves it alone."""
+    x = next(i for i in range(netns.MAX_LABS) if not _lab_leftovers(i))
+    leftover = f"ec{x}-h1"
+    subprocess.run(["ip", "netns", "add", leftover], check=True)
+    try:
+        with netns.Lab(1) as lab:
+            assert lab.index != x
+        assert os.path.exists(netns.NETNS_DIR / leftover)
+    finally:
+        subprocess.run(["ip", "netns", "del", leftover], check=False)
+

@@ -926,3 +926,15 @@ def test_ten_thousand_connections_against_project_server(impl):
     assert r["mismatches"] == 0
     assert r["errors"] == 0
     assert r["messages"] > 10000
+
+
+def test_histogram_bucket_helpers_refuse_indexes_past_the_last_bucket():
+    """Review item 6: an index past the last bucket shifted by 64 or more (undefined); now it is 0."""
+    from echo_core._native import lib
+
+    last = lib.EC_HIST_BUCKETS - 1
+    assert lib.ec_hist_bucket_low(last) > lib.ec_hist_bucket_low(last - 1) > 0
+    assert lib.ec_hist_bucket_width(last) > 0
+    for idx in (lib.EC_HIST_BUCKETS, lib.EC_HIST_BUCKETS + 64, 2**32 - 1):
+        assert lib.ec_hist_bucket_low(idx) == 0
+        assert lib.ec_hist_bucket_width(idx) == 0

@@ -289,7 +289,7 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res);
 int ec_load_schedule(int arrivals, double rate, uint32_t connections, uint32_t index,
 		     uint64_t seed, uint64_t *times_ns, uint32_t n);
 
-/* Latency histogram bucket idx covers [low, low + width) nanoseconds. */
+/* Latency histogram bucket idx covers [low, low + width) nanoseconds; both 0 for idx >= EC_HIST_BUCKETS. */
 uint64_t ec_hist_bucket_low(unsigned idx);
 uint64_t ec_hist_bucket_width(unsigned idx);
 

@@ -25,10 +25,13 @@ void ec_hist_merge(struct ec_hist *dst, const struct ec_hist *src)
 		dst->max = src->max;
 }
 
+/* Both exported to Python: an index past the last bucket gives 0 (no bucket), not a shift of 64+. */
 uint64_t ec_hist_bucket_low(unsigned idx)
 {
 	unsigned e, sub;
 
+	if (idx >= EC_HIST_BUCKETS)
+		return 0;
 	if (idx < EC_HIST_SUB)
 		return idx;
 	e = idx / EC_HIST_SUB + EC_HIST_SUB_BITS - 1;
@@ -38,6 +41,8 @@ uint64_t ec_hist_bucket_low(unsigned idx)
 
 uint64_t ec_hist_bucket_width(unsigned idx)
 {
+	if (idx >= EC_HIST_BUCKETS)
+		return 0;
 	if (idx < EC_HIST_SUB)
 		return 1;
 	return (uint64_t)1 << (idx / EC_HIST_SUB - 1);

@@ -212,6 +212,11 @@ static void on_accept(struct server *s, uint32_t idx, const struct io_uring_cqe 
 		}
 		return;
 	}
+	if (s->conns[cqe->res].state != CONN_FREE) {
+		/* The kernel allocated a slot we still use: our table and its disagree.  Not ours to close. */
+		s->stats->accept_errors++;
+		return;
+	}
 	s->nconns++;
 	s->stats->conns_accepted++;
 	s->stats->conns_active = s->nconns;
@@ -225,7 +230,9 @@ static void on_accept(struct server *s, uint32_t idx, const struct io_uring_cqe 
 /* The slot is free again (close_direct has completed): accepting may resume. */
 static void on_close(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
-	(void)cqe;
+	/* The slot is free for the kernel's allocator either way; a failed close is still worth a count. */
+	if (cqe->res < 0)
+		s->stats->conn_errors++;
 	s->conns[idx].state = CONN_FREE;
 	s->nconns--;
 	s->stats->conns_active = s->nconns;
@@ -269,7 +276,7 @@ static int kernel_at_least(int major, int minor)
 
 /*
  * Refuse at set-up, not at the first completion, what this kernel would
- * refuse later: multishot recv (6.0), bundles (IORING_FEAT_RECVSEND_BUNDLE,
+ * refuse later: multishot recv (6.0), recv POLL_FIRST (5.19), bundles (IORING_FEAT_RECVSEND_BUNDLE,
  * 6.10), send_zc (the opcode), a batched wait's extended argument (5.11).
  */
 static int kernel_has_features(struct server *s, uint32_t ring_features)
@@ -278,6 +285,9 @@ static int kernel_has_features(struct server *s, uint32_t ring_features)
 	int ok = 1;
 
 	if ((s->features & EC_FEAT_MSHOT) && !kernel_at_least(6, 0))
+		ok = 0;
+	/* IORING_RECVSEND_POLL_FIRST (5.19): older kernels fail every such recv with -EINVAL. */
+	if ((s->features & EC_FEAT_POLLFIRST) && !kernel_at_least(5, 19))
 		ok = 0;
 	if ((s->features & EC_FEAT_BUNDLE) && !(ring_features & IORING_FEAT_RECVSEND_BUNDLE))
 		ok = 0;
@@ -552,6 +562,7 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	if (ret)
 		return ret;
 	memset(&s, 0, sizeof(s));
+	memset(stats, 0, sizeof(*stats));	/* as the epoll server does: counters start at 0 */
 	s.listen_fd = listen_fd;
 	s.stop_fd = stop_fd;
 	s.ready_fd = cfg->ready_fd;
