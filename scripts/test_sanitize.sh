@@ -28,10 +28,12 @@ if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
     TESTS=(tests/test_servers.py tests/test_load.py tests/test_counters.py tests/test_cli_and_api.py tests/test_external.py tests/test_chaos.py
-           tests/test_uring_features.py tests/test_server_threads.py)
+           tests/test_uring_features.py tests/test_server_threads.py tests/test_lifetime.py)
     # The io_uring variants run here through test_uring_features.py (each variant: echo, short sends,
     # tiny pools, back-pressure, ...); test_servers.py and test_chaos.py take them all in the normal
     # run, and over uring and epoll only here, which keeps CI's whole run well under 20 minutes.
+    # test_lifetime.py: the long-lived regime over each strategy and buffer-ring mode (its SPECS); a
+    # buffer owned twice aborts there (EC_CHECKED), even where no client would have seen wrong bytes.
     export ECHO_CORE_TEST_VARIANTS="${ECHO_CORE_TEST_VARIANTS:-0}"
 fi
 for i in "${!TESTS[@]}"; do   # absolute test paths: pytest runs from build/sanitize
