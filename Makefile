@@ -9,6 +9,8 @@
 #                 $(REPORTS)/report.html (standalone, code hidden)
 #   make test     the test suite
 #   make test-sanitize  C core built with ASan+UBSan into build/sanitize/; servers, load, chaos, variants (~4 min)
+#   make test-liburing-current  C core built against the next Debian release's liburing (2.9) into
+#                 build/liburing-current/ (nothing installed); the variants' tests and the long-lived regime
 
 PYTHON ?= .venv/bin/python
 DATA ?= data
@@ -16,10 +18,10 @@ REPORTS ?= reports
 
 PROFILE_CELLS ?= 16384:8 100000:8 100000:512
 
-.PHONY: help sweep seed latency explain report test test-sanitize
+.PHONY: help sweep seed latency explain report test test-sanitize test-liburing-current
 
 help:
-	@sed -n '3,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
 
 sweep:
 	$(PYTHON) -m echo_core sweep --grid quick --output-dir $(DATA)
@@ -51,3 +53,6 @@ test:
 
 test-sanitize:
 	PYTHON=$(PYTHON) bash scripts/test_sanitize.sh
+
+test-liburing-current:
+	PYTHON=$(PYTHON) bash scripts/test_liburing_current.sh

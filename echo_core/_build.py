@@ -1,5 +1,6 @@
 """Out-of-line API-mode cffi builder for echo_core's C core (referenced by setup.py's cffi_modules)."""
 
+import glob
 import os
 import re
 import sys
@@ -22,7 +23,12 @@ SOURCES = ["net.c", "server_epoll.c",
 SANITIZE = os.environ.get("ECHO_CORE_SANITIZE", "") not in ("", "0")
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
                   "-fno-wrapv"]
-LIBURING_HEADER_DIRS = ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
+# ECHO_CORE_LIBURING=PREFIX builds against the liburing under PREFIX (PREFIX/include and PREFIX/lib or its
+# multiarch subdirectory) before any other: scripts/test_liburing_current.sh builds against a current
+# release that way.
+LIBURING_PREFIX = os.environ.get("ECHO_CORE_LIBURING", "")
+LIBURING_HEADER_DIRS = ([os.path.join(LIBURING_PREFIX, "include")] if LIBURING_PREFIX else []) + \
+    ["/usr/include", "/usr/local/include", os.path.join(sys.prefix, "include")]
 
 
 def _cdef_from_header(path):
@@ -42,6 +48,8 @@ def _liburing_prefix():
     """The include directory holding liburing.h (the first of LIBURING_HEADER_DIRS); its sibling lib/ is
     where the library is looked for first.  A prefix of its own (conda's, a liburing built from source
     under /usr/local) must be searched for both, not only found."""
+    if LIBURING_PREFIX and not os.path.exists(os.path.join(LIBURING_PREFIX, "include", "liburing.h")):
+        raise SystemExit(f"ECHO_CORE_LIBURING={LIBURING_PREFIX}: no include/liburing.h there")
     for d in LIBURING_HEADER_DIRS:
         if os.path.exists(os.path.join(d, "liburing.h")):
             return d
@@ -51,12 +59,19 @@ def _liburing_prefix():
     )
 
 
+def _liburing_libdir(include_dir):
+    """PREFIX/lib, or the multiarch directory below it (Debian's layout), that holds liburing.so."""
+    lib = os.path.join(os.path.dirname(include_dir), "lib")
+    found = glob.glob(os.path.join(lib, "liburing.so")) + glob.glob(os.path.join(lib, "*", "liburing.so"))
+    return os.path.dirname(found[0]) if found else None
+
+
 LIBURING_INCLUDE = _liburing_prefix()
-_LIBURING_LIB = os.path.join(os.path.dirname(LIBURING_INCLUDE), "lib")
 # /usr/include is the compiler's own; any other prefix goes first on both search paths (and the
 # runtime path, so that the extension loads the liburing it was built against).
 _EXTRA_INCLUDE = [] if LIBURING_INCLUDE == "/usr/include" else [LIBURING_INCLUDE]
-_EXTRA_LIB = [_LIBURING_LIB] if _EXTRA_INCLUDE and os.path.isdir(_LIBURING_LIB) else []
+_LIBURING_LIB = _liburing_libdir(LIBURING_INCLUDE) if _EXTRA_INCLUDE else None
+_EXTRA_LIB = [_LIBURING_LIB] if _LIBURING_LIB else []
 ffibuilder = FFI()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "echo_core.h")))
 ffibuilder.set_source(

@@ -814,6 +814,17 @@ def _float(name, text):
         raise ValueError(f"--{name} expects a number, got {text!r}") from None
 
 
+def parse_options(items):
+    """--option NAME=VALUE items -> {name: int}; ValueError with one line on a malformed one."""
+    options = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects NAME=VALUE, got {item!r}")
+        options[name.strip().replace("-", "_")] = _int(f"option {name}", value)
+    return options
+
+
 def chaos_command(args):
     """0: no violation; 1: violations (or the server could not start); 2: bad input."""
     import json
@@ -836,12 +847,7 @@ def chaos_command(args):
             if args.pid is not None:
                 raise ValueError("--pid goes with --port")
             impl = args.impl
-        options = {}
-        for item in args.option:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--option expects NAME=VALUE, got {item!r}")
-            options[name.strip().replace("-", "_")] = _int(f"option {name}", value)
+        options = parse_options(args.option)
         if options:
             kwargs["server_options"] = options
         if args.script:

@@ -34,7 +34,7 @@ import socket
 import sys
 import time
 
-from echo_core.chaos import fd_count, raise_fd_limit, rss_kib, rss_margin_kib, settled_fds, split_cpus
+from echo_core.chaos import fd_count, parse_options, raise_fd_limit, rss_kib, rss_margin_kib, settled_fds, split_cpus
 from echo_core.proc import pid_alive
 from echo_core.server import check_impl, make_server
 
@@ -378,12 +378,7 @@ def lifetime_command(args):
             raise ValueError("--lifetime runs a server of its own: give --impl SPEC (no --port)")
         if seed < 0 or not 1 <= threads <= 64:
             raise ValueError(f"--seed must be >= 0 and --threads in 1..64, got {seed} and {threads}")
-        options = {}
-        for item in args.option:
-            name, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--option expects NAME=VALUE, got {item!r}")
-            options[name.strip().replace("-", "_")] = int(value)
+        options = parse_options(args.option)
         impl = check_impl(args.impl)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

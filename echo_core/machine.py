@@ -459,7 +459,9 @@ def liburing_info():
     try:  # the file the dynamic linker mapped for echo_core._native
         import echo_core.native  # noqa: F401
         maps = _read("/proc/self/maps", "") or ""
-        libs = sorted({line.split()[-1] for line in maps.splitlines() if "liburing" in line})
+        # By file name: a path such as build/liburing-current/.../_native.so is not liburing.
+        libs = sorted({line.split()[-1] for line in maps.splitlines()
+                       if os.path.basename(line.split()[-1]).startswith("liburing.so")})
         if libs:
             info["loaded_library"] = os.path.realpath(libs[0])
     except ImportError:

@@ -166,7 +166,30 @@ def test_missing_liburing_is_a_clear_build_error(monkeypatch):
     spec.loader.exec_module(build)
     monkeypatch.setattr(build, "LIBURING_HEADER_DIRS", ["/nonexistent"])
     with pytest.raises(SystemExit, match="liburing-dev"):
-        build._check_liburing()
+        build._liburing_prefix()
+    # A prefix of one's own (ECHO_CORE_LIBURING) without the headers is named, not silently passed over.
+    monkeypatch.setattr(build, "LIBURING_PREFIX", "/nonexistent-prefix")
+    with pytest.raises(SystemExit, match="ECHO_CORE_LIBURING=/nonexistent-prefix"):
+        build._liburing_prefix()
+
+
+def test_a_liburing_prefix_of_its_own_is_searched_for_headers_and_library(tmp_path, monkeypatch):
+    """Review item 2: headers found under a prefix (conda's sys.prefix, a liburing built under /usr/local,
+    ECHO_CORE_LIBURING) were not added to the include and library paths."""
+    import importlib.util
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "liburing.h").write_text("")
+    (tmp_path / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
+    (tmp_path / "lib" / "x86_64-linux-gnu" / "liburing.so").write_text("")
+    monkeypatch.setenv("ECHO_CORE_LIBURING", str(tmp_path))
+    spec = importlib.util.spec_from_file_location(
+        "echo_core_build", os.path.join(os.path.dirname(echo_core.__file__), "_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    assert build.LIBURING_INCLUDE == str(tmp_path / "include")
+    assert build._EXTRA_INCLUDE == [str(tmp_path / "include")]
+    assert build._EXTRA_LIB == [str(tmp_path / "lib" / "x86_64-linux-gnu")]
 
 
 def test_serve_off_the_main_thread_is_a_clear_error():

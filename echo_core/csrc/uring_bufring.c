@@ -29,6 +29,10 @@ void bufring_violation(const struct bufring *b, uint16_t bid, const char *what)
 
 void bufring_recycle(struct bufring *b, uint16_t bid)
 {
+#ifdef EC_CHECKED
+	if (b->sending && b->sending[bid])
+		bufring_violation(b, bid, "given back while a send in flight reads it");
+#endif
 	if (!b->inc) {
 		BUFRING_CHECK(b, bid, !b->in_ring[bid], "given back twice");
 #ifdef EC_CHECKED
@@ -107,12 +111,15 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 			return -ENOMEM;
 		memset(b->in_ring, 1, count);
 	}
+	b->sending = calloc(count, sizeof(*b->sending));
+	if (!b->sending)
+		return -ENOMEM;
 #endif
 	memset(&reg, 0, sizeof(reg));
 	reg.ring_addr = (unsigned long)b->br;
 	reg.ring_entries = count;
 	reg.bgid = b->bgid;
-	reg.pad = inc ? IOU_PBUF_RING_INC : 0;	/* the kernel's io_uring_buf_reg.flags */
+	EC_BUF_REG_FLAGS(reg) = inc ? IOU_PBUF_RING_INC : 0;
 	ret = io_uring_register_buf_ring(ring, &reg, 0);
 	if (ret)
 		return inc && ret == -EINVAL ? -EOPNOTSUPP : ret;
@@ -137,5 +144,6 @@ void bufring_free(struct bufring *b)
 	free(b->refs);
 	free(b->out);
 	free(b->in_ring);
+	free(b->sending);
 	memset(b, 0, sizeof(*b));
 }

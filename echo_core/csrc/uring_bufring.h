@@ -38,6 +38,7 @@ struct bufring {
 	uint32_t *refs;		/* inc: pieces of each buffer still being echoed */
 	uint8_t *out;		/* inc: 1 once the kernel has let go of the buffer */
 	uint8_t *in_ring;	/* checked builds, plain mode: 1 while the buffer is the kernel's */
+	uint32_t *sending;	/* checked builds: sends in flight that read the buffer */
 };
 
 /*
@@ -50,8 +51,12 @@ struct bufring {
 void bufring_violation(const struct bufring *b, uint16_t bid, const char *what);
 #define BUFRING_CHECK(b, bid, cond, what) \
 	do { if ((b)->in_ring && !(cond)) bufring_violation(b, bid, what); } while (0)
+/* A send that reads buffer bid was handed to the kernel (+1) or has completed (-1). */
+#define BUFRING_SENDING(b, bid, delta) \
+	do { if ((b)->sending) (b)->sending[bid] += (uint32_t)(delta); } while (0)
 #else
 #define BUFRING_CHECK(b, bid, cond, what) do { } while (0)
+#define BUFRING_SENDING(b, bid, delta) do { } while (0)
 #endif
 
 /* Allocate and register; track_bundles keeps the shadow ring. Returns 0 or -errno. */

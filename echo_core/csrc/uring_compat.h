@@ -17,6 +17,16 @@
 #ifndef IORING_CQE_F_BUF_MORE
 #define IORING_CQE_F_BUF_MORE (1U << 4)
 #endif
+/*
+ * io_uring_buf_reg's flags field was called `pad` in headers older than
+ * kernel 6.4's (liburing 2.3's); liburing 2.4 brought both the rename and
+ * IO_URING_VERSION_MAJOR/MINOR.
+ */
+#if defined(IO_URING_VERSION_MAJOR) && (IO_URING_VERSION_MAJOR > 2 || IO_URING_VERSION_MINOR >= 4)
+#define EC_BUF_REG_FLAGS(reg) ((reg).flags)
+#else
+#define EC_BUF_REG_FLAGS(reg) ((reg).pad)
+#endif
 /* io_uring_buf_reg.flags: consume ring buffers incrementally (6.12). */
 #ifndef IOU_PBUF_RING_INC
 #define IOU_PBUF_RING_INC 2

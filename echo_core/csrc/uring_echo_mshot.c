@@ -163,6 +163,22 @@ static void drop_queue(struct server *s, struct conn *c)
 	c->qtail = last;
 }
 
+/* The send in flight completed: the kernel no longer reads the segments it covered. */
+static void sent_off(struct server *s, struct conn *c)
+{
+#ifdef EC_CHECKED
+	uint32_t i = c->qhead, n;
+
+	for (n = 0; n < c->qsend && i != NONE; n++, i = s->segs[i].next) {
+		if (!s->segs[i].spill)
+			BUFRING_SENDING(&s->br, s->segs[i].bid, -1);
+	}
+#else
+	(void)s;
+#endif
+	c->qsend = 0;
+}
+
 /* ----------------------------------------------------------- operations */
 
 static void fail(struct server *s, uint32_t idx);
@@ -235,6 +251,9 @@ static int prep_gather(struct server *s, struct io_uring_sqe *sqe, uint32_t idx)
 	for (i = c->qhead; i != NONE && n < GATHER_MAX; i = s->segs[i].next, n++) {
 		const struct seg *g = &s->segs[i];
 
+		if (!g->spill)
+			BUFRING_SENDING(&s->br, g->bid, 1);
+
 		gt->iov[n].iov_base = seg_bytes(s, g) + g->sent;
 		gt->iov[n].iov_len = g->len - g->sent;
 		c->sent += g->len - g->sent;
@@ -274,6 +293,8 @@ static void arm_send(struct server *s, uint32_t idx)
 	}
 	c->sent = g->len - g->sent;
 	c->qsend = 1;
+	if (!g->spill)
+		BUFRING_SENDING(&s->br, g->bid, 1);
 	if (g->spill)
 		prep_send_copy(s, sqe, idx, g->spill + g->sent, g->len - g->sent);
 	else
@@ -428,7 +449,7 @@ static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	uint32_t done;
 
 	c->flags &= ~CF_SEND;
-	c->qsend = 0;
+	sent_off(s, c);
 	if (cqe->res < 0 || (c->flags & CF_ERROR)) {
 		if (cqe->res > 0)
 			s->stats->bytes_out += (uint64_t)cqe->res;
