@@ -26,7 +26,7 @@ def _check(result):
 #: Every spec `impls` lists; the sanitizer run (ECHO_CORE_TEST_VARIANTS=0) takes the strategies and the
 #: buffer-ring modes only (each spec's unit tests run there through test_uring_features.py).
 SPECS = specs.CATALOGUE if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0" else (
-    "uring", "epoll", "uring+mshot+bundle", "uring+mshot+bundle+batch", "uring+mshot+inc", "uring+zc",
+    "uring", "epoll", "uring+mshot+bundle", "uring+mshot+bundle+batch", "uring+mshot+inc",
     "uring(buf_count=16)")
 
 

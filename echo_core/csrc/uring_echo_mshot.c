@@ -293,13 +293,13 @@ static void arm_send(struct server *s, uint32_t idx)
 	}
 	c->sent = g->len - g->sent;
 	c->qsend = 1;
-	if (!g->spill)
-		BUFRING_SENDING(&s->br, g->bid, 1);
-	if (g->spill)
+	if (g->spill) {
 		prep_send_copy(s, sqe, idx, g->spill + g->sent, g->len - g->sent);
-	else
+	} else {
+		BUFRING_SENDING(&s->br, g->bid, 1);
 		s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,
 			     g->len - g->sent);
+	}
 	s->stats->send_calls++;
 }
 
