@@ -20,7 +20,8 @@ bytes.  So each phase here runs against the server the previous phases left behi
 A round runs every other phase once, in an order drawn from the seed, each right after a stream phase,
 and ends with rr_large (the phase that saw the corruption); run_lifetime repeats rounds until `seconds` have passed (at least one round).
 At the end the server must be alive, its fd count and conns_active back to where they were before the
-first phase, and its RSS within the chaos client's bound.
+first phase, its RSS within the chaos client's bound throughout and, after several rounds, no more than
+RSS_GROWTH_KIB above what it was after the first round (which touched its pool and tables).
 
 API: run_lifetime(impl, seconds, seed, ...) -> result dict (result["ok"], result["violations"]);
 CLI: python -m echo_core chaos --lifetime --impl SPEC --seconds N --seed S.
@@ -45,6 +46,7 @@ IO_TIMEOUT_S = 20.0
 STREAM_BURST_S = 0.15
 STREAM_CONNS = 16
 SETTLE_S = 5.0
+RSS_GROWTH_KIB = 64 << 10   # what RSS may grow after the first round (allocator slack, not leaks)
 #: A short run (the test suite's) scales the counts down: (long, short).
 SCALE = {"stream_bursts": (10, 3), "rr_large": (200, 24), "rr_small": (400, 40), "many": (2000, 200),
          "halfclose": (32, 4), "nonreaders": (64, 16)}
@@ -272,11 +274,14 @@ def round_order(rng):
 
 
 def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None, pid=None, server_stats=None,
-                 server_options=None, threads=1, cpu=None, short=False, settle_s=SETTLE_S):
+                 server_options=None, threads=1, cpu=None, short=False, settle_s=SETTLE_S,
+                 rss_growth_kib=RSS_GROWTH_KIB):
     """Run rounds of phases against one server until `seconds` have passed (at least one round).
 
     Without port: starts its own server (make_server(impl, threads=threads, ...)), pinned as chaos pins
-    it, and stops it after.  short=True: the test suite's small counts.  Returns a dict with "ok",
+    it, and stops it after.  short=True: the test suite's small counts.  rss_growth_kib: how far RSS may
+    grow after the first round (None: not checked, e.g. under ASan, whose quarantine keeps what is
+    freed).  Returns a dict with "ok",
     "violations" (strings), the phases run, counts, and the server's fd/RSS/conns_active at both ends.
     """
     if seconds < 0 or seconds > 7 * 86400:
@@ -298,7 +303,7 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
     ctx = _Ctx(host, port, short)
     violations, done = [], []
     saved_affinity = os.sched_getaffinity(0)
-    rss_bound = None
+    rss_bound = rss_warm = None
     try:
         if client_cpu is not None and srv is not None and threads == 1:
             os.sched_setaffinity(0, {client_cpu})
@@ -328,6 +333,8 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
                     violations.append(f"server RSS {rss} KiB above its bound {rss_bound} KiB after phase {name}")
                     break
             ctx.counts["rounds"] += 1
+            if ctx.counts["rounds"] == 1 and pid is not None:
+                rss_warm = rss_kib(pid)
         alive = pid_alive(pid) if pid is not None else None
         fds_end = active_end = None
         if alive:
@@ -344,6 +351,12 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
         elif pid is not None:
             violations.append(f"server process {pid} is gone")
         rss_end = rss_kib(pid) if alive else None
+        # Back to baseline: the first round touched what the server keeps (its pool, its tables); later
+        # rounds doing the same work must not grow it further.
+        if rss_growth_kib is not None and rss_end and rss_warm and ctx.counts["rounds"] > 1 and \
+                rss_end > rss_warm + rss_growth_kib:
+            violations.append(f"server RSS grew from {rss_warm} KiB after the first round to {rss_end} KiB "
+                              f"after round {ctx.counts['rounds']}")
     finally:
         os.sched_setaffinity(0, saved_affinity)
         if srv is not None:
@@ -353,7 +366,8 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
                 violations.append(f"server stop: {exc}")
     return {"impl": impl, "seed": seed, "threads": threads, "seconds": seconds, "ok": not violations,
             "violations": violations, "phases_run": done, **ctx.counts, "fds_start": fds_start,
-            "fds_end": fds_end, "rss_start_kib": rss_start, "rss_end_kib": rss_end, "rss_bound_kib": rss_bound,
+            "fds_end": fds_end, "rss_start_kib": rss_start, "rss_warm_kib": rss_warm, "rss_end_kib": rss_end,
+            "rss_bound_kib": rss_bound,
             "conns_active_end": active_end}
 
 

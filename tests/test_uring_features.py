@@ -201,5 +201,7 @@ def test_send_zc_notifications_are_counted_and_buffers_come_back(variant_server,
     payloads = [distinct_payload(i, 300_000) for i in range(8)]
     assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
     st = srv.stats()
-    # Each send posts its result and (on loopback, which copies) a notification too.
-    assert st["completions"] > st["recv_ok"] + 2 * st["send_calls"] - 100
+    # Each send posts its result and (on loopback, which copies) a notification too - except the plain
+    # sends of bytes copied out of the tiny pool while it ran low (spilled_sends: no notification).
+    zc_sends = st["send_calls"] - st["spilled_sends"]
+    assert st["completions"] > st["recv_ok"] + st["send_calls"] + zc_sends - 100

@@ -111,6 +111,7 @@ struct ec_server_stats {
 					 next piece (IORING_CQE_F_BUF_MORE) */
 	uint64_t spills;              /* io_uring: recvs whose bytes were copied out of a low pool
 					 (a quarter or less free) so the buffer went back at once */
+	uint64_t spilled_sends;       /* io_uring: sends of such bytes (plain sends, also with zc) */
 };
 
 /*

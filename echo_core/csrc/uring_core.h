@@ -154,7 +154,7 @@ void arm_close(struct server *s, uint32_t idx);
 void starve(struct server *s, uint32_t idx);
 int batch_wait(struct server *s, int block);
 int setup_send(struct server *s);
-void prep_send_copy(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len);
+void prep_send_spilled(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len);
 void teardown_send(struct server *s);
 
 #endif

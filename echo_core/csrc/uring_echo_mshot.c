@@ -294,7 +294,7 @@ static void arm_send(struct server *s, uint32_t idx)
 	c->sent = g->len - g->sent;
 	c->qsend = 1;
 	if (g->spill) {
-		prep_send_copy(s, sqe, idx, g->spill + g->sent, g->len - g->sent);
+		prep_send_spilled(s, sqe, idx, g->spill + g->sent, g->len - g->sent);
 	} else {
 		BUFRING_SENDING(&s->br, g->bid, 1);
 		s->prep_send(s, sqe, idx, g->bid, bufring_addr(&s->br, g->bid) + g->off + g->sent,

@@ -59,7 +59,7 @@ static void arm_send(struct server *s, uint32_t idx)
 		return;
 	}
 	if (c->off == SPILLED)
-		prep_send_copy(s, sqe, idx, c->spill + c->sent, (uint32_t)(c->len - c->sent));
+		prep_send_spilled(s, sqe, idx, c->spill + c->sent, (uint32_t)(c->len - c->sent));
 	else
 		s->prep_send(s, sqe, idx, c->bid, bufring_addr(&s->br, c->bid) + c->off + c->sent,
 			     (uint32_t)(c->len - c->sent));

@@ -18,20 +18,25 @@
 
 #define BID_SHIFT 40
 
-/* A plain send of bytes outside the pool (spilled: see must_spill); with zc too, no notification. */
-void prep_send_copy(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len)
+static void prep_plain(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
+		       const void *buf, uint32_t len)
 {
 	(void)s;
+	(void)bid;
 	io_uring_prep_send(sqe, idx, buf, len, MSG_NOSIGNAL);
 	sqe->flags |= IOSQE_FIXED_FILE;
 	io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
 }
 
-static void prep_plain(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
-		       const void *buf, uint32_t len)
+/*
+ * Bytes spilled out of the pool (see must_spill) go out with a plain send,
+ * with zc too: their memory is freed once the send completes, and a zero-copy
+ * send could still be reading it until its notification.
+ */
+void prep_send_spilled(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len)
 {
-	(void)bid;
-	prep_send_copy(s, sqe, idx, buf, len);
+	prep_plain(s, sqe, idx, 0, buf, len);
+	s->stats->spilled_sends++;
 }
 
 static void prep_zc(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
