@@ -679,21 +679,11 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
         alive = pid_alive(pid) if pid is not None else None
         if alive is False:
             client.violate(None, f"server process {pid} is gone")
-        fds_end = None
-        if pid is not None and alive:
-            fds_end = settled_fds(pid, fds_start, settle_s)
-            if fds_end != fds_start:
-                client.violate(None, f"server fd count {fds_end} did not return to {fds_start} within "
-                                     f"{settle_s:g} s of the last client close")
-        active = None
-        if stats_fn and alive:
-            deadline = time.monotonic() + settle_s
-            while stats_fn()["conns_active"] and time.monotonic() < deadline:
-                time.sleep(0.02)
-            active = stats_fn()["conns_active"]
-            if active:
-                client.violate(None, f"server conns_active is {active}, not 0, {settle_s:g} s after "
-                                     "the last client close")
+        fds_end = active = None
+        if alive:
+            fds_end, active, problems = settle_server(pid, fds_start, stats_fn, 0, settle_s)
+            for problem in problems:
+                client.violate(None, problem)
         stats_end = stats_fn() if stats_fn else None
     finally:
         os.sched_setaffinity(0, saved_affinity)
@@ -739,6 +729,26 @@ def settled_fds(pid, want, timeout):
             return now
         last = now
     return last
+
+
+def settle_server(pid, fds_start, stats_fn, active_want, settle_s):
+    """After the last client close, wait up to settle_s for the server's fd count to return to fds_start
+    and (with stats_fn, its counters) conns_active to active_want.  Returns (fds, conns_active, problems)."""
+    problems = []
+    fds_end = settled_fds(pid, fds_start, settle_s)
+    if fds_end != fds_start:
+        problems.append(f"server fd count {fds_end} did not return to {fds_start} within {settle_s:g} s of the "
+                        "last client close")
+    active = None
+    if stats_fn:
+        deadline = time.monotonic() + settle_s
+        while stats_fn()["conns_active"] != active_want and time.monotonic() < deadline:
+            time.sleep(0.02)
+        active = stats_fn()["conns_active"]
+        if active != active_want:
+            problems.append(f"server conns_active is {active}, not {active_want}, {settle_s:g} s after the last "
+                            "client close")
+    return fds_end, active, problems
 
 
 def _mib(kib):

@@ -35,7 +35,8 @@ import socket
 import sys
 import time
 
-from echo_core.chaos import fd_count, parse_options, raise_fd_limit, rss_kib, rss_margin_kib, settled_fds, split_cpus
+from echo_core.chaos import (parse_options, raise_fd_limit, rss_kib, rss_margin_kib, settle_server, settled_fds,
+                             split_cpus)
 from echo_core.proc import pid_alive
 from echo_core.server import check_impl, make_server
 
@@ -338,16 +339,8 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
         alive = pid_alive(pid) if pid is not None else None
         fds_end = active_end = None
         if alive:
-            fds_end = settled_fds(pid, fds_start, settle_s)
-            if fds_end != fds_start:
-                violations.append(f"server fd count {fds_end} did not return to {fds_start}")
-            if server_stats:
-                deadline = time.monotonic() + settle_s
-                while server_stats()["conns_active"] != active_start and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                active_end = server_stats()["conns_active"]
-                if active_end != active_start:
-                    violations.append(f"server conns_active {active_end}, not {active_start}, after the last close")
+            fds_end, active_end, problems = settle_server(pid, fds_start, server_stats, active_start, settle_s)
+            violations += problems
         elif pid is not None:
             violations.append(f"server process {pid} is gone")
         rss_end = rss_kib(pid) if alive else None
