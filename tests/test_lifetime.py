@@ -26,11 +26,11 @@ def _check(result):
     assert result["conns_active_end"] in (0, None)
 
 
-#: Every spec `impls` lists; the sanitizer run (ECHO_CORE_TEST_VARIANTS=0) takes the strategies and the
-#: buffer-ring modes only (each spec's unit tests run there through test_uring_features.py).
+#: Every spec `impls` lists; the sanitizer and current-liburing runs (ECHO_CORE_TEST_VARIANTS=0) take the
+#: buffer-ring modes and the batched wait only (uring and epoll run there in the threads test, each
+#: spec's unit tests through test_uring_features.py).
 SPECS = specs.CATALOGUE if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0" else (
-    "uring", "epoll", "uring+mshot+bundle", "uring+mshot+bundle+batch", "uring+mshot+inc",
-    "uring(buf_count=16)")
+    "uring+mshot+bundle+batch", "uring+mshot+inc", "uring(buf_count=16)")
 
 
 @pytest.mark.parametrize("spec", SPECS)
