@@ -14,7 +14,7 @@ the ratios to epoll of the same repeat.  Invalid runs are counted and left out.
 import argparse
 import statistics
 
-from echo_core.bench import run_benchmark
+from echo_core.measure.benchmark import run_benchmark
 
 COPY_TO_USER = "_copy_to_iter"
 
@@ -26,7 +26,7 @@ def variants(small):
 
 def profile_copies(args, names):
     """Self CPU µs/msg in the recv copy, per variant, from one profile per variant (2 runs each)."""
-    from echo_core.profile import profile_cell
+    from echo_core.profiling.profile import profile_cell
 
     out = {}
     for name, (impl, options) in names.items():

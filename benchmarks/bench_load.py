@@ -17,7 +17,7 @@ import statistics
 import sys
 
 import echo_core
-from echo_core.load import run_load
+from echo_core.load.generator import run_load
 
 CASES = [
     # (mode, payload, connections)

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import time
 
-from echo_core.bench import default_cpus, run_benchmark
-from echo_core.external import free_port
+from echo_core.host.cpus import default_cpus
+from echo_core.measure.benchmark import run_benchmark
+from echo_core.servers.external import free_port
 
 
 def iperf3_one_way(payload, connections, duration, server_cpu, client_cpus):

@@ -2,7 +2,7 @@
 
 Prints the median of several valid runs per cell and the io_uring/epoll ratio of each repeat (both
 servers back to back), with the bottleneck side and the server's CPU and system calls per message.
-Invalid runs (echo_core.validity: lost bytes, errors, an unsteady window) are counted and left out.
+Invalid runs (echo_core.results.validity: lost bytes, errors, an unsteady window) are counted and left out.
 
     .venv/bin/python benchmarks/bench_servers.py [--repeats 5] [--duration 3]
 """
@@ -10,7 +10,7 @@ Invalid runs (echo_core.validity: lost bytes, errors, an unsteady window) are co
 import argparse
 import statistics
 
-from echo_core.bench import run_benchmark
+from echo_core.measure.benchmark import run_benchmark
 
 CELLS = [  # (mode, payload, connections): the issue's reference points
     ("rr", 512, 64),

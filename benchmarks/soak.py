@@ -5,7 +5,7 @@ client hits it in chunks of --chunk seconds with successive seeds (seed, seed+1,
 leak or a state that goes bad only after many connections shows up, and every chunk can be replayed
 alone with `python -m echo_core chaos --impl IMPL --seconds CHUNK --seed SEED`.  After each chunk:
 every script's bytes verified, server alive, fd count back to its value before the chunk,
-conns_active back to 0, RSS below (RSS before the first chunk + echo_core.chaos.rss_margin_kib).
+conns_active back to 0, RSS below (RSS before the first chunk + echo_core.chaos.storm.rss_margin_kib).
 
     .venv/bin/python benchmarks/soak.py --minutes 10 --seed 1 --impl uring,epoll [--chunk 30]
 
@@ -17,8 +17,9 @@ import os
 import sys
 import time
 
-from echo_core import chaos
-from echo_core.server import IMPLS, Server
+from echo_core.chaos import storm as chaos
+from echo_core.servers.options import IMPLS
+from echo_core.servers.serve import Server
 
 
 def soak_one(impl, minutes, seed, chunk, connections, server_cpu, client_cpu):

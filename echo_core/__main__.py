@@ -1,5 +1,5 @@
 import sys
 
-from echo_core.cli import main
+from echo_core.cli.main import main
 
 sys.exit(main())

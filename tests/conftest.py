@@ -4,7 +4,8 @@ import resource
 import pytest
 
 import echo_core
-from echo_core.machine import io_uring_info
+from echo_core.host.machine import io_uring_info
+from echo_core.servers.specs import CATALOGUE
 
 # Leave the other CPUs to the test client; pin servers to the last CPU this process may use.
 SERVER_CPU = max(os.sched_getaffinity(0))
@@ -28,7 +29,7 @@ IO_URING_REFUSED = io_uring_refused()
 
 def perf_unavailable():
     """Why perf cannot sample the servers here (missing, refused), or None."""
-    from echo_core import profile
+    from echo_core.profiling import profile
 
     try:
         profile.check_perf()
@@ -49,7 +50,7 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-#: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.specs);
+#: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.servers.specs);
 #: the SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
 URING_VARIANTS = ("uring+connbuf", "uring+pollfirst", "uring+batch", "uring+inc", "uring+mshot",
                   "uring+mshot+bundle", "uring+mshot+inc", "uring+mshot+bundle+batch+pollfirst",
@@ -63,7 +64,7 @@ _VARIANT_REFUSED = {}
 def variant_refused(spec):
     """Why this machine cannot run the spec (the probe's reason, or set-up failing: EOPNOTSUPP,
     EINVAL, ...), or None; cached."""
-    from echo_core import specs
+    from echo_core.servers import specs
 
     if spec not in _VARIANT_REFUSED:
         why = specs.unsupported_reason(spec)
@@ -93,11 +94,11 @@ def impl(request):
     return impl_param(request.param)
 
 
-@pytest.fixture(params=__import__("echo_core.specs").specs.CATALOGUE)
+@pytest.fixture(params=CATALOGUE)
 def spec(request):
     """Each server spec `python -m echo_core impls` lists; the ones this machine cannot run skip, saying why
     (a suite that takes this fixture instead of `impl` runs over every supported variant)."""
-    from echo_core import specs
+    from echo_core.servers import specs
 
     why = specs.unsupported_reason(request.param)
     if why:

@@ -8,8 +8,10 @@ import nbformat
 import pytest
 
 from conftest import IO_URING_REFUSED
-from echo_core import ablation, stats
-from echo_core.runner import sweep
+from echo_core.analysis import ablation
+from echo_core.analysis import stats
+from echo_core.measure.sweep import sweep
+from echo_core.results import schema
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = ["uring", "uring(buf_count=16)", "epoll"]
@@ -50,7 +52,7 @@ def test_counter_changes_compare_against_the_seed_design(swept):
     assert list(changes["impl"]) == ["uring(buf_count=16)"]
     for part in filter(None, changes["changes"].iloc[0].split("; ")):
         label, values = part.rsplit(" ", 3)[0], part.rsplit(" ", 3)[1:]
-        assert label in stats.COUNTERS.values() and values[1] == "→"
+        assert label in schema.COUNTERS.values() and values[1] == "→"
         before, after = float(values[0]), float(values[2])
         assert max(before, after) >= 1.25 * min(before, after) or min(before, after) == 0
 

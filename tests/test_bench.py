@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from echo_core.bench import SATURATED, bottleneck, run_benchmark
-from echo_core.validity import STEADY_TOLERANCE
+from echo_core.measure.benchmark import SATURATED, bottleneck, run_benchmark
+from echo_core.results.validity import STEADY_TOLERANCE
 
 ROW_KEYS = {"impl", "mode", "payload", "connections", "duration_s", "msgs_per_s", "bytes_per_s",
             "p50_us", "p99_us", "p999_us", "max_us", "fairness", "mismatches", "errors",

@@ -9,7 +9,7 @@ import pytest
 
 import echo_core
 from conftest import ALL_IMPLS, impl_param
-from echo_core import chaos
+from echo_core.chaos import storm as chaos
 
 SERVER_CPU = max(os.sched_getaffinity(0))
 FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")

@@ -13,11 +13,15 @@ import time
 
 import pytest
 
-from echo_core import cluster, histogram, netns, results, stats
-from echo_core.bench import run_benchmark
-from echo_core.load import check_host, run_load
-from echo_core.runner import sweep
-from echo_core.server import Server
+from echo_core.lab import cluster
+from echo_core.results import histogram
+from echo_core.lab import netns
+from echo_core.results import resultsets
+from echo_core.analysis import stats
+from echo_core.measure.benchmark import run_benchmark
+from echo_core.load.generator import check_host, run_load
+from echo_core.measure.sweep import sweep
+from echo_core.servers.serve import Server
 
 FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
 SERVER_CPU = max(os.sched_getaffinity(0))
@@ -287,10 +291,10 @@ def test_netns_sweep_from_two_hosts(tmp_path):
     index = lab["netns"]["subnet"].split(".")[2]
     assert _lab_leftovers(index) == []
     # The report pools single-host sets only; the side table is never taken for a set.
-    assert results.multi_host_sets(tmp_path) == ["two-hosts"]
+    assert resultsets.multi_host_sets(tmp_path) == ["two-hosts"]
     with pytest.raises(FileNotFoundError):
-        results.load_results(tmp_path)
-    pooled, metas = results.load_results(tmp_path, multi_host=True)
+        resultsets.load_results(tmp_path)
+    pooled, metas = resultsets.load_results(tmp_path, multi_host=True)
     assert list(metas) == ["two-hosts"] and len(pooled) == 4
     table = stats.hosts_comparison({"2 hosts": df})
     assert set(table["impl"]) == {"uring"} and (table["hosts"] == 2).all() and len(table) == 2
@@ -323,9 +327,9 @@ def test_sigterm_during_a_netns_sweep_removes_everything(tmp_path):
 def test_netns_without_root_is_one_clear_line(tmp_path):
     # The CLI as an unprivileged user: drop root after the imports (the interpreter's own files may
     # not be readable by that user), then run `sweep --netns 2`.
-    code = ("import os, sys; import echo_core.cli, echo_core.cluster, echo_core.netns; "
+    code = ("import os, sys; import echo_core.cli.main, echo_core.lab.cluster, echo_core.lab.netns; "
             "os.setgid(65534); os.setuid(65534); "
-            f"sys.exit(echo_core.cli.main(['sweep', '--netns', '2', '--output-dir', '{tmp_path}', '--quiet']))")
+            f"sys.exit(echo_core.cli.main.main(['sweep', '--netns', '2', '--output-dir', '{tmp_path}', '--quiet']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

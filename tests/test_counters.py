@@ -13,9 +13,9 @@ import sys
 import pytest
 
 import echo_core
-from echo_core import counters
-from echo_core.bench import run_benchmark
-from echo_core.load import decode_recv_hist
+from echo_core.load import counters
+from echo_core.measure.benchmark import run_benchmark
+from echo_core.load.generator import decode_recv_hist
 
 from conftest import IO_URING_REFUSED, SERVER_CPU
 
@@ -147,11 +147,11 @@ def test_bad_counter_spec_is_one_line():
 # nobody may not exec it (e.g. under /root), so setpriv cannot start it.
 DROP_AND_LOAD = r"""
 import os, sys
-from echo_core import cli
+from echo_core.cli import main
 os.setgroups([])
 os.setresgid(65534, 65534, 65534)
 os.setresuid(65534, 65534, 65534)
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(main.main(sys.argv[1:]))
 """
 
 
@@ -183,7 +183,7 @@ def test_unprivileged_load_generator_gets_nan_and_reason():
 @pytest.mark.skipif(NO_TRACEPOINTS is not None, reason=str(NO_TRACEPOINTS))
 def test_counter_subset_and_none():
     """--counters picks events: the others are NaN and, not being asked for, need no reason."""
-    from echo_core.load import run_load
+    from echo_core.load.generator import run_load
 
     srv = echo_core.Server("epoll", port=0, cpu=SERVER_CPU).start()
     try:

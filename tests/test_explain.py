@@ -10,8 +10,11 @@ import nbformat
 import pytest
 
 from conftest import IO_URING_REFUSED, PERF_UNAVAILABLE
-from echo_core import explain, profile, profile_charts
-from echo_core.stats import COUNTERS
+from echo_core.profiling import explain
+from echo_core.profiling import profile
+from echo_core.profiling import charts as profile_charts
+from echo_core.results.schema import COUNTERS
+from echo_core.results import schema
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "data" / "profiles"
@@ -81,7 +84,7 @@ def test_counter_table_is_the_median_of_the_valid_runs(explained):
     for impl in prof.impls:
         mine = rows[(rows["impl"] == impl) & rows["valid"].astype(bool)]
         for column in ("msgs_per_s", "server_cpu_us_per_msg", "server_ctx_switches_per_msg"):
-            assert table.loc[explain.FIGURES[column], impl] == pytest.approx(mine[column].median())
+            assert table.loc[schema.FIGURES[column], impl] == pytest.approx(mine[column].median())
     ratio = table.loc["server CPU µs/msg"]
     assert ratio["ratio"] == pytest.approx(ratio["uring"] / ratio["epoll"])
     # rr: io_uring submits at least one request per echoed message; epoll submits none.

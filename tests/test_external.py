@@ -8,9 +8,10 @@ import time
 import pytest
 
 from echo_client import connect, distinct_payload, echo_on_new_connections, recv_exact
-from echo_core.external import ExternalServer
-from echo_core.load import run_load
-from echo_core.server import Server, check_impl, make_server
+from echo_core.servers.external import ExternalServer
+from echo_core.load.generator import run_load
+from echo_core.servers.factory import make_server
+from echo_core.servers.serve import Server, check_impl
 
 SERVER_CPU = max(os.sched_getaffinity(0))
 FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")

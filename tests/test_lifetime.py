@@ -1,4 +1,4 @@
-"""The long-lived-server regime (echo_core.lifetime): one server through every phase, every byte verified,
+"""The long-lived-server regime (echo_core.chaos.lifetime): one server through every phase, every byte verified,
 for every spec `impls` lists and for share-nothing threads; and the bundle corruption it was made for."""
 
 import os
@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from conftest import impl_param
-from echo_core import lifetime, specs
+from echo_core.chaos import lifetime
+from echo_core.servers import specs
 
 SERVER_CPU = max(os.sched_getaffinity(0))
 #: Under ASan (make test-sanitize preloads it into every process) freed memory sits in its quarantine,

@@ -23,8 +23,8 @@ import pytest
 
 import echo_core
 from conftest import CLIENT_CPUS, MANY_CONNECTIONS, SERVER_CPU
-from echo_core import histogram
-from echo_core.load import run_load
+from echo_core.results import histogram
+from echo_core.load.generator import run_load
 
 FAULT_AT = 1000  # stream offset of the faulty byte: inside the 2nd rr request of 512 B
 

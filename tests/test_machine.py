@@ -14,7 +14,10 @@ import pytest
 
 import echo_core
 from conftest import IO_URING_REFUSED
-from echo_core import machine, report, results
+from echo_core.host import machine
+from echo_core.host.cpus import parse_cpu_list
+from echo_core.analysis import report
+from echo_core.results import resultsets
 
 
 def test_io_uring_probe_reports_what_the_server_needs():
@@ -57,11 +60,11 @@ def test_caches_are_read_per_level_with_their_sharing():
         if (rec["level"], rec["type"]) in own:
             assert rec["size_bytes"] == own[(rec["level"], rec["type"])], rec
         # every CPU is served by exactly one instance of each level
-        served = [cpu for text in rec["shared_cpu_lists"] for cpu in machine._parse_cpu_list(text)]
+        served = [cpu for text in rec["shared_cpu_lists"] for cpu in parse_cpu_list(text)]
         assert sorted(served) == sorted(set(served)), rec
         assert rec["name"] in info["summary"]
     (l1d,) = [rec for rec in info["levels"] if rec["name"] == "L1d"]
-    served = {cpu for text in l1d["shared_cpu_lists"] for cpu in machine._parse_cpu_list(text)}
+    served = {cpu for text in l1d["shared_cpu_lists"] for cpu in parse_cpu_list(text)}
     assert served == cpus_with_caches
 
 
@@ -72,7 +75,7 @@ def test_numa_nodes_match_sysfs():
         assert info["count"] is None and info["reason"]
         return
     assert info["count"] == len(nodes) and info["reason"] is None
-    cpus = [c for n in info["nodes"] for c in machine._parse_cpu_list(n["cpus"])]
+    cpus = [c for n in info["nodes"] for c in parse_cpu_list(n["cpus"])]
     assert set(cpus) >= set(os.sched_getaffinity(0))
 
 
@@ -151,7 +154,7 @@ def _this_machine_and_another():
 
 def test_pooling_sets_from_different_machines_warns_with_the_facts_that_differ():
     here, there = _this_machine_and_another()
-    differences = results.pooling_differences({"epyc": here, "xeon": there})
+    differences = resultsets.pooling_differences({"epyc": here, "xeon": there})
     text = "\n".join(differences)
     for label in ("CPU model differs", "CPU vendor / family / model differs", "caches differs", "hypervisor differs"):
         assert label in text, (label, differences)
@@ -162,7 +165,7 @@ def test_pooling_sets_from_different_machines_warns_with_the_facts_that_differ()
     table = report.machine_table({"epyc": here, "xeon": there})
     assert table.loc["caches", "xeon"].startswith("L1d 48K")
     assert table.loc["caches", "epyc"] != table.loc["caches", "xeon"]
-    assert results.pooling_differences({"a": here, "b": copy.deepcopy(here)}) == []
+    assert resultsets.pooling_differences({"a": here, "b": copy.deepcopy(here)}) == []
     assert report.machine_warning({"a": here, "b": copy.deepcopy(here)}) is None
 
 
@@ -173,7 +176,7 @@ def test_a_committed_result_set_without_the_facts_is_unverifiable_not_different(
     old = json.loads(committed[0].read_text())
     old["parameters"] = {"duration": 2.0, "warmup": 0.5}
     here, _ = _this_machine_and_another()
-    differences = results.pooling_differences({"old": old, "new": here})
+    differences = resultsets.pooling_differences({"old": old, "new": here})
     assert not [d for d in differences if "caches differs" in d]
     if "caches" not in old.get("machine", {}):
         assert any(d.startswith("caches not recorded in old") for d in differences), differences

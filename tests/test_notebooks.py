@@ -14,8 +14,11 @@ import nbformat
 import pandas as pd
 import pytest
 
-from echo_core import report, results, stats
-from echo_core.report import CHART_COLUMNS, CHART_MODES, CHART_NAMES, HEATMAP_TITLE
+from echo_core.analysis import report
+from echo_core.results import resultsets as results
+from echo_core.analysis import stats
+from echo_core.analysis.report import CHART_COLUMNS, CHART_MODES, CHART_NAMES, HEATMAP_TITLE
+from echo_core.results import schema
 
 from conftest import IO_URING_REFUSED
 
@@ -181,7 +184,7 @@ def test_counter_table_and_chart_on_real_per_message_columns(tmp_path):
     good = results.valid_rows(df[df["mode"].isin(report.CLOSED_MODES)])
     expected = good.groupby(["mode", "payload", "connections", "impl"])[list(columns)].median()
     for (mode, payload, conns, impl), row in expected.iterrows():
-        got = table.loc[(mode, payload, conns, stats.impl_label(impl))]
+        got = table.loc[(mode, payload, conns, schema.impl_label(impl))]
         for column in columns:
             assert got[column] == pytest.approx(row[column], nan_ok=True), (mode, payload, conns, impl, column)
     assert {"valid runs", "msgs/s", "server µs/msg"} <= set(table.columns)

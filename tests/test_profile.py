@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import IO_URING_REFUSED, PERF_UNAVAILABLE
-from echo_core import flamegraph, folded, profile
+from echo_core.profiling import flamegraph
+from echo_core.profiling import folded
+from echo_core.profiling import profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,12 +139,13 @@ def test_flame_graph_is_xml_with_one_rect_per_frame_node(cell):
 def test_top_functions_chart_orders_by_difference(cell):
     if len(cell.impls) < 2:
         pytest.skip("one implementation only")
-    from echo_core import profile_charts, report
+    from echo_core.profiling import charts
+    from echo_core.analysis import report
 
     report.use_headless_backend()
-    wide = profile_charts.top_function_order(cell.table, cell.impls, n=10)
+    wide = charts.top_function_order(cell.table, cell.impls, n=10)
     assert list(wide["difference"]) == sorted(wide["difference"], reverse=True)
-    fig = profile_charts.plot_top_functions(cell, n=10)
+    fig = charts.plot_top_functions(cell, n=10)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[0].startswith(wide.iloc[0]["function"]) and len(labels) == len(wide)
     diffs = profile.differences(cell.table, cell.impls, n=3)
@@ -153,7 +156,7 @@ def test_top_functions_chart_orders_by_difference(cell):
 
 
 def _leaf_symbols(script_text):
-    """Independently of echo_core.folded: the first callchain line's symbol of every sample."""
+    """Independently of echo_core.profiling.folded: the first callchain line's symbol of every sample."""
     leaves, expect_leaf = Counter(), False
     for line in script_text.splitlines():
         if not line.strip():

@@ -11,9 +11,10 @@ import pytest
 import echo_core
 from conftest import SERVER_CPU, impl_param
 from echo_client import connect, distinct_payload, echo_all
-from echo_core.bench import cpus_shared, run_benchmark
+from echo_core.host.cpus import cpus_shared
+from echo_core.measure.benchmark import run_benchmark
 from echo_core.native import ffi, lib
-from echo_core.server import Server, check_max_conns, thread_cpus
+from echo_core.servers.serve import Server, check_max_conns, thread_cpus
 
 CONNECTIONS = 1000
 BATCH = 100

@@ -308,7 +308,7 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
     import resource
 
     import echo_core
-    from echo_core import specs
+    from echo_core.servers import specs
     from echo_core.native import ffi, lib
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

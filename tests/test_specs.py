@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 
 import echo_core
-from echo_core import bench, grids, report, runner, specs, stats
+from echo_core.measure import benchmark as bench
+from echo_core.measure import grids
+from echo_core.analysis import report
+from echo_core.measure import sweep as runner
+from echo_core.servers import specs
+from echo_core.servers.serve import check_impl
+from echo_core.analysis import stats
 from echo_core.native import lib
+from echo_core.results import schema
 
 from conftest import IO_URING_REFUSED, SERVER_CPU
 from echo_client import connect, distinct_payload, echo_all
@@ -67,7 +74,7 @@ def test_exec_specs_pass_through_unchanged():
     assert specs.canonical(cmd) == cmd
     assert specs.unsupported_reason(cmd) is None
     assert specs.base_of(cmd) == "exec"
-    assert echo_core.server.check_impl(cmd) == cmd
+    assert check_impl(cmd) == cmd
 
 
 def test_split_list_keeps_commas_inside_parentheses():
@@ -127,10 +134,10 @@ def test_bases_set_no_options_so_todays_servers_are_unchanged():
     assert specs.parse("uring(buf_count=16)").to_server_options() == {"buf_count": 16}
 
 
-def test_feature_bits_come_from_the_compiled_module_when_it_has_them():
+def test_feature_bits_come_from_the_compiled_module():
     for name, feat in specs.FEATURES.items():
-        expected = getattr(lib, feat.bit_name, specs._FALLBACK_BITS[feat.bit_name])
-        assert specs.feature_bit(name) == expected
+        assert specs.feature_bit(name) == getattr(lib, feat.bit_name)
+    assert sum(specs.feature_bit(name) for name in specs.FEATURES) == lib.EC_FEAT_ALL
     bits = [specs.feature_bit(name) for name in specs.FEATURES]
     assert bits == sorted(bits) and len(set(bits)) == len(bits)  # canonical order is bit order
     opts = specs.parse("uring+mshot+batch(nr=16,wait_us=50)").to_server_options()
@@ -268,7 +275,7 @@ def test_spec_ratios_generalise_uring_over_epoll():
     mine = table[table["impl"] == "uring"].iloc[0]
     assert mine["ratio"] == plain["ratio"].iloc[0] == pytest.approx(0.9)
     assert table[table["impl"] == "uring+mshot"]["ratio"].iloc[0] == pytest.approx(1.11)
-    assert stats.impl_label("uring") == "io_uring" and stats.impl_label("uring+mshot") == "uring+mshot"
+    assert schema.impl_label("uring") == "io_uring" and schema.impl_label("uring+mshot") == "uring+mshot"
     assert len(report.spec_ratio_table(df)) == 2
 
 
@@ -282,7 +289,7 @@ def test_palette_keeps_io_uring_and_epoll_and_gives_each_spec_a_stable_colour():
 
 
 def test_profile_file_names_of_specs():
-    from echo_core.profile import file_stem
+    from echo_core.profiling.profile import file_stem
 
     assert file_stem("uring") == "uring" and file_stem("epoll") == "epoll"
     assert file_stem("uring(buf_count=16)+batch(nr=16,wait_us=50)") == "uring_buf_count-16+batch_nr-16_wait_us-50"

@@ -13,7 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from echo_core import grids, report, results, runner, stats, sweep_cli, validity
+from echo_core.measure import grids
+from echo_core.analysis import report
+from echo_core.results import resultsets as results
+from echo_core.measure import sweep as runner
+from echo_core.analysis import stats
+from echo_core.cli import sweep as sweep_cli
+from echo_core.results import validity
 
 from conftest import IO_URING_REFUSED
 
