@@ -54,7 +54,7 @@ echo "== check: the module loaded here maps liburing $VERSION's library"
 "$PYTHON" - "$OUT/lib" "$PREFIX" "${VERSION%%-*}" <<'PY'
 import os, sys
 import echo_core._native as native
-from echo_core.machine import liburing_info
+from echo_core.host.machine import liburing_info
 
 lib_dir, prefix, version = sys.argv[1:]
 assert os.path.realpath(native.__file__).startswith(os.path.realpath(lib_dir)), native.__file__
@@ -69,7 +69,7 @@ if [ "$#" -gt 0 ]; then
 else
     # What liburing's set-up and helpers touch: the batched wait (it enters the kernel itself), the
     # buffer-ring registration, bundles; and one long-lived round per strategy and ring mode.
-    TESTS=("$ROOT/tests/test_uring_features.py" "$ROOT/tests/test_lifetime.py" -k
+    TESTS=("$ROOT/tests/servers/test_uring_features.py" "$ROOT/tests/chaos/test_lifetime.py" -k
            "batch or bundle or inc or refused or combinations or contract or every_spec")
 fi
 echo "== pytest ${TESTS[*]}"

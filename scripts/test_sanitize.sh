@@ -5,7 +5,7 @@
 # from any subprocess the tests start (`python -m echo_core serve/load`, external servers).
 #
 #   PYTHON=.venv/bin/python   interpreter (default .venv/bin/python)
-#   any arguments              go to pytest instead of the default test files (e.g. -k uring tests/test_servers.py)
+#   any arguments              go to pytest instead of the default test files (e.g. -k uring tests/servers/test_servers.py)
 #
 # How: ECHO_CORE_SANITIZE=1 makes echo_core/_build.py add -O1 -g -fsanitize=address,undefined
 # -fno-sanitize-recover=all -fno-omit-frame-pointer -fno-wrapv (NDEBUG stays defined).  The sources are
@@ -27,8 +27,8 @@ LOGS="$SAN/logs"
 if [ "$#" -gt 0 ]; then
     TESTS=("$@")
 else
-    TESTS=(tests/test_servers.py tests/test_load.py tests/test_counters.py tests/test_cli_and_api.py tests/test_external.py tests/test_chaos.py
-           tests/test_uring_features.py tests/test_server_threads.py tests/test_lifetime.py)
+    TESTS=(tests/servers/test_servers.py tests/load/test_load.py tests/load/test_counters.py tests/cli/test_cli_and_api.py tests/servers/test_external.py tests/chaos/test_chaos.py
+           tests/servers/test_uring_features.py tests/servers/test_server_threads.py tests/chaos/test_lifetime.py tests/load/test_load_worker.py)
     # The io_uring variants run here through test_uring_features.py (each variant: echo, short sends,
     # tiny pools, back-pressure, ...); test_servers.py and test_chaos.py take them all in the normal
     # run, and over uring and epoll only here, which keeps CI's whole run well under 20 minutes.

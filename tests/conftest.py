@@ -126,3 +126,23 @@ def start_server(impl):
             except RuntimeError as exc:
                 errors.append(str(exc))
     assert not errors, errors
+
+
+#: Test files of the slow tier: notebooks, sweeps, dask labs, profiles, chaos and long-lived servers.
+SLOW_FILES = {"test_notebooks.py", "test_ablation.py", "test_cluster.py", "test_chaos.py", "test_lifetime.py",
+              "test_profile.py", "test_explain.py", "test_sweep.py"}
+
+
+def _runs_a_variant(item):
+    """A test parametrized over a server spec other than the two bases (uring, epoll)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(isinstance(v, str) and v not in echo_core.IMPLS and (v.startswith("uring") or v.startswith("epoll"))
+               for v in params.values())
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier, `pytest -m "not slow"` (a few minutes on 2 CPUs): everything on the two bases;
+    the slow tier adds the files above and every io_uring variant.  CI runs both."""
+    for item in items:
+        if item.path.name in SLOW_FILES or _runs_a_variant(item):
+            item.add_marker(pytest.mark.slow)

@@ -14,6 +14,7 @@ import glob
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
 from datetime import datetime
@@ -468,6 +469,16 @@ def liburing_info():
     if info["version"] is None and info["package_version"]:
         info["version"] = re.split(r"[-+~]", info["package_version"].split(":")[-1])[0]
     return info
+
+
+def machine_id():
+    """Which machine (and boot) this is: hostname/boot_id; namespaces of one machine share it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
 
 
 def package_versions(names=PACKAGES):

@@ -23,13 +23,13 @@ import contextlib
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 from echo_core.results import histogram
+from echo_core.host.machine import machine_id
 from echo_core.lab import netns
 
 #: Seconds between submitting the loads and their shared start, before adding 0.5 s per host that
@@ -118,8 +118,8 @@ class LoadHosts:
                 raise ValueError("the cluster has no workers to send load from")
             # Workers on this machine (a LocalCluster, or hosts that are this one) can read the server's
             # /proc and counters file; on other machines those columns are NaN.
-            here = _machine_id()
-            machines = client.run(_machine_id, workers=workers)
+            here = machine_id()
+            machines = client.run(machine_id, workers=workers)
         except BaseException:
             if owned:
                 client.close()
@@ -252,33 +252,6 @@ def split_connections(connections, hosts):
     return [base + (1 if k < extra else 0) for k in range(hosts)]
 
 
-def _machine_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}/{boot}"
-
-
-def load_task(args, cpus, limit_s):
-    """Run on a dask worker: the load generator with args (after ``python -m echo_core load``), pinned
-    to cpus; returns its JSON output, exit code and last error line, and which machine ran it."""
-    proc = subprocess.Popen([sys.executable, "-m", "echo_core", "load", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    if cpus:
-        try:
-            os.sched_setaffinity(proc.pid, set(cpus))
-        except OSError:
-            pass  # the load generator pins its own threads with --cpu as well
-    try:
-        out, err = proc.communicate(timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    return {"out": out, "err": err, "code": proc.returncode, "machine": _machine_id()}
-
-
 def start_margin(load_hosts, connections):
     """Seconds between submitting the loads and their shared start: each host starts a Python
     process and connects; hosts sharing one machine (namespaces) start one after another."""
@@ -286,8 +259,9 @@ def start_margin(load_hosts, connections):
     return START_MARGIN_S + 0.5 * per_machine + connections / 5000
 
 
-def run_on_hosts(load_hosts, args_for_host, cpus, limit_s):
-    """Submit one load task per host (pinned to its worker) and gather their results in host order."""
+def run_on_hosts(load_hosts, task, args_for_host, cpus, limit_s):
+    """Submit task(args_for_host(k), cpus, limit_s) on each host k (pinned to its worker) and gather the
+    results in host order."""
     import distributed
 
     client = load_hosts.client
@@ -295,7 +269,7 @@ def run_on_hosts(load_hosts, args_for_host, cpus, limit_s):
     gone = [w for w in load_hosts.workers if w not in present]
     if gone:
         raise RuntimeError(f"load host(s) gone from the cluster: {', '.join(gone)}")
-    futures = [client.submit(load_task, args_for_host(k), cpus, limit_s, workers=[w], allow_other_workers=False,
+    futures = [client.submit(task, args_for_host(k), cpus, limit_s, workers=[w], allow_other_workers=False,
                              pure=False, key=f"echo_core-load-{os.getpid()}-{time.monotonic_ns()}-{k}")
                for k, w in enumerate(load_hosts.workers)]
     try:

@@ -13,7 +13,6 @@ anywhere else.
 """
 
 import ipaddress
-import json
 import math
 import mmap
 import os
@@ -27,6 +26,7 @@ from echo_core.lab import netns
 from echo_core.native import check, ffi, lib
 from echo_core.host.signals import StopOnSignal
 from echo_core.host import cpus as cpus_, numbers
+from echo_core.load.record import encode_record, exit_status
 
 MODES = {"stream": lib.EC_MODE_STREAM, "rr": lib.EC_MODE_RR, "rate": lib.EC_MODE_RATE}
 ARRIVALS = {"poisson": lib.EC_ARRIVALS_POISSON, "uniform": lib.EC_ARRIVALS_UNIFORM}
@@ -419,7 +419,9 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         for name in SERVER_COUNTERS:
             d[f"server_{name}"] = (getattr(res.server_end, name) - getattr(res.server_start, name)
                                    if stats else nan)
-        d["server_recv_size_hist"] = (encode_recv_hist([e - s for s, e in zip(res.server_start.recv_hist,
+        # Bucket i counts recvs that returned 2**i .. 2**(i+1) - 1 bytes (the last: 2**i and up), in the
+        # one sparse histogram text (echo_core.results.histogram) with lib.EC_RECV_HIST_BUCKETS buckets.
+        d["server_recv_size_hist"] = (histogram.encode([e - s for s, e in zip(res.server_start.recv_hist,
                                                                               res.server_end.recv_hist)])
                                       if stats else "")
         proc = snap and bool(res.server_proc_snap)
@@ -427,24 +429,6 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         d["server_invol_ctx_switches"] = res.server_invol_ctxsw if proc else nan
         d["server_minor_faults"] = res.server_minflt if snap else nan
     return d
-
-
-def encode_recv_hist(counts):
-    """The servers' recv sizes as space-separated "bucket:count" pairs, non-empty buckets only.
-
-    Bucket i counts recvs that returned 2**i .. 2**(i+1) - 1 bytes; the last bucket
-    (lib.EC_RECV_HIST_BUCKETS - 1) everything from 2**i up.
-    """
-    return " ".join(f"{i}:{c}" for i, c in enumerate(counts) if c)
-
-
-def decode_recv_hist(text):
-    """Inverse of encode_recv_hist: a list of lib.EC_RECV_HIST_BUCKETS counts."""
-    counts = [0] * lib.EC_RECV_HIST_BUCKETS
-    for pair in str(text or "").split():
-        i, c = pair.split(":")
-        counts[int(i)] += int(c)
-    return counts
 
 
 # -------------------------------------------------------------------- CLI
@@ -517,11 +501,6 @@ def _kwargs_from_args(args):
         allow_remote=getattr(args, "allow_remote", False),
         start_at=None if getattr(args, "start_at", None) is None else numbers.option_number("start-at", args.start_at, float),
     )
-
-
-def _json_safe(d):
-    # Strict JSON has no NaN: emit null instead.
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
 def _warmup_text(r):
@@ -603,7 +582,7 @@ def load_command(args):
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(_json_safe(result)), flush=True)
+        print(encode_record(result), flush=True)
     else:
         print(format_summary(result), flush=True)
-    return 1 if result["mismatches"] or result["errors"] or result["never_answered"] else 0
+    return exit_status(result)

@@ -1,20 +1,17 @@
 """One benchmark run: a pinned server process, a pinned load-generator process, one tidy row."""
 
 import contextlib
+import dataclasses
 import ipaddress
-import json
-import os
-import subprocess
-import sys
 import time
 
 from echo_core.load import counters
 from echo_core.servers import specs
 from echo_core.results import validity
 from echo_core.load.generator import check_load_args
+from echo_core.load.worker import LoadSpec, host_task, run_worker
 from echo_core.host.cpus import cpus_shared, default_cpus
 from echo_core.servers.factory import make_server
-from echo_core.servers.process import exit_description
 from echo_core.servers.serve import thread_cpus
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
@@ -32,24 +29,6 @@ def bottleneck(server_util, client_util, shared=False):
     if server_bound and client_bound:
         return "both"
     return "server" if server_bound else "client" if client_bound else "none"
-
-
-def _load_command(port, host, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
-                  threads, cpus, window, server_pids, stats_path, window_ctl=None):
-    cmd = [sys.executable, "-m", "echo_core", "load", "--json", "--host", host, "--port", str(port),
-           "--mode", mode, "--payload", str(payload), "--connections", str(connections),
-           "--duration", str(duration), "--warmup", str(warmup), "--threads", str(threads),
-           "--cpu", ",".join(map(str, cpus)), "--window", str(window),
-           "--server-pid", ",".join(map(str, server_pids))]
-    if warmup_max is not None:
-        cmd += ["--warmup-max", str(warmup_max)]
-    if stats_path:
-        cmd += ["--server-stats", str(stats_path)]
-    if rate is not None:
-        cmd += ["--rate", str(rate), "--arrivals", arrivals]
-    if window_ctl:
-        cmd += ["--window-ctl", str(window_ctl)]
-    return cmd
 
 
 def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max=None, rate=None,
@@ -103,22 +82,16 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     srv_threads = {} if server_threads == 1 else {"threads": server_threads, "cpus": server_cpus}
     with make_server(impl, host=host, port=0, cpu=server_cpu, **srv_threads, **(server_options or {})) as srv, \
             (observer(srv) if observer else contextlib.nullcontext()) as window_ctl:
-        cmd = _load_command(srv.port, host, mode, payload, connections, duration, warmup, warmup_max, rate,
-                            arrivals, threads, client_cpus, window, srv.pids(), srv.stats_path, window_ctl)
-        if allow_remote:
-            cmd.append("--allow-remote")
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        os.sched_setaffinity(proc.pid, set(client_cpus))
-        limit = max(warmup, warmup_max or 0) + duration + 60
-        try:
-            out, err = proc.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise RuntimeError(f"load generator did not finish within {limit:.0f} s") from None
-    record = _parse_record(out, err, proc.returncode)
+        spec = LoadSpec(port=srv.port, host=host, mode=mode, payload=payload, connections=connections,
+                        duration=duration, warmup=warmup, warmup_max=warmup_max, rate=rate, arrivals=arrivals,
+                        threads=threads, cpus=tuple(client_cpus), window=window, server_pids=tuple(srv.pids()),
+                        server_stats_path=_path(srv.stats_path), window_ctl_path=_path(window_ctl),
+                        allow_remote=allow_remote)
+        record, load_exit, error = run_worker(spec, client_cpus)
+    if record is None:
+        raise RuntimeError(error)
     per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
-    return _make_row(impl, record, server_cpu, client_cpus, proc.returncode, server_cpus, per_thread)
+    return _make_row(impl, record, server_cpu, client_cpus, load_exit, server_cpus, per_thread)
 
 
 def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
@@ -144,22 +117,27 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
         # This machine's CPU numbers mean nothing on another: remote hosts run their load unpinned.
         cpus = client_cpus if load_hosts.same_machine else []
 
-        def args_for_host(k):
+        def spec_for_host(k):
             # Only a host on the server's machine can read its /proc and counters file: host 1 does.
             local = k == 0 and load_hosts.same_machine
-            cmd = _load_command(srv.port, host, mode, payload, per_host[k], duration, warmup, None, rates[k],
-                                arrivals, threads, cpus, window, srv.pids() if local else [],
-                                srv.stats_path if local else None)
-            # Rate mode: each host its own Poisson schedule, not k copies of one.
-            cmd += ["--start-at", repr(start_at), "--seed", str(1 + k)] + (["--allow-remote"] if allow_remote else [])
-            return cmd[4:]  # the worker runs its own python -m echo_core load
+            # Rate mode: each host its own Poisson schedule (seed), not k copies of one.
+            spec = LoadSpec(port=srv.port, host=host, mode=mode, payload=payload, connections=per_host[k],
+                            duration=duration, warmup=warmup, rate=rates[k], arrivals=arrivals, threads=threads,
+                            cpus=tuple(cpus), window=window, seed=1 + k,
+                            server_pids=tuple(srv.pids()) if local else (),
+                            server_stats_path=_path(srv.stats_path) if local else None, start_at=start_at,
+                            allow_remote=allow_remote)
+            return dataclasses.asdict(spec)
 
         limit = start_at - time.time() + warmup + duration + 60
-        results = cluster.run_on_hosts(load_hosts, args_for_host, cpus, limit)
-    records = [_parse_record(r["out"], r["err"], r["code"]) for r in results]
+        results = cluster.run_on_hosts(load_hosts, host_task, spec_for_host, cpus, limit)
+    failed = next((r for r in results if r["record"] is None), None)
+    if failed is not None:
+        raise RuntimeError(failed["error"])
+    records = [r["record"] for r in results]
     merged = cluster.merge_records(records)
     per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
-    codes = [r["code"] for r in results]
+    codes = [r["exit"] for r in results]
     load_exit = next((c for c in codes if c != 0), 0)
     # CPUs the load ran on: hosts on one machine (namespaces) share theirs.
     used = {(r["machine"], c) for r in results for c in (cpus or [None])}
@@ -171,13 +149,8 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
     return row
 
 
-def _parse_record(out, err, code):
-    lines = [line for line in out.splitlines() if line.startswith("{")]
-    if not lines:
-        detail = (err.strip() or out.strip()).splitlines()
-        raise RuntimeError(f"load generator {exit_description(code)}" + (f": {detail[-1]}" if detail else ""))
-    # The CLI writes NaN (no latency in stream mode, no rate outside rate mode) as JSON null.
-    return {k: float("nan") if v is None else v for k, v in json.loads(lines[-1]).items()}
+def _path(path):
+    return None if path is None else str(path)
 
 
 def _ratio(a, b):

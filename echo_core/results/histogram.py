@@ -40,15 +40,16 @@ def encode(counts):
     return " ".join(f"{i}:{c}" for i, c in sorted(items) if c)
 
 
-def decode(text):
-    """ "i:c i:c ..." -> {index: count}; raises ValueError on malformed text."""
+def decode(text, buckets=BUCKETS):
+    """ "i:c i:c ..." -> {index: count}; raises ValueError on malformed text.  `buckets`: the
+    histogram's size (latency: BUCKETS; the servers' recv sizes: lib.EC_RECV_HIST_BUCKETS)."""
     out = {}
     for pair in (text or "").split():
         try:
             index, count = (int(x) for x in pair.split(":"))
         except ValueError:
             raise ValueError(f"histogram pair must look like 'index:count', got {pair!r}") from None
-        if not 0 <= index < BUCKETS or count < 0:
+        if not 0 <= index < buckets or count < 0:
             raise ValueError(f"histogram pair out of range: {pair!r}")
         out[index] = out.get(index, 0) + count
     return out

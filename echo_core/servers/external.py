@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 
+from echo_core.host.proc import proc_stat
 from echo_core.servers.process import ServerProcess, validate_address
 from echo_core.servers.specs import parse_exec
 
@@ -72,13 +73,9 @@ def _ppid_map():
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                # The command name may hold spaces and parentheses: fields start after the last ")".
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        by_parent.setdefault(ppid, []).append(int(name))
+        stat = proc_stat(name)
+        if stat is not None:
+            by_parent.setdefault(stat.ppid, []).append(int(name))
     return by_parent
 
 
@@ -247,17 +244,8 @@ class ExternalServer(ServerProcess):
 
     def cpu_times(self):
         """(user, system) CPU seconds used so far by the server and its live descendants."""
-        tick = os.sysconf("SC_CLK_TCK")
-        user = system = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            user += int(fields[11])
-            system += int(fields[12])
-        return user / tick, system / tick
+        stats = [s for s in map(proc_stat, self.pids()) if s is not None]
+        return sum(s.user_s for s in stats), sum(s.system_s for s in stats)
 
     def stop(self, timeout=15.0):
         """SIGTERM to the process group, SIGKILL after timeout s.  Returns final_stats (None).
@@ -331,9 +319,5 @@ def _signal_group(pgid, sig):
 
 def _running_in_group(pid, pgid):
     """Is pid alive (not a zombie) and still in process group pgid?"""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return False
-    return fields[0] != "Z" and int(fields[2]) == pgid
+    stat = proc_stat(pid)
+    return stat is not None and stat.state != "Z" and stat.pgrp == pgid

@@ -18,6 +18,7 @@ from echo_core.servers import specs
 from echo_core.servers.options import CONFIG_FIELDS, DEFAULT_OPTIONS, SERVE_FUNCS
 from echo_core.servers.process import ServerProcess, exit_description, validate_address
 from echo_core.host.cpus import default_cpus
+from echo_core.host.proc import proc_stat
 from echo_core.host.signals import StopOnSignal
 
 #: How long to retry bind() on EADDRINUSE: a just-stopped io_uring server frees its port a few ms late.
@@ -474,10 +475,10 @@ class Server(ServerProcess):
 
     def cpu_times(self):
         """(user, system) CPU seconds the server process has used so far, from /proc."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        stat = proc_stat(self.proc.pid)
+        if stat is None:
+            raise ProcessLookupError(f"server process {self.proc.pid} is gone")
+        return stat.user_s, stat.system_s
 
     def stop(self, timeout=15.0):
         if self.proc is None:

@@ -73,13 +73,13 @@ class Feature:
 #: Base designs and their tunables (spec name -> Tunable).  Defaults are echo_core.servers.options.DEFAULT_OPTIONS'.
 BASES = {
     "uring": {
-        "buf_count": Tunable("buf_count", 4096, 1, 32768, "provided buffers in the ring", power_of_two=True),
-        "buf_size": Tunable("buf_size", 65536, 1, 1 << 30, "bytes per receive buffer"),
-        "ring_entries": Tunable("ring_entries", 4096, 1, 32768, "submission queue entries"),
+        "buf_count": Tunable("buf_count", DEFAULT_OPTIONS["buf_count"], 1, 32768, "provided buffers in the ring", power_of_two=True),
+        "buf_size": Tunable("buf_size", DEFAULT_OPTIONS["buf_size"], 1, 1 << 30, "bytes per receive buffer"),
+        "ring_entries": Tunable("ring_entries", DEFAULT_OPTIONS["ring_entries"], 1, 32768, "submission queue entries"),
     },
     "epoll": {
-        "budget": Tunable("epoll_budget", 16, 1, 1 << 20, "recv/send operations per connection per turn"),
-        "buf_size": Tunable("buf_size", 65536, 1, 1 << 30, "bytes per connection buffer"),
+        "budget": Tunable("epoll_budget", DEFAULT_OPTIONS["epoll_budget"], 1, 1 << 20, "recv/send operations per connection per turn"),
+        "buf_size": Tunable("buf_size", DEFAULT_OPTIONS["buf_size"], 1, 1 << 30, "bytes per connection buffer"),
     },
 }
 

@@ -23,7 +23,7 @@ from echo_core.load.generator import check_host, run_load
 from echo_core.measure.sweep import sweep
 from echo_core.servers.serve import Server
 
-FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
+FAULTY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "faulty_echo.py")
 SERVER_CPU = max(os.sched_getaffinity(0))
 CLIENT_CPUS = [c for c in sorted(os.sched_getaffinity(0)) if c != SERVER_CPU] or [SERVER_CPU]
 
@@ -205,7 +205,7 @@ def test_lab_addresses_are_load_targets_only_while_the_lab_lives():
 
 @needs_root
 def test_a_lab_whose_creator_was_killed_is_removed_by_the_next_one():
-    code = ("from echo_core import netns; import time; lab = netns.Lab(1).create(); "
+    code = ("from echo_core.lab import netns; import time; lab = netns.Lab(1).create(); "
             "print(lab.index, flush=True); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     index = int(proc.stdout.readline())

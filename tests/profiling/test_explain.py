@@ -16,7 +16,7 @@ from echo_core.profiling import charts as profile_charts
 from echo_core.results.schema import COUNTERS
 from echo_core.results import schema
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "data" / "profiles"
 
 

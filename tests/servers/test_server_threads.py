@@ -144,7 +144,7 @@ def test_threads_share_the_fd_limit():
 @pytest.mark.parametrize("args, message", [
     (["--threads", "0"], "error: threads must be an integer in 1.."),
     (["--threads", "2", "--cpus", str(SERVER_CPU)], "error: cpus must name one CPU per thread"),
-    (["--threads", "2", "--cpus", "0,x"], "error: argument --cpus: expected comma-separated CPU numbers"),
+    (["--threads", "2", "--cpus", "0,x"], "error: argument --cpus: a CPU list looks like"),
 ])
 def test_cli_serve_bad_threads_is_one_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "echo_core", "serve", "--impl", "epoll", *args],

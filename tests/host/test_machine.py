@@ -33,7 +33,7 @@ def test_io_uring_probe_reports_what_the_server_needs():
 
 # --------------------------------------------------------------------------- facts that differ between machines
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CPU_DIR = "/sys/devices/system/cpu"
 
 

@@ -16,7 +16,7 @@ from echo_core.profiling import flamegraph
 from echo_core.profiling import folded
 from echo_core.profiling import profile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 needs_perf = pytest.mark.skipif(PERF_UNAVAILABLE is not None, reason=f"no profiles here: {PERF_UNAVAILABLE}")

@@ -13,7 +13,7 @@ from echo_core.analysis import stats
 from echo_core.measure.sweep import sweep
 from echo_core.results import schema
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPECS = ["uring", "uring(buf_count=16)", "epoll"]
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the ablation compares io_uring specs: {IO_URING_REFUSED}")
 

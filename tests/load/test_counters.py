@@ -15,7 +15,8 @@ import pytest
 import echo_core
 from echo_core.load import counters
 from echo_core.measure.benchmark import run_benchmark
-from echo_core.load.generator import decode_recv_hist
+from echo_core.native import lib
+from echo_core.results import histogram
 
 from conftest import IO_URING_REFUSED, SERVER_CPU
 
@@ -66,7 +67,8 @@ def test_server_loop_counters(which, request):
     assert 0 < row["server_bytes_per_recv"] <= PAYLOAD
     # rr: one send per echoed request (a short send would add one; 512 B never is short).
     assert 0.9 <= row["server_sends_per_msg"] <= 1.5
-    hist = decode_recv_hist(row["server_recv_size_hist"])
+    sparse = histogram.decode(row["server_recv_size_hist"], buckets=lib.EC_RECV_HIST_BUCKETS)
+    hist = [sparse.get(i, 0) for i in range(lib.EC_RECV_HIST_BUCKETS)]
     assert sum(hist) == row["server_recv_ok"] > 0
     # 512-byte requests arrive whole or in pieces, never bigger.
     assert not any(hist[10:])

@@ -23,7 +23,7 @@ from echo_core.results import validity
 
 from conftest import IO_URING_REFUSED
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"sweeps compare io_uring with epoll: {IO_URING_REFUSED}")
 TINY = {"duration": 0.3, "warmup": 0.1, "progress": False}
 FAULTY = f"exec:{sys.executable} {REPO / 'tests' / 'faulty_echo.py'} --port {{port}}"
@@ -345,7 +345,7 @@ def _children(marker):
 
 
 @pytest.mark.parametrize("victim, reason", [("echo_core serve", "uring server was killed by SIGKILL"),
-                                            ("echo_core load", "load generator was killed by SIGKILL")])
+                                            ("echo_core.load.worker", "load generator was killed by SIGKILL")])
 def test_a_sweep_survives_a_process_killed_mid_run(tmp_path, victim, reason):
     import signal
     import threading

@@ -12,7 +12,7 @@ from conftest import ALL_IMPLS, impl_param
 from echo_core.chaos import storm as chaos
 
 SERVER_CPU = max(os.sched_getaffinity(0))
-FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
+FAULTY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "faulty_echo.py")
 CHAOS = [sys.executable, "-m", "echo_core", "chaos"]
 
 

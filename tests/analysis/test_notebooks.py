@@ -22,7 +22,7 @@ from echo_core.results import schema
 
 from conftest import IO_URING_REFUSED
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the notebooks compare io_uring with epoll: {IO_URING_REFUSED}")
 NOTEBOOKS = REPO / "notebooks"
 CONNECTIONS = [1, 4]

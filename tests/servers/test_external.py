@@ -14,7 +14,7 @@ from echo_core.servers.factory import make_server
 from echo_core.servers.serve import Server, check_impl
 
 SERVER_CPU = max(os.sched_getaffinity(0))
-FAULTY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faulty_echo.py")
+FAULTY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "faulty_echo.py")
 
 
 def faulty(fault="none", *extra):
