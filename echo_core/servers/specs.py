@@ -246,9 +246,22 @@ def is_exec(impl):
 
 
 def parse(text):
-    """Parse and validate a spec string (or pass a Spec through); ValueError with one clear line."""
+    """Parse and validate a spec string (or pass a Spec through); ValueError with one clear line.
+
+    A run names its spec in many places (server, row, labels): each distinct string is parsed once."""
     if isinstance(text, Spec):
         return text
+    if not isinstance(text, str):
+        return _parse_text(text)
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_cached(text):
+    return _parse_text(text)
+
+
+def _parse_text(text):
     bases = f"{', '.join(BASES)} (or {EXEC_PREFIX}CMD with {{port}} in CMD)"
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"unknown implementation {text!r}: a server spec is a string like uring, epoll or "
