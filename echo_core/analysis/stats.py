@@ -185,19 +185,29 @@ def paired_ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll
     keys = RATIO_CELL + ["sweep", "repeat"]
     if "sweep" not in data.columns:
         data = data.assign(sweep="")
-    out = []
-    for key, group in _groups(data, keys):
-        a, b = group[group["impl"] == numerator], group[group["impl"] == denominator]
-        if len(a) != 1 or len(b) != 1:
-            continue
-        va, vb = float(a[metric].iloc[0]), float(b[metric].iloc[0])
-        rec = dict(zip(keys, key))
-        rec["ratio"] = va / vb if vb > 0 else math.nan
-        if "server_cpu_us_per_msg" in group.columns:
-            ca, cb = float(a["server_cpu_us_per_msg"].iloc[0]), float(b["server_cpu_us_per_msg"].iloc[0])
-            rec["cpu_ratio"] = ca / cb if cb > 0 else math.nan
-        out.append(rec)
-    return pd.DataFrame(out, columns=keys + ["ratio", "cpu_ratio"])
+    columns = keys + ["ratio", "cpu_ratio"]
+    if data.empty:
+        return pd.DataFrame(columns=columns)
+
+    def one_run_per_key(impl):
+        runs = data[data["impl"] == impl]
+        runs = runs[runs.groupby(keys, sort=False, dropna=False)["impl"].transform("size") == 1]
+        wanted = [metric] + (["server_cpu_us_per_msg"] if "server_cpu_us_per_msg" in data.columns else [])
+        return runs[keys + wanted]
+
+    # A repeat pairs when it has exactly one valid run of each side (merge matches NaN keys too).
+    pairs = one_run_per_key(numerator).merge(one_run_per_key(denominator), on=keys, suffixes=("_a", "_b"))
+    pairs = pairs.sort_values(keys, na_position="last", kind="stable").reset_index(drop=True)
+
+    def ratio(a, b):
+        a, b = pd.to_numeric(a, errors="coerce").astype(float), pd.to_numeric(b, errors="coerce").astype(float)
+        return (a / b).where(b > 0, math.nan)
+
+    out = pairs[keys].copy()
+    out["ratio"] = ratio(pairs[f"{metric}_a"], pairs[f"{metric}_b"])
+    out["cpu_ratio"] = (ratio(pairs["server_cpu_us_per_msg_a"], pairs["server_cpu_us_per_msg_b"])
+                        if "server_cpu_us_per_msg_a" in pairs.columns else math.nan)
+    return out[columns]
 
 
 def ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll", level=0.95):
