@@ -140,3 +140,16 @@ def test_c_units_include_each_other_one_way_only():
         if node not in state:
             visit(node, [node])
     assert not cycles, cycles
+
+
+def test_no_echo_core_import_hides_inside_a_function():
+    """With the layers acyclic, every dependency is declared at the top of its module."""
+    hidden = []
+    for name, path in MODULES.items():
+        for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                hidden += [f"{path.name}:{n.lineno}" for n in ast.walk(fn)
+                           if isinstance(n, (ast.Import, ast.ImportFrom))
+                           and any(m.startswith("echo_core") for m in
+                                   ([n.module or ""] if isinstance(n, ast.ImportFrom) else [a.name for a in n.names]))]
+    assert not hidden, hidden

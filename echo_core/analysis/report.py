@@ -20,8 +20,9 @@ import pandas as pd
 from echo_core.host.machine import comparable_facts
 from echo_core.results.resultsets import excluded_counts, excluded_note, pooling_differences, valid_rows
 from echo_core.results.schema import COUNTERS, IMPL_LABELS, MODE_LABELS, bytes_label
-from echo_core.analysis.stats import ( spec_ratios, cell_medians, counters_note, counters_recorded, knees,
-                              latency_vs_load, ratios, summarize, up_to_saturation)
+from echo_core.analysis.stats import (cell_medians, counters_note, counters_recorded, knees, latency_vs_load, ratios,
+                                      spec_ratios, summarize, up_to_saturation)
+from echo_core.servers.specs import CATALOGUE
 
 #: Chart name -> function, in the order save_charts() draws them.
 CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load", "counters")
@@ -46,7 +47,6 @@ def _stable_index(label, catalogue):
 
 def impl_order(labels):
     """Legend order of implementation labels: io_uring, epoll, then the specs in catalogue order, then the rest."""
-    from echo_core.servers.specs import CATALOGUE
 
     labels = list(dict.fromkeys(labels))
     return sorted(labels, key=lambda l: (list(PALETTE).index(l) if l in PALETTE else len(PALETTE),
@@ -56,7 +56,6 @@ def impl_order(labels):
 def impl_palette(labels):
     """label -> colour for every implementation label: PALETTE's two, io_uring specs in related warm
     hues, epoll specs in greens, external servers in greys and blues; stable across charts."""
-    from echo_core.servers.specs import CATALOGUE
 
     out = {}
     for label in impl_order(labels):

@@ -63,6 +63,11 @@ import time
 from echo_core.host.proc import pid_alive
 from echo_core.host.cpus import split_cpus
 from echo_core.host.numbers import option_number
+from echo_core.load.generator import check_host
+from echo_core.servers import specs
+from echo_core.servers.factory import make_server
+from echo_core.servers.options import DEFAULT_OPTIONS
+from echo_core.servers.serve import check_impl, validate
 
 #: Pattern period: a prime, so no power-of-two sized slip lines the stream up with itself.
 PERIOD = 1048573
@@ -580,9 +585,6 @@ def _check_args(seconds, seed, connections, drain_timeout, settle_s=SETTLE_S):
 
 def rss_margin_kib(impl, options, connections):
     """See the module docstring: how far the server's RSS may grow over its starting value."""
-    from echo_core.servers import specs
-    from echo_core.servers.options import DEFAULT_OPTIONS
-
     try:
         spec = specs.parse(impl)
     except ValueError:  # exec:CMD, or a label ("port N") of a server chaos did not start
@@ -629,9 +631,6 @@ def run_chaos(impl="uring", seconds=5.0, seed=1, connections=64, host="127.0.0.1
     Returns a dict; result["violations"] (at most MAX_VIOLATIONS per-connection strings plus every
     server-wide one; violation_count is the total) is empty and result["ok"] true when nothing went wrong.
     """
-    from echo_core.load.generator import check_host
-    from echo_core.servers.factory import make_server
-    from echo_core.servers.serve import check_impl
 
     _check_args(seconds, seed, connections, drain_timeout, settle_s)
     host = check_host(host)
@@ -847,10 +846,8 @@ def chaos_command(args):
         if kwargs.get("cpu") is not None and kwargs["cpu"] not in os.sched_getaffinity(0):
             raise ValueError(f"cpu {kwargs['cpu']} is not available (available: {sorted(os.sched_getaffinity(0))})")
         if args.port is None:
-            from echo_core.servers.serve import check_impl, validate
-
             check_impl(impl)
-            if not impl.startswith("exec:"):
+            if not specs.is_exec(impl):
                 validate(impl, "127.0.0.1", 0, kwargs.get("cpu"), options)
         _check_args(kwargs["seconds"], kwargs["seed"], kwargs["connections"], kwargs["drain_timeout"])
     except ValueError as exc:

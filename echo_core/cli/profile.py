@@ -4,11 +4,12 @@ import sys
 
 from echo_core.host.cpus import available_cpus
 from echo_core.host.numbers import byte_count, option_number
+from echo_core.analysis import report
+from echo_core.profiling import profile
+from echo_core.servers.specs import split_list
 
 
 def _impl_list(text):
-    from echo_core.servers.specs import split_list
-
     return split_list(text)
 
 
@@ -40,8 +41,6 @@ def add_profile_arguments(parser):
 
 def profile_command(args):
     """Exit status 0; 2 for bad input; 1 when perf is missing or may not sample, or a run is invalid."""
-    from echo_core.profiling import profile
-    from echo_core.analysis import report
 
     try:
         impls = _impl_list(args.impl or args.impls or "uring,epoll")

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from echo_core.host import cpus, numbers
+from echo_core.native import ffi, lib
 
 #: Packages whose versions go into the metadata.
 PACKAGES = ("echo_core", "cffi", "numpy", "pandas", "matplotlib", "seaborn", "tqdm", "papermill",
@@ -59,7 +60,7 @@ def io_uring_info(features_file=None):
     whether the setup flags echo_core's io_uring server uses are accepted.  A features file (e.g. a liburing-based probe's output) is included as
     ``features_file_content``, labelled as not probed here.
     """
-    from echo_core.native import ffi, lib
+
 
     info = {"io_uring_disabled": None, "setup_permitted": None, "setup_error": None,
             "features_mask": None, "features": None, "ops_supported": None, "setup_flags_accepted": None}
@@ -445,16 +446,13 @@ def liburing_info():
         if out.returncode == 0 and out.stdout.strip():
             info["package"], info["package_version"] = pkg, out.stdout.strip()
             break
-    try:  # the file the dynamic linker mapped for echo_core._native
-        import echo_core.native  # noqa: F401
-        maps = _read("/proc/self/maps", "") or ""
-        # By file name: a path such as build/liburing-current/.../_native.so is not liburing.
-        libs = sorted({line.split()[-1] for line in maps.splitlines()
-                       if os.path.basename(line.split()[-1]).startswith("liburing.so")})
-        if libs:
-            info["loaded_library"] = os.path.realpath(libs[0])
-    except ImportError:
-        pass
+    # The file the dynamic linker mapped for echo_core._native (imported with this module), by file
+    # name: a path such as build/liburing-current/.../_native.so is not liburing.
+    maps = _read("/proc/self/maps", "") or ""
+    libs = sorted({line.split()[-1] for line in maps.splitlines()
+                   if os.path.basename(line.split()[-1]).startswith("liburing.so")})
+    if libs:
+        info["loaded_library"] = os.path.realpath(libs[0])
     candidates = [info["loaded_library"]] if info["loaded_library"] else []
     for libdir in ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib",
                    os.path.join(sys.prefix, "lib")):

@@ -13,6 +13,7 @@ from echo_core.load.worker import LoadSpec, host_task, run_worker
 from echo_core.host.cpus import cpus_shared, default_cpus
 from echo_core.servers.factory import make_server
 from echo_core.servers.serve import thread_cpus
+from echo_core.lab import cluster
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
 SATURATED = 0.90
@@ -97,8 +98,6 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
 def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
                   server_cpus, client_cpus, threads, host, window, server_options, allow_remote):
     """run_benchmark with the load from load_hosts' workers (echo_core.lab.cluster)."""
-    from echo_core.lab import cluster
-
     if warmup_max is not None and mode != "rate":
         raise ValueError("load from several hosts needs a fixed warm-up (no warmup_max): they share one window")
     host = load_hosts.server_address or host

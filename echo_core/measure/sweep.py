@@ -49,6 +49,9 @@ from echo_core.load.generator import ARRIVALS, MODES
 from echo_core.results.resultsets import HOSTS_TABLE_SUFFIX, load_csv
 from echo_core.servers.serve import check_impl, thread_cpus
 from echo_core.results import schema
+# sweep() takes arguments named cluster and netns: the lab's modules go by other names here.
+from echo_core.lab import cluster as lab_cluster
+from echo_core.lab import netns as lab_netns
 
 #: Columns the sweep adds to each run_benchmark row, first in the CSV.
 SWEEP_COLUMNS = ["sweep", "run_index", "repeat", "started_at", "wall_s"]
@@ -284,17 +287,13 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     thread_cpus(server_threads, None, server_cpus)  # one clear ValueError before anything runs
     if netns is not None or cluster is not None:
         # Bad arguments fail above, before any namespace or dask process exists.
-        from echo_core.lab import cluster as _cluster
-
         kwargs = {k: v for k, v in arguments.items()
                   if k not in ("load_hosts", "cluster", "hosts", "netns", "security", "allow_plain_tcp")}
         if netns is not None:
-            from echo_core.lab import netns as _netns
-
-            _netns.check_can_create()
-            with _cluster.netns_hosts(netns) as made:
+            lab_netns.check_can_create()
+            with lab_cluster.netns_hosts(netns) as made:
                 return sweep(**kwargs, load_hosts=made)
-        connected = _cluster.LoadHosts.connect(cluster, hosts, security, allow_plain_tcp)
+        connected = lab_cluster.LoadHosts.connect(cluster, hosts, security, allow_plain_tcp)
         try:
             return sweep(**kwargs, load_hosts=connected)
         finally:

@@ -59,6 +59,7 @@ from echo_core.profiling import folded
 from echo_core.load.generator import check_load_args
 from echo_core.servers import specs
 from echo_core.results.schema import IMPL_LABELS
+from echo_core.host.machine import machine_info
 
 #: Sampling frequency (Hz) of cpu-clock; 4000 Hz is one sample per 250 µs of CPU.
 FREQUENCY_HZ = 4000
@@ -569,8 +570,6 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     categories = category_table(stacks_by_impl, cpu_per_msg)
     categories.to_csv(output_dir / CATEGORIES_CSV, index=False)
     if machine:
-        from echo_core.host.machine import machine_info
-
         meta["machine"] = machine_info()
     profile = Profile(output_dir, _json_safe(meta), stacks_by_impl, table, categories)
     for impl in impls:

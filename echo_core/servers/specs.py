@@ -38,6 +38,8 @@ import shlex
 from dataclasses import dataclass, field
 
 from echo_core.servers.options import DEFAULT_OPTIONS
+from echo_core.host.machine import io_uring_info
+from echo_core.native import ffi, lib
 
 #: An implementation "exec:CMD" runs CMD as an external server (echo_core.servers.external).
 EXEC_PREFIX = "exec:"
@@ -128,16 +130,12 @@ ABLATION_SPECS = (
 
 def features_built():
     """Does the compiled C core know server features (lib.EC_FEAT_MSHOT and the config's features field)?"""
-    from echo_core.native import ffi, lib
-
     fields = dict(ffi.typeof("struct ec_server_config").fields)
     return hasattr(lib, "EC_FEAT_MSHOT") and "features" in fields
 
 
 def feature_bit(name):
     """The EC_FEAT_* bit of a feature: from the compiled module, else the fallback table (see there)."""
-    from echo_core.native import lib
-
     bit_name = FEATURES[name].bit_name
     return getattr(lib, bit_name)
 
@@ -399,8 +397,6 @@ def kernel_version(release=None):
 def probe():
     """What this kernel and build offer, probed once per process: kernel version, io_uring set-up
     error, IORING_FEAT_* names, supported opcode names, whether the C core has server features."""
-    from echo_core.host.machine import io_uring_info
-
     info = io_uring_info()
     return {"kernel": kernel_version(), "setup_error": info.get("setup_error"),
             "feat": frozenset(info.get("features") or ()), "ops": frozenset(info.get("ops_supported") or ()),
