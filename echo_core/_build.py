@@ -8,14 +8,21 @@ import sys
 from cffi import FFI
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = ["net.c", "server_epoll.c",
-           # the io_uring server: shared core, buffer ring, wait unit, echo strategies (uring_core.h)
-           "uring_core.c", "uring_bufring.c", "uring_wait.c", "uring_zc.c",
-           "uring_echo_single.c", "uring_echo_mshot.c", "uring_echo_connbuf.c", "histogram.c", "probe.c",
-           # the load generator (see csrc/load.h for which file does what)
-           "loadgen.c", "load_connect.c", "load_worker.c", "load_timeline.c", "load_server.c",
-           "load_counters.c",
-           "load_stream.c", "load_rr.c", "load_rate.c", "pattern.c", "arrivals.c"]
+# One folder per job; every #include is relative to the including file ("../net.h"), so the only
+# include directory is CSRC itself, for the wrapper's echo_core.h.
+SOURCES = [
+    # shared: the public API is echo_core.h; sockets; what the kernel's io_uring accepts
+    "net.c", "probe.c",
+    # the epoll server
+    "epoll/server_epoll.c",
+    # the io_uring server: entry, core, buffer ring, wait unit, send unit, echo strategies (uring_core.h)
+    "uring/uring_serve.c", "uring/uring_core.c", "uring/uring_bufring.c", "uring/uring_wait.c",
+    "uring/uring_zc.c", "uring/uring_echo_single.c", "uring/uring_echo_mshot.c", "uring/uring_echo_connbuf.c",
+    # the load generator (see csrc/load/load.h for which file does what)
+    "load/loadgen.c", "load/load_connect.c", "load/load_worker.c", "load/load_timeline.c",
+    "load/load_server.c", "load/load_counters.c", "load/load_stream.c", "load/load_rr.c", "load/load_rate.c",
+    "load/pattern.c", "load/arrivals.c", "load/histogram.c",
+]
 # ECHO_CORE_SANITIZE=1 builds the C core with AddressSanitizer and UndefinedBehaviorSanitizer (-O1 -g,
 # every report fatal) for `make test-sanitize` (scripts/test_sanitize.sh), which builds it into
 # build/sanitize/ and never over the normal extension.  NDEBUG stays defined, as in the normal build;

@@ -56,8 +56,8 @@
 #define EC_FEAT_ALL       511  /* 0x1ff */
 
 /* Defaults the io_uring server uses where a tunable below is 0. */
-#define EC_DEFAULT_BATCH_NR 16        /* batch: completions one wait asks for */
-#define EC_DEFAULT_BATCH_WAIT_US 50   /* batch: longest a lone completion waits for company */
+#define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */
+#define EC_DEFAULT_BATCH_WAIT_US 10   /* batch: longest a lone completion waits for company (ditto) */
 #define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 64, within [1, 16] */
 
 struct ec_server_config {
@@ -182,6 +182,20 @@ int ec_uring_probe(struct ec_uring_probe *out);
 
 #define EC_ARRIVALS_UNIFORM 0  /* rate: fixed gaps, connections spread over one gap */
 #define EC_ARRIVALS_POISSON 1  /* rate: each connection a Poisson process at rate/connections */
+
+/*
+ * The load generator's limits and defaults, owned here: ec_load_run rejects
+ * (-EINVAL) a config beyond a limit, and the Python side reads the same
+ * values from lib.  Plain decimal integers: the cdef keeps only
+ * `#define NAME <integer>` lines.
+ */
+#define EC_LOAD_MAX_CONNECTIONS 1048576       /* connections, 2^20 */
+#define EC_LOAD_MAX_THREADS 1024              /* worker threads */
+#define EC_LOAD_MAX_SECONDS 10000000          /* any duration in s (1e7): keeps ns sums far from overflow */
+#define EC_LOAD_MAX_RATE 1000000000           /* rate mode: total requests per second (1e9) */
+#define EC_LOAD_MAX_SERVER_PIDS 1024          /* server_pids */
+#define EC_LOAD_DEFAULT_STREAM_BUDGET 67108864 /* stream: default cap on all connections' windows, 64 MiB */
+#define EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S 10  /* connect_timeout_s where it is 0 */
 
 /* Kernel counters (perf events) a load run may count on the server's threads at most. */
 #define EC_MAX_COUNTERS 32

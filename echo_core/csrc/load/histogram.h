@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "echo_core.h"   /* EC_HIST_BUCKETS: the result carries the buckets */
+#include "../echo_core.h"   /* EC_HIST_BUCKETS: the result carries the buckets */
 
 #define EC_HIST_SUB_BITS 5
 #define EC_HIST_SUB (1 << EC_HIST_SUB_BITS)

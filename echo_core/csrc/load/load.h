@@ -20,7 +20,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
-#include "echo_core.h"
+#include "../echo_core.h"
 #include "arrivals.h"
 #include "histogram.h"
 

@@ -2,7 +2,7 @@
 #include <errno.h>
 #include <stdint.h>
 
-#include "echo_core.h"
+#include "../echo_core.h"
 #include "arrivals.h"
 
 #define LN2 0.69314718055994530942
@@ -90,7 +90,7 @@ int ec_load_schedule(int arrivals, double rate, uint32_t connections, uint32_t i
 
 	if (arrivals != EC_ARRIVALS_UNIFORM && arrivals != EC_ARRIVALS_POISSON)
 		return -EINVAL;
-	if (!(rate > 0) || rate > 1e9 || !connections || index >= connections || (n && !times_ns))
+	if (!(rate > 0) || rate > EC_LOAD_MAX_RATE || !connections || index >= connections || (n && !times_ns))
 		return -EINVAL;
 	a.phase_ns = 1e9 / rate;
 	a.interval_ns = a.phase_ns * connections;

@@ -1,25 +1,25 @@
 /*
- * uring_core.h - the io_uring echo server's shared core.
+ * uring_types.h - the io_uring echo server's shared types (private to uring/).
  *
- * One ring, one thread.  The core owns the ring (set-up with the
- * DEFER_TASKRUN fallback, SQPOLL, NAPI), the registered file table,
- * accepts with the table guard, the stop poll, the accept-retry timer,
- * get_sqe with the deferred FIFO, the starved FIFO, the completion
- * dispatch table (handlers[op]) and the wait/reap loop.  An echo strategy
- * (uring_echo_*.c) fills handlers[OP_RECV], handlers[OP_SEND], ... and the
- * few hooks of struct strategy; a feature is a small unit that sets one of
- * them up (the wait unit, a recv ioprio bit, the buffer ring's mode).
+ * Plain types only, no unit's functions: the connection slot, the
+ * completion-handler and strategy tables, and struct server, which every
+ * io_uring unit works on.  Each unit's functions are in its own header:
+ * uring_core.h (the core), uring_zc.h (the send unit), uring_wait.h (the
+ * batched wait unit), uring_echo.h (the echo strategies), uring_bufring.h.
+ * A unit that needs only the types (uring_zc.c, uring_wait.c) includes this
+ * header and nothing of the core, so the core depends on them, never the
+ * other way round.
  *
  * user_data = op << 32 | connection index (the fixed-file slot), plus a
  * buffer id in bits 40..55 where a handler needs one after the connection
  * may be gone (send_zc notifications).
  */
-#ifndef ECHO_CORE_URING_CORE_H
-#define ECHO_CORE_URING_CORE_H
+#ifndef ECHO_CORE_URING_TYPES_H
+#define ECHO_CORE_URING_TYPES_H
 
 #include <stdint.h>
 
-#include "echo_core.h"
+#include "../echo_core.h"
 #include "uring_bufring.h"
 #include "uring_compat.h"
 
@@ -126,35 +126,10 @@ struct server {
 	uint32_t spill_below;     /* copy received bytes out of the pool while fewer buffers are free */
 };
 
-/*
- * A connection whose peer never reads keeps its buffers until its send
- * completes, i.e. forever: enough of them would take the whole shared pool
- * and starve every other connection (epoll is immune: each connection has
- * its own buffer).  So while fewer than spill_below buffers are free, the
- * strategies copy what a recv brought into memory of the connection's own
- * and give the pool buffer back at once: the pool keeps a reserve for
- * everyone, and what a stalled connection holds is bounded by its own
- * budget, as with epoll.  Spilled bytes go out with a plain send.
- */
-static inline int must_spill(const struct server *s)
-{
-	return s->br.free < s->spill_below;
-}
-
-extern const struct strategy echo_single, echo_mshot, echo_connbuf;
-
+/* Encode the user_data layout above (an inline helper on these types, not a unit's function). */
 static inline uint64_t make_data(enum op op, uint32_t idx)
 {
 	return (uint64_t)op << 32 | idx;
 }
-
-struct io_uring_sqe *get_sqe(struct server *s);
-void defer(struct server *s, uint32_t idx);
-void arm_close(struct server *s, uint32_t idx);
-void starve(struct server *s, uint32_t idx);
-int batch_wait(struct server *s, int block);
-int setup_send(struct server *s);
-void prep_send_spilled(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, const void *buf, uint32_t len);
-void teardown_send(struct server *s);
 
 #endif

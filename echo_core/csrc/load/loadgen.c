@@ -26,20 +26,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../net.h"
 #include "clock.h"
 #include "load.h"
 #include "load_connect.h"
-#include "net.h"
 #include "pattern.h"
 
+/* The limits (EC_LOAD_MAX_*) and the stream budget are echo_core.h's, shared with the Python side. */
 #define DEFAULT_WINDOW (256u * 1024)     /* stream: minimum default in-flight window */
-#define DEFAULT_STREAM_BUDGET (64ull << 20) /* stream: default cap on all connections' windows */
 #define MIN_WINDOW 4096u
-#define DEFAULT_CONNECT_TIMEOUT_S 10.0
-#define MAX_THREADS 1024
-#define MAX_CONNECTIONS (1u << 20)
-#define MAX_SERVER_PIDS 1024
-#define MAX_SECONDS 1e7                  /* keeps nanosecond sums far from overflow */
 
 /* ------------------------------------------------------------ config */
 
@@ -51,7 +46,7 @@ static int fd_ok(int fd)
 /* Written as !(x >= lo) so NaN is rejected too. */
 static int seconds_ok(double s, double lo)
 {
-	return s >= lo && s <= MAX_SECONDS;
+	return s >= lo && s <= EC_LOAD_MAX_SECONDS;
 }
 
 static int validate(const struct ec_load_config *cfg)
@@ -60,11 +55,11 @@ static int validate(const struct ec_load_config *cfg)
 
 	if (!cfg->host || cfg->port <= 0 || cfg->port > 65535)
 		return -EINVAL;
-	if (cfg->payload == 0 || cfg->connections == 0 || cfg->connections > MAX_CONNECTIONS)
+	if (cfg->payload == 0 || cfg->connections == 0 || cfg->connections > EC_LOAD_MAX_CONNECTIONS)
 		return -EINVAL;
-	if (cfg->threads == 0 || cfg->threads > MAX_THREADS)
+	if (cfg->threads == 0 || cfg->threads > EC_LOAD_MAX_THREADS)
 		return -EINVAL;
-	if (!(cfg->duration_s > 0) || cfg->duration_s > MAX_SECONDS)
+	if (!(cfg->duration_s > 0) || cfg->duration_s > EC_LOAD_MAX_SECONDS)
 		return -EINVAL;
 	if (!seconds_ok(cfg->warmup_s, 0) || !seconds_ok(cfg->connect_timeout_s, 0))
 		return -EINVAL;
@@ -79,7 +74,7 @@ static int validate(const struct ec_load_config *cfg)
 	/* Several hosts share one window only when its start is fixed in advance. */
 	if (cfg->start_at_s > 0 && cfg->mode != EC_MODE_RATE && cfg->warmup_max_s > cfg->warmup_s)
 		return -EINVAL;
-	if (cfg->mode == EC_MODE_RATE && (!(cfg->rate > 0) || cfg->rate > 1e9))
+	if (cfg->mode == EC_MODE_RATE && (!(cfg->rate > 0) || cfg->rate > EC_LOAD_MAX_RATE))
 		return -EINVAL;
 	if (cfg->mode == EC_MODE_RATE && cfg->arrivals != EC_ARRIVALS_UNIFORM &&
 	    cfg->arrivals != EC_ARRIVALS_POISSON)
@@ -89,7 +84,7 @@ static int validate(const struct ec_load_config *cfg)
 			if (cfg->cpus[i] < 0 || cfg->cpus[i] >= CPU_SETSIZE)
 				return -EINVAL;
 	}
-	if (cfg->nserver_pids > MAX_SERVER_PIDS || (cfg->nserver_pids && !cfg->server_pids))
+	if (cfg->nserver_pids > EC_LOAD_MAX_SERVER_PIDS || (cfg->nserver_pids && !cfg->server_pids))
 		return -EINVAL;
 	for (i = 0; i < cfg->nserver_pids; i++)
 		if (cfg->server_pids[i] <= 0)
@@ -118,7 +113,7 @@ static int adaptive(const struct ec_load_config *cfg)
  */
 static uint64_t default_window(uint32_t payload, uint32_t connections)
 {
-	uint64_t w = 4ull * payload, cap = DEFAULT_STREAM_BUDGET / connections;
+	uint64_t w = 4ull * payload, cap = (uint64_t)EC_LOAD_DEFAULT_STREAM_BUDGET / connections;
 
 	if (w < DEFAULT_WINDOW)
 		w = DEFAULT_WINDOW;
@@ -379,7 +374,7 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res)
 		goto out;
 
 	ret = ec_connect_all(&ss, alen, cfg->connections,
-			  cfg->connect_timeout_s > 0 ? cfg->connect_timeout_s : DEFAULT_CONNECT_TIMEOUT_S,
+			  cfg->connect_timeout_s > 0 ? cfg->connect_timeout_s : EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S,
 			  cfg->stop_fd, fds, &res->connect_errors);
 	if (ret < 0)
 		goto out;

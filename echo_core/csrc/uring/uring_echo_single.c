@@ -11,8 +11,10 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "net.h"
+#include "../net.h"
 #include "uring_core.h"
+#include "uring_echo.h"
+#include "uring_zc.h"
 
 #define SPILLED UINT32_MAX	/* c->off: the bytes are in c->spill, not in buffer c->bid */
 

@@ -16,7 +16,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "uring_core.h"
+#include "uring_types.h"
+#include "uring_wait.h"
 
 #define IDLE_WAIT_S 1	/* min-wait mode: an idle server wakes up this often */
 

@@ -11,8 +11,9 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 
-#include "net.h"
+#include "../net.h"
 #include "uring_core.h"
+#include "uring_echo.h"
 
 static void close_conn(struct server *s, uint32_t idx)
 {

@@ -14,7 +14,8 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 
-#include "uring_core.h"
+#include "uring_types.h"
+#include "uring_zc.h"
 
 #define BID_SHIFT 40
 

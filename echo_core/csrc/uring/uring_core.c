@@ -7,9 +7,10 @@
  * connection it then has no slot for and drops (-ENFILE), whereas with
  * reservations the connections beyond max_conns wait in the listen
  * backlog until a close frees a slot.  What happens on a connection is
- * the echo strategy's (uring_echo_*.c): features=0 selects
- * uring_echo_single.c, the seed's design.  One io_uring_enter per loop
- * turn submits and waits (the wait unit; uring_wait.c batches it).
+ * the echo strategy's (uring_echo_*.c), which uring_serve.c picks and
+ * hands to core_serve: features=0 selects uring_echo_single.c, the seed's
+ * design.  One io_uring_enter per loop turn submits and waits (the wait
+ * unit; uring_wait.c batches it).
  */
 #include <errno.h>
 #include <poll.h>
@@ -22,8 +23,10 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#include "net.h"
+#include "../net.h"
 #include "uring_core.h"
+#include "uring_wait.h"
+#include "uring_zc.h"
 
 #define ACCEPT_DEPTH 16		/* single-shot accepts in flight at most */
 #define ACCEPT_RETRY_MS 100	/* wait before accepting again after EMFILE and co. */
@@ -511,17 +514,7 @@ static int run_loop(struct server *s)
 	return 0;
 }
 
-/* The strategy the features select: connbuf, mshot (with bundle/inc) or the seed's single. */
-static const struct strategy *pick_strategy(uint32_t f)
-{
-	if (f & EC_FEAT_CONNBUF)
-		return &echo_connbuf;
-	if (f & EC_FEAT_MSHOT)
-		return &echo_mshot;
-	return &echo_single;
-}
-
-static void configure(struct server *s, const struct ec_server_config *cfg)
+static void configure(struct server *s, const struct ec_server_config *cfg, const struct strategy *strat)
 {
 	s->features = cfg->features;
 	s->buf_size = cfg->buf_size;
@@ -542,7 +535,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg)
 	s->sqpoll_cpu = cfg->sqpoll_cpu;
 	s->recv_ioprio = cfg->features & EC_FEAT_POLLFIRST ? IORING_RECVSEND_POLL_FIRST : 0;
 	s->wait = cfg->features & EC_FEAT_BATCH ? batch_wait : plain_wait;
-	s->strat = pick_strategy(cfg->features);
+	s->strat = strat;
 	s->handlers[OP_ACCEPT] = on_accept;
 	s->handlers[OP_CLOSE] = on_close;
 	s->handlers[OP_STOP] = on_stop;
@@ -552,8 +545,8 @@ static void configure(struct server *s, const struct ec_server_config *cfg)
 	s->handlers[OP_CANCEL] = on_ignore;
 }
 
-int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
-		   struct ec_server_stats *stats)
+int core_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
+	       struct ec_server_stats *stats, const struct strategy *strat)
 {
 	struct server s;
 	int ret;
@@ -567,7 +560,7 @@ int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 	s.stop_fd = stop_fd;
 	s.ready_fd = cfg->ready_fd;
 	s.stats = stats;
-	configure(&s, cfg);
+	configure(&s, cfg, strat);
 	s.max_conns = table_size(cfg);
 	s.conns = calloc(s.max_conns, sizeof(*s.conns));
 	s.starved = calloc(s.max_conns, sizeof(*s.starved));

@@ -28,8 +28,10 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include "net.h"
+#include "../net.h"
 #include "uring_core.h"
+#include "uring_echo.h"
+#include "uring_zc.h"
 
 #define CF_RECV     0x001u	/* multishot recv armed (or to be armed: CF_W_RECV) */
 #define CF_SEND     0x002u	/* send of the queue's head in flight (or CF_W_SEND) */

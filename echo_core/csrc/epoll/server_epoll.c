@@ -24,8 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "echo_core.h"
-#include "net.h"
+#include "../echo_core.h"
+#include "../net.h"
 
 #define MAX_EVENTS	512		/* events harvested per epoll_wait */
 #define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
