@@ -4,6 +4,7 @@ headers do not include each other in a circle."""
 
 import ast
 import re
+import subprocess
 from pathlib import Path
 
 import echo_core
@@ -117,14 +118,7 @@ def test_the_checks_catch_what_they_forbid():
     assert names == [("echo_core.cli.main", ["main"]), ("echo_core.host.cpus", ["_x"])]
 
 
-def test_c_units_include_each_other_one_way_only():
-    """A unit is X.c with its X.h; unit A depends on B when A's files include B.h.  No circle."""
-    csrc = PACKAGE / "csrc"
-    deps = {}
-    for path in csrc.rglob("*.[ch]"):
-        unit = path.with_suffix("").name
-        included = re.findall(r'^#include\s+"(?:[\w./]*/)?(\w+)\.h"', path.read_text(encoding="utf-8"), flags=re.M)
-        deps.setdefault(unit, set()).update(u for u in included if u != unit)
+def _cycles(deps):
     state, cycles = {}, []
 
     def visit(node, stack):
@@ -139,7 +133,34 @@ def test_c_units_include_each_other_one_way_only():
     for node in sorted(deps):
         if node not in state:
             visit(node, [node])
-    assert not cycles, cycles
+    return cycles
+
+
+def test_c_units_include_each_other_one_way_only():
+    """A unit is X.c with its X.h; unit A depends on B when A's files include B.h.  No circle."""
+    deps = {}
+    for path in (PACKAGE / "csrc").rglob("*.[ch]"):
+        unit = path.with_suffix("").name
+        included = re.findall(r'^#include\s+"(?:[\w./]*/)?(\w+)\.h"', path.read_text(encoding="utf-8"), flags=re.M)
+        deps.setdefault(unit, set()).update(u for u in included if u != unit)
+    assert not _cycles(deps)
+
+
+def test_c_units_call_each_other_one_way_only(tmp_path):
+    """Compiled, each .c defines functions and calls others' (nm: T vs U): the calls between units form
+    no circle either (headers can hide a cycle: a shared header declaring two units' functions)."""
+    defined, called = {}, {}
+    for path in sorted((PACKAGE / "csrc").rglob("*.c")):
+        obj = tmp_path / (path.stem + ".o")
+        subprocess.run(["gcc", "-c", "-O0", "-std=gnu11", "-D_GNU_SOURCE", "-DNDEBUG", "-I", str(PACKAGE / "csrc"),
+                        str(path), "-o", str(obj)], check=True, capture_output=True, text=True)
+        for line in subprocess.run(["nm", str(obj)], check=True, capture_output=True, text=True).stdout.splitlines():
+            kind, name = line.split()[-2:]
+            (defined if kind in "TDBR" else called if kind == "U" else {}).setdefault(path.stem, set()).add(name)
+    owner = {name: unit for unit, names in defined.items() for name in names}
+    deps = {unit: {owner[n] for n in names if n in owner and owner[n] != unit} for unit, names in called.items()}
+    assert {"uring_serve", "uring_core", "server_epoll", "loadgen"} <= set(defined)  # every unit compiled
+    assert not _cycles(deps), _cycles(deps)
 
 
 def test_no_echo_core_import_hides_inside_a_function():

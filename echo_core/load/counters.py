@@ -1,6 +1,6 @@
 """Kernel counters on the server over the measured window: which exist here, and per-message columns.
 
-The load generator counts perf events on the server's threads (csrc/load_counters.c): kernel
+The load generator counts perf events on the server's threads (csrc/load/load_counters.c): kernel
 tracepoints (io_uring, scheduler, system calls) and the PMU's cycles, instructions and cache misses.
 This module decides which of them can be counted on this machine -- it finds (or, as root, mounts)
 tracefs and reads the tracepoints' ids -- hands them to the C side as ``struct ec_counter`` entries,

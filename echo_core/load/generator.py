@@ -1,4 +1,4 @@
-"""The load generator: Python face of echo_core/csrc/loadgen.c (and its load_*.c files).
+"""The load generator: Python face of echo_core/csrc/load/loadgen.c (and its load_*.c files).
 
 ``run_load`` validates its arguments, hands one ``struct ec_load_config`` to
 ``ec_load_run`` (which runs with the GIL released) and returns one flat dict
@@ -31,13 +31,16 @@ from echo_core.load.record import encode_record, exit_status
 MODES = {"stream": lib.EC_MODE_STREAM, "rr": lib.EC_MODE_RR, "rate": lib.EC_MODE_RATE}
 ARRIVALS = {"poisson": lib.EC_ARRIVALS_POISSON, "uniform": lib.EC_ARRIVALS_UNIFORM}
 
-MAX_CONNECTIONS = 1 << 20
-MAX_THREADS = 1024
+#: The load generator's limits and defaults are the C core's (echo_core.h: EC_LOAD_*).
+MAX_CONNECTIONS = lib.EC_LOAD_MAX_CONNECTIONS
+MAX_THREADS = lib.EC_LOAD_MAX_THREADS
+MAX_SECONDS = float(lib.EC_LOAD_MAX_SECONDS)
+MAX_RATE = float(lib.EC_LOAD_MAX_RATE)
+MAX_SERVER_PIDS = lib.EC_LOAD_MAX_SERVER_PIDS
+CONNECT_TIMEOUT_S = float(lib.EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S)
 MAX_U32 = (1 << 32) - 1
-MAX_SECONDS = 1e7
 FD_HEADROOM = 32  # descriptors left for Python, pipes, epoll instances
 MAX_SEED = (1 << 64) - 1
-MAX_SERVER_PIDS = 1024
 
 #: Server counters whose change over the measured window goes into the result (as server_<name>).
 SERVER_COUNTERS = ("loop_iterations", "wait_calls", "recv_calls", "send_calls", "accept_calls",
@@ -140,7 +143,7 @@ def _check_fd_limit(connections):
 
 
 def check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
-                    connect_timeout=10.0, window=0, rate=None, cpus=None, warmup_max=None,
+                    connect_timeout=CONNECT_TIMEOUT_S, window=0, rate=None, cpus=None, warmup_max=None,
                     arrivals="poisson", seed=1, server_pids=None, allow_remote=False, start_at=None):
     """Validate and normalise run_load's arguments; raises ValueError with a clear message.
 
@@ -166,7 +169,7 @@ def check_load_args(host, port, mode, payload, connections, threads, duration, w
             rate = float(rate)
         except (TypeError, ValueError):
             raise ValueError(f"rate must be a number, got {rate!r}") from None
-        if not (math.isfinite(rate) and 0 < rate <= 1e9):
+        if not (math.isfinite(rate) and 0 < rate <= MAX_RATE):
             raise ValueError(f"rate must be > 0 requests/s, got {rate}")
     else:
         rate = None
@@ -221,7 +224,7 @@ def run_load(
     threads=1,
     cpus=None,
     window=0,
-    connect_timeout=10.0,
+    connect_timeout=CONNECT_TIMEOUT_S,
     warmup_max=None,
     arrivals="poisson",
     seed=1,
@@ -462,7 +465,8 @@ def add_load_arguments(parser):
     parser.add_argument("--cpu", default=None, metavar="LIST", help='pin worker i to the i-th CPU of LIST, e.g. "0" or "0,1"')
     parser.add_argument("--window", default="0", metavar="BYTES",
                         help="stream: max unechoed bytes per connection (default max(4*payload, 256K))")
-    parser.add_argument("--connect-timeout", default="10", metavar="S", help="connect phase limit (default 10)")
+    parser.add_argument("--connect-timeout", default=str(lib.EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S), metavar="S",
+                        help=f"connect phase limit (default {lib.EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--server-pid", default=None, metavar="LIST",
                         help="server pid(s), e.g. 1234 or 1234,1235: record their CPU time over the window")
@@ -490,7 +494,7 @@ def _kwargs_from_args(args):
         threads=numbers.option_number("threads", args.threads, int),
         cpus=args.cpu,
         window=numbers.byte_count(args.window),
-        connect_timeout=numbers.option_number("connect-timeout", getattr(args, "connect_timeout", "10"), float),
+        connect_timeout=numbers.option_number("connect-timeout", getattr(args, "connect_timeout", CONNECT_TIMEOUT_S), float),
         warmup_max=None if args.warmup_max is None else numbers.option_number("warmup-max", args.warmup_max, float),
         arrivals=args.arrivals,
         seed=numbers.option_number("seed", args.seed, int),

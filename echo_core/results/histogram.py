@@ -1,7 +1,7 @@
 """Latency histograms exported by the load generator, as compact text.
 
 A run's ``latency_hist`` holds the merged log-linear histogram of
-csrc/histogram.h (integer nanoseconds, EC_HIST_BUCKETS buckets) as
+csrc/load/histogram.h (integer nanoseconds, EC_HIST_BUCKETS buckets) as
 space-separated ``index:count`` pairs for the non-zero buckets, e.g.
 ``"1012:3 1013:40"`` ("" when empty).  Histograms from several runs merge
 exactly by adding counts, so percentiles over many runs come from the merged

@@ -1,4 +1,4 @@
-"""Tests for the load generator (echo_core/load.py + csrc/loadgen.c and its load_*.c files).
+"""Tests for the load generator (echo_core/load/generator.py + csrc/load/loadgen.c and its load_*.c files).
 
 Real sockets on 127.0.0.1 only.  Small in-test servers play a correct echo
 server and a set of faulty ones (a flipped, dropped, duplicated or swapped
