@@ -79,20 +79,7 @@ def test_imports_only_go_down_the_layers():
 
 
 def test_no_import_cycles_counting_imports_inside_functions():
-    graph, state, cycles = _graph(), {}, []
-
-    def visit(node, stack):
-        state[node] = "open"
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, stack + [nxt])
-        state[node] = "done"
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
+    cycles = _cycles(_graph())
     assert not cycles, cycles
 
 
