@@ -125,7 +125,8 @@ def plot_spec_ratios(df, baseline=BASELINE):
 
 def plot_best_heatmap(df, baseline=BASELINE):
     """Payload × connections per mode: the best io_uring spec's throughput ratio to the baseline,
-    annotated with the ratio and the spec."""
+    annotated with the ratio and the spec.  Exploratory: the spec is chosen per cell on the runs the
+    ratio comes from (selection on noise favours it), and the chart says so."""
     import matplotlib.pyplot as plt
     import numpy as np
     import seaborn as sns
@@ -161,7 +162,10 @@ def plot_best_heatmap(df, baseline=BASELINE):
         ax.set_xlabel("concurrent connections")
         ax.set_ylabel("payload")
         ax.tick_params(axis="y", rotation=0)
-    fig.suptitle(f"Best io_uring variant vs {baseline} (median of paired per-repeat throughput ratios)", fontsize=12)
+    # The winner of each cell is picked on the very runs its ratio comes from: biased upward.  Only a
+    # rerun of winners fixed in advance, on fresh runs, confirms one.
+    fig.suptitle(f"EXPLORATORY: best io_uring variant vs {baseline}, picked per cell on these runs "
+                 "(median of paired per-repeat throughput ratios; biased upward, not a confirmed result)", fontsize=11)
     fig.tight_layout()
     fig.text(0.01, 0.0, f"Valid runs only: {excluded_note(df)}.", fontsize=8, color="0.35", ha="left", va="top")
     return fig
