@@ -4,8 +4,6 @@ import sys
 
 from echo_core.host.cpus import available_cpus
 from echo_core.host.numbers import byte_count, option_number
-from echo_core.analysis import report
-from echo_core.profiling import profile
 from echo_core.servers.specs import split_list
 
 
@@ -41,6 +39,11 @@ def add_profile_arguments(parser):
 
 def profile_command(args):
     """Exit status 0; 2 for bad input; 1 when perf is missing or may not sample, or a run is invalid."""
+    # Imported here, for this command only: they load pandas and matplotlib (~0.5 s), and every other
+    # command -- `serve` above all, which each Server child process runs -- starts without them.
+    from echo_core.analysis import report
+    from echo_core.profiling import profile
+
 
     try:
         impls = _impl_list(args.impl or args.impls or "uring,epoll")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from echo_core.results import resultsets as results
 from echo_core.servers import specs
-from echo_core.analysis import report, stats
+from echo_core.analysis import stats
 from echo_core.measure.grids import GRIDS, count_runs, estimate_seconds, grid_params
 from echo_core.measure.sweep import resume_sweep, row_key, sweep
 from echo_core.results import schema
@@ -154,6 +154,8 @@ def add_charts_arguments(parser):
 def charts_command(args):
     """Redraw every chart of each result set beside its CSV (figures come from the table alone)."""
 
+    from echo_core.analysis import report  # matplotlib: for the commands that draw (see cli.profile)
+
     report.use_headless_backend()
     for path in map(Path, args.csv):
         if not path.is_file():
@@ -188,6 +190,8 @@ def sweep_command(args):
     print(f"results:  {df.attrs['csv']}")
     print(f"metadata: {df.attrs['json']}")
     if not args.no_plots:
+        from echo_core.analysis import report  # matplotlib: for the commands that draw (see cli.profile)
+
         report.use_headless_backend()
         paths = report.save_charts(df, Path(df.attrs["csv"]).parent, df.attrs["name"])
         for path in paths.values():
