@@ -9,6 +9,7 @@ so every ratio here comes from runs made back to back.  Only valid runs count.
 import math
 
 from echo_core.analysis import stats
+from echo_core.servers import specs
 from echo_core.results.resultsets import excluded_note, valid_rows
 from echo_core.results.schema import BASELINE, COUNTERS, RATIO_CELL, bytes_label
 
@@ -30,6 +31,7 @@ def best_per_cell(df, baseline=BASELINE):
     import pandas as pd
 
     r = spec_ratios(df, baseline)
+    r = r[r["impl"].map(lambda impl: specs.base_of(impl) == "uring")]  # the best io_uring spec, not epoll's
     rows = []
     for key, group in r.groupby(CELL, dropna=False, sort=True):
         group = group.dropna(subset=["ratio"])

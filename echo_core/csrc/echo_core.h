@@ -58,6 +58,7 @@
 /* Defaults the io_uring server uses where a tunable below is 0. */
 #define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */
 #define EC_DEFAULT_BATCH_WAIT_US 10   /* batch: longest a lone completion waits for company (ditto) */
+#define EC_MAX_SPIN_US 1000000       /* epoll spin: at most 1 s of polling before blocking */
 #define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 64, within [1, 16] */
 
 struct ec_server_config {
@@ -75,6 +76,8 @@ struct ec_server_config {
 				   (re-armed when half drained); 0 = buf_count / 64 within [1, 16] */
 	int sqpoll_cpu;         /* sqpoll: CPU the SQ thread is pinned to (IORING_SETUP_SQ_AFF);
 				   -1 = not pinned (the Python option's default); ignored without SQPOLL */
+	uint32_t epoll_spin_us; /* epoll: before blocking, poll (epoll_wait timeout 0) for this long -- the
+				   counterpart of io_uring's batch wait; 0 = block at once (the seed's) */
 };
 
 /*

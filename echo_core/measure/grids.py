@@ -11,7 +11,7 @@ measures first and turns into an absolute ``offered_rate``.
 
 import itertools
 
-from echo_core.servers.specs import ABLATION_SPECS
+from echo_core.servers.specs import ABLATION_SPECS, EPOLL_SPIN
 
 #: Offered loads of rate mode when a sweep names neither rates nor load fractions.
 DEFAULT_LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0)
@@ -35,8 +35,9 @@ GRIDS = {
     # because pipelining lets the open loop outrun closed-loop capacity, by far on one connection.
     # Issue 10: which io_uring features close the gap to epoll.  The seed grid's gap cells, the
     # explain grid's x 512 streaming cell, rr 16 KiB x 512, and two small-payload cells where io_uring
-    # already wins (a feature must not lose them), over epoll and the ablation specs (echo_core.servers.specs).
-    "ablation": {"impls": ("epoll",) + ABLATION_SPECS,
+    # already wins (a feature must not lose them), over epoll, epoll spinning before it blocks (the fair
+    # control for batch) and the ablation specs (echo_core.servers.specs).
+    "ablation": {"impls": ("epoll", EPOLL_SPIN) + ABLATION_SPECS,
                  "cells": (("stream", 16384, 8), ("stream", 100000, 8), ("rr", 16384, 64), ("rr", 100000, 8),
                            ("rr", 512, 512), ("stream", 100000, 512), ("rr", 16384, 512), ("rr", 512, 64),
                            ("stream", 512, 64)),

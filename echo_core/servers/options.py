@@ -11,6 +11,7 @@ DEFAULT_OPTIONS = {
     "buf_count": 4096,      # io_uring: provided buffers in the ring (power of two, <= 32768)
     "ring_entries": 4096,   # io_uring: submission queue entries
     "epoll_budget": 16,     # epoll: recv/send operations per connection per turn
+    "epoll_spin_us": 0,     # epoll: poll this long before blocking (0 = block at once)
     "max_conns": 0,         # connection table size; 0 = the process fd limit
     "backlog": 4096,        # listen backlog
     # io_uring variants (issue 10; echo_core.h's EC_FEAT_* and ec_server_config): 0 = the seed's design
@@ -21,5 +22,5 @@ DEFAULT_OPTIONS = {
     "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
 }
 #: The options passed to C as they are (struct ec_server_config fields).
-CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "max_conns", "features",
+CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "epoll_spin_us", "max_conns", "features",
                  "batch_nr", "batch_wait_us", "mshot_budget", "sqpoll_cpu")

@@ -82,6 +82,8 @@ BASES = {
     "epoll": {
         "budget": Tunable("epoll_budget", DEFAULT_OPTIONS["epoll_budget"], 1, 1 << 20, "recv/send operations per connection per turn"),
         "buf_size": Tunable("buf_size", DEFAULT_OPTIONS["buf_size"], 1, 1 << 30, "bytes per connection buffer"),
+        "spin_us": Tunable("epoll_spin_us", DEFAULT_OPTIONS["epoll_spin_us"], 0, lib.EC_MAX_SPIN_US,
+                           "poll (epoll_wait timeout 0) this long before blocking, µs"),
     },
 }
 
@@ -461,17 +463,22 @@ def unsupported_reason(spec, probed=None):
 
 # --------------------------------------------------------------------------- the catalogue
 
+#: epoll spinning before it blocks: the epoll counterpart of uring's batched wait, in the catalogue and the
+#: ablation grid so that a spinning io_uring is compared with a spinning epoll too.
+EPOLL_SPIN = "epoll(spin_us=50)"
+
+
 def _catalogue():
     singles = [f"uring+{name}" if name != "bundle" else "uring+mshot+bundle" for name in FEATURES]
     out = []
-    for spec in ["uring", "epoll"] + singles + list(ABLATION_SPECS):
+    for spec in ["uring", "epoll", EPOLL_SPIN] + singles + list(ABLATION_SPECS):
         canon = str(parse(spec))
         if canon not in out:
             out.append(canon)
     return out
 
 
-#: Every spec `python -m echo_core impls` lists: the bases, each feature alone on uring (bundle with the
+#: Every spec `python -m echo_core impls` lists: the bases, epoll spinning before it blocks, each feature alone on uring (bundle with the
 #: mshot it needs), and the ablation study's combinations.
 CATALOGUE = tuple(_catalogue())
 

@@ -84,3 +84,18 @@ def test_ablation_notebook_is_stored_clean():
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+def test_the_best_io_uring_spec_is_never_an_epoll_variant():
+    """A result set with epoll(spin_us=50) beside io_uring specs: its ratio is shown, never named best io_uring."""
+    import pandas as pd
+
+    rows = []
+    for repeat in range(3):
+        for impl, rate in (("epoll", 100.0), ("epoll(spin_us=50)", 300.0), ("uring", 110.0), ("uring+mshot", 120.0)):
+            rows.append({"impl": impl, "mode": "rr", "payload": 512, "connections": 1, "offered_rate": float("nan"),
+                         "repeat": repeat, "sweep": "s", "msgs_per_s": rate + repeat, "server_cpu_us_per_msg": 1.0,
+                         "valid": True, "invalid_reason": ""})
+    best = ablation.best_per_cell(pd.DataFrame(rows))
+    assert list(best["best"]) == ["uring+mshot"]
+    assert ablation.spec_ratios(pd.DataFrame(rows))["impl"].tolist().count("epoll(spin_us=50)") == 1
