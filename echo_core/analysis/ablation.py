@@ -15,7 +15,6 @@ from echo_core.results.schema import BASELINE, COUNTERS, RATIO_CELL, bytes_label
 
 #: The seed's io_uring design: the reference the kernel counters of each variant are compared with.
 REFERENCE = "uring"
-CELL = list(RATIO_CELL)
 
 
 def spec_ratios(df, baseline=BASELINE, level=0.95):
@@ -27,22 +26,22 @@ def spec_ratios(df, baseline=BASELINE, level=0.95):
 
 def best_per_cell(df, baseline=BASELINE):
     """Per cell, the spec with the highest median throughput ratio to the baseline, beside the seed
-    design's ratio: columns CELL, best, ratio, ratio_ci_low, ratio_ci_high, cpu_ratio, uring_ratio."""
+    design's ratio: columns RATIO_CELL, best, ratio, ratio_ci_low, ratio_ci_high, cpu_ratio, uring_ratio."""
     import pandas as pd
 
     r = spec_ratios(df, baseline)
     r = r[r["impl"].map(lambda impl: specs.base_of(impl) == "uring")]  # the best io_uring spec, not epoll's
     rows = []
-    for key, group in r.groupby(CELL, dropna=False, sort=True):
+    for key, group in r.groupby(RATIO_CELL, dropna=False, sort=True):
         group = group.dropna(subset=["ratio"])
         if group.empty:
             continue
         top = group.loc[group["ratio"].idxmax()]
         seed = group[group["impl"] == REFERENCE]
-        rows.append({**dict(zip(CELL, key)), "best": top["impl"], "ratio": top["ratio"],
+        rows.append({**dict(zip(RATIO_CELL, key)), "best": top["impl"], "ratio": top["ratio"],
                      "ratio_ci_low": top["ratio_ci_low"], "ratio_ci_high": top["ratio_ci_high"],
                      "cpu_ratio": top["cpu_ratio"], "uring_ratio": seed["ratio"].iloc[0] if len(seed) else math.nan})
-    return pd.DataFrame(rows, columns=CELL + ["best", "ratio", "ratio_ci_low", "ratio_ci_high", "cpu_ratio",
+    return pd.DataFrame(rows, columns=RATIO_CELL + ["best", "ratio", "ratio_ci_low", "ratio_ci_high", "cpu_ratio",
                                               "uring_ratio"])
 
 
@@ -54,11 +53,11 @@ def counter_changes(df, reference=REFERENCE, n=3):
     good = valid_rows(df)
     columns = [c for c in COUNTERS if c in good.columns]
     if not columns or reference not in set(good["impl"]):
-        return pd.DataFrame(columns=CELL + ["impl", "changes"])
-    medians = good.groupby(CELL + ["impl"], dropna=False)[columns].median()
+        return pd.DataFrame(columns=RATIO_CELL + ["impl", "changes"])
+    medians = good.groupby(RATIO_CELL + ["impl"], dropna=False)[columns].median()
     rows = []
-    for key, group in medians.groupby(level=list(range(len(CELL))), dropna=False):
-        group = group.droplevel(list(range(len(CELL))))
+    for key, group in medians.groupby(level=list(range(len(RATIO_CELL))), dropna=False):
+        group = group.droplevel(list(range(len(RATIO_CELL))))
         if reference not in group.index:
             continue
         ref = group.loc[reference]
@@ -73,9 +72,9 @@ def counter_changes(df, reference=REFERENCE, n=3):
                 spread = math.inf if min(a, b) <= 0 else max(a, b) / min(a, b)
                 moved.append((spread, f"{COUNTERS[column]} {a:.3g} → {b:.3g}"))
             moved.sort(key=lambda m: m[0], reverse=True)
-            rows.append({**dict(zip(CELL, key)), "impl": spec,
+            rows.append({**dict(zip(RATIO_CELL, key)), "impl": spec,
                          "changes": "; ".join(text for spread, text in moved[:n] if spread >= 1.25)})
-    return pd.DataFrame(rows, columns=CELL + ["impl", "changes"])
+    return pd.DataFrame(rows, columns=RATIO_CELL + ["impl", "changes"])
 
 
 def _cell_label(rec):

@@ -76,24 +76,21 @@ def check_host(host, allow_remote=False):
     return str(addr)
 
 
-def _listed(value, parse_part, usage):
-    """None or "" -> [], an int -> [it], "a,b,..." -> parse_part() of each part, an iterable -> its items."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if isinstance(value, str):
-        try:
-            return [item for part in value.split(",") for item in parse_part(part.strip())]
-        except ValueError:
-            raise ValueError(f"{usage}, got {value!r}") from None
-    return list(value)
-
-
 def parse_pids(pids):
     """None, an int, "123", "123,456" or an iterable of ints -> list of live pids or None."""
     out = []
-    for pid in _listed(pids, lambda part: [int(part)], 'server pid list must look like "1234" or "1234,1235"'):
+    if pids is None or pids == "":
+        listed = []
+    elif isinstance(pids, int) and not isinstance(pids, bool):
+        listed = [pids]
+    elif isinstance(pids, str):
+        try:
+            listed = [int(part.strip()) for part in pids.split(",")]
+        except ValueError:
+            raise ValueError(f'server pid list must look like "1234" or "1234,1235", got {pids!r}') from None
+    else:
+        listed = list(pids)
+    for pid in listed:
         pid = numbers.integer("server pid", pid, 1, (1 << 31) - 1)
         if not os.path.isdir(f"/proc/{pid}/task"):
             raise ValueError(f"server pid {pid} is not a running process")
