@@ -19,7 +19,7 @@ SOURCES = [
     "uring/uring_serve.c", "uring/uring_core.c", "uring/uring_bufring.c", "uring/uring_wait.c",
     "uring/uring_zc.c", "uring/uring_echo_single.c", "uring/uring_echo_mshot.c", "uring/uring_echo_connbuf.c",
     # the load generator (see csrc/load/load.h for which file does what)
-    "load/loadgen.c", "load/load_connect.c", "load/load_worker.c", "load/load_timeline.c",
+    "load/loadgen.c", "load/load_connect.c", "load/load_worker.c", "load/load_threads.c", "load/load_timeline.c",
     "load/load_server.c", "load/load_counters.c", "load/load_stream.c", "load/load_rr.c", "load/load_rate.c",
     "load/pattern.c", "load/arrivals.c", "load/histogram.c",
 ]
@@ -85,6 +85,8 @@ ffibuilder.set_source(
     "echo_core._native",
     '#include "echo_core.h"',
     sources=[os.path.relpath(os.path.join(CSRC, s)) for s in SOURCES],
+    # Every header: an edited struct must recompile every file that includes it, not just the edited ones.
+    depends=[os.path.relpath(h) for h in sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True))],
     include_dirs=[CSRC] + _EXTRA_INCLUDE,
     library_dirs=_EXTRA_LIB,
     runtime_library_dirs=_EXTRA_LIB,

@@ -45,6 +45,25 @@ def best_per_cell(df, baseline=BASELINE):
                                               "uring_ratio"])
 
 
+def fixed_winners(df, baseline=BASELINE):
+    """One spec per base, fixed for every cell: the io_uring spec and the epoll spec (the baseline among
+    them, at ratio 1) with the highest median over the cells of their paired msgs/s ratio to the
+    baseline.  Picking one spec for all cells, not the best per cell, is what a confirmatory run
+    re-measures (echo_core.measure.sweep.confirm_sweep).  Returns {"uring": spec, "epoll": spec,
+    "scores": {spec: median ratio}, "rule": text}; ValueError when a base has no spec with ratios."""
+    r = spec_ratios(df, baseline)
+    scores = {impl: float(group["ratio"].median()) for impl, group in r.groupby("impl") if group["ratio"].notna().any()}
+    scores[baseline] = 1.0
+    out = {"scores": dict(sorted(scores.items(), key=lambda kv: -kv[1])),
+           "rule": f"per base, the spec with the highest median over cells of its paired msgs/s ratio to {baseline}"}
+    for base in ("uring", "epoll"):
+        mine = {impl: s for impl, s in scores.items() if specs.base_of(impl) == base}
+        if not mine:
+            raise ValueError(f"the results hold no {base} spec with paired ratios to {baseline}")
+        out[base] = max(mine, key=mine.get)
+    return out
+
+
 def counter_changes(df, reference=REFERENCE, n=3):
     """Per cell and spec, the n kernel counters (medians over valid runs, per message) that moved most
     against the seed design's, as text like "IPIs sent/msg 0.35 → 0.02"; one row per (cell, spec)."""

@@ -19,13 +19,13 @@ import pandas as pd
 
 from echo_core.host.machine import comparable_facts
 from echo_core.results.resultsets import excluded_counts, excluded_note, pooling_differences, valid_rows
-from echo_core.results.schema import COUNTERS, IMPL_LABELS, MODE_LABELS, bytes_label
-from echo_core.analysis.stats import (cell_medians, counters_note, counters_recorded, knees, latency_vs_load, ratios,
-                                      spec_ratios, summarize, up_to_saturation)
+from echo_core.results.schema import CELL_DEFAULTS, COUNTERS, IMPL_LABELS, MODE_LABELS, bytes_label
+from echo_core.analysis.stats import (VERDICTS, base_pair, cell_medians, counters_note, counters_recorded, knees,
+                                      latency_vs_load, ratios, spec_ratios, summarize, up_to_saturation, verdicts)
 from echo_core.servers.specs import CATALOGUE
 
 #: Chart name -> function, in the order save_charts() draws them.
-CHART_NAMES = ("throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load", "counters")
+CHART_NAMES = ("verdict", "throughput", "latency", "server-cpu", "ratio", "ratio-heatmap", "latency-load", "counters")
 #: Modes drawn against the number of connections (rate mode has its own chart, latency vs load).
 CLOSED_MODES = ("rr", "stream")
 #: Colours per implementation (same in every chart).  Other specs: impl_palette().
@@ -98,8 +98,27 @@ def _sns():
     return sns
 
 
+def one_variant(df):
+    """The rows of one client design and one server work, for the charts that draw one of each: the
+    default client (echo_core.results.schema.CELL_DEFAULTS) and no work where the set has them, else
+    the first.  The verdict chart shows all of them."""
+    for column, default in CELL_DEFAULTS.items():
+        if column in df.columns and df[column].nunique() > 1:
+            keep = default if default in set(df[column]) else sorted(set(df[column]))[0]
+            df = df[df[column] == keep]
+    return df
+
+
+def _variant_note(df):
+    """' (client epoll-lt, work touch)' when the set has other clients or works than the ones drawn."""
+    shown = one_variant(df)
+    parts = [f"{c} {shown[c].iloc[0]}" for c in CELL_DEFAULTS
+             if c in df.columns and df[c].nunique() > 1 and len(shown)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _prepare(df):
-    data = valid_rows(df).copy()
+    data = valid_rows(one_variant(df)).copy()
     data["implementation"] = data["impl"].map(lambda i: IMPL_LABELS.get(i, i))
     data["payload_label"] = data["payload"].map(bytes_label)
     return data
@@ -200,7 +219,8 @@ def plot_server_cpu(df):
 
 
 def _closed_ratios(df):
-    r = ratios(df[df["mode"].isin(CLOSED_MODES)])
+    pair = base_pair(df) or ("uring", "epoll")
+    r = ratios(one_variant(df[df["mode"].isin(CLOSED_MODES)]), numerator=pair[0], denominator=pair[1])
     return r[np.isfinite(r["ratio"])] if not r.empty else r
 
 
@@ -234,7 +254,7 @@ def plot_ratio(df):
         _log_x(ax, r["connections"])
     axes[0][0].set_ylabel("io_uring / epoll (msgs/s, paired)\n> 1: io_uring faster")
     axes[0][-1].legend(title="payload", fontsize=8, title_fontsize=9, loc="best")
-    fig.suptitle(f"{HEATMAP_TITLE} (median of paired repeats, 95 % bootstrap CI)", fontsize=13)
+    fig.suptitle(f"{HEATMAP_TITLE}{_variant_note(df)} (median of paired repeats, 95 % bootstrap CI)", fontsize=13)
     fig.tight_layout()
     return fig
 
@@ -270,8 +290,57 @@ def plot_ratio_heatmap(df):
         ax.set_xlabel("concurrent connections")
         ax.set_ylabel("payload")
         ax.tick_params(axis="y", rotation=0)
-    fig.suptitle(f"{HEATMAP_TITLE} (median of paired per-repeat ratios)", fontsize=13)
+    fig.suptitle(f"{HEATMAP_TITLE}{_variant_note(df)} (median of paired per-repeat ratios)", fontsize=13)
     fig.tight_layout()
+    return fig
+
+
+#: Colours of the verdicts (echo_core.analysis.stats.VERDICTS), io_uring's orange and epoll's green.
+VERDICT_COLORS = {"io_uring better": "#d95f02", "no difference": "#f0f0f0", "epoll better": "#1b9e77",
+                  "depends on the client": "#7570b3", "depends on the work": "#e7298a", "not enough runs": "#bdbdbd"}
+
+
+def plot_verdict(df):
+    """The headline: per cell (payload x connections, per mode), is io_uring better, epoll better, no
+    different, or does it depend on the client design (or the server's work)?  From the paired CIs of
+    every client and work the cell ran with; each square shows the range of their ratios."""
+    plt = _plt()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    pair = base_pair(df)
+    title = "Verdict per cell over client designs and server work"
+    table = verdicts(df[df["mode"].isin(CLOSED_MODES)], *pair) if pair else None
+    if table is None or table.empty:
+        return _empty(title)
+    modes = [m for m in CLOSED_MODES if m in set(table["mode"])]
+    payloads = sorted(set(table["payload"]), reverse=True)
+    conns = sorted(set(table["connections"]))
+    fig, axes = plt.subplots(1, len(modes), figsize=(max(4.5, 1.3 * len(conns) + 2) * len(modes), 0.6 * len(payloads) + 2.6),
+                             squeeze=False)
+    cmap = ListedColormap([VERDICT_COLORS[v] for v in VERDICTS])
+    for ax, mode in zip(axes[0], modes):
+        sub = table[table["mode"] == mode]
+        grid = np.full((len(payloads), len(conns)), np.nan)
+        for rec in sub.to_dict("records"):
+            i, j = payloads.index(rec["payload"]), conns.index(rec["connections"])
+            grid[i, j] = VERDICTS.index(rec["verdict"])
+            text = (f"{rec['ratio_min']:.2f}" if rec["ratio_min"] == rec["ratio_max"]
+                    else f"{rec['ratio_min']:.2f}–{rec['ratio_max']:.2f}")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8)
+        ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(VERDICTS) - 0.5, aspect="auto")
+        ax.set_xticks(range(len(conns)), [str(c) for c in conns])
+        ax.set_yticks(range(len(payloads)), [bytes_label(p) for p in payloads])
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel("payload")
+        ax.set_title(MODE_LABELS.get(mode, mode), fontsize=10)
+    shown = [v for v in VERDICTS if v in set(table["verdict"])]
+    fig.legend(handles=[Patch(facecolor=VERDICT_COLORS[v], edgecolor="0.5", label=v) for v in shown],
+               loc="lower center", ncol=len(shown), fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    variants = f"{df['client'].nunique()} client design(s) x {df['work'].nunique()} work(s)"
+    fig.suptitle(f"{title}: {IMPL_LABELS.get(pair[0], pair[0])} vs {IMPL_LABELS.get(pair[1], pair[1])}\n"
+                 f"({variants}; 95 % CI of paired msgs/s ratios; numbers: the range of the ratios)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -389,10 +458,11 @@ def plot_counters(df, counters=COUNTER_CHART):
 
 CHARTS = {"throughput": plot_throughput, "latency": plot_latency, "server-cpu": plot_server_cpu,
           "ratio": plot_ratio, "ratio-heatmap": plot_ratio_heatmap, "latency-load": plot_latency_load,
-          "counters": plot_counters}
+          "counters": plot_counters, "verdict": plot_verdict}
 #: Which modes a chart needs (save_charts skips a chart whose modes are absent from the results).
 CHART_MODES = {"throughput": CLOSED_MODES, "latency": ("rr",), "server-cpu": CLOSED_MODES, "ratio": CLOSED_MODES,
-               "ratio-heatmap": CLOSED_MODES, "latency-load": ("rate",), "counters": CLOSED_MODES}
+               "ratio-heatmap": CLOSED_MODES, "latency-load": ("rate",), "counters": CLOSED_MODES,
+               "verdict": CLOSED_MODES}
 #: Charts that also need columns older result sets lack: drawn only when one of them has a value in a valid run.
 CHART_COLUMNS = {"counters": COUNTER_CHART}
 
@@ -421,7 +491,13 @@ def applicable_charts(df):
     modes = set(df["mode"])
     return [chart for chart in CHART_NAMES if modes & set(CHART_MODES[chart])
             and (chart not in CHART_COLUMNS or counters_recorded(df[df["mode"].isin(CHART_MODES[chart])],
-                                                                 CHART_COLUMNS[chart]))]
+                                                                 CHART_COLUMNS[chart]))
+            and (chart != "verdict" or _has_variants(df))]
+
+
+def _has_variants(df):
+    """The verdict chart: a base pair measured with several client designs or works."""
+    return base_pair(df) is not None and (df["client"].nunique() > 1 or df["work"].nunique() > 1)
 
 
 def save_charts(df, output_dir, name, charts=CHART_NAMES, close=True):

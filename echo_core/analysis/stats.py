@@ -14,6 +14,7 @@ for server specs, each spec / epoll: spec_ratios), latency-vs-load curves from m
 import math
 
 from echo_core.results import histogram
+from echo_core.servers.specs import base_of
 from echo_core.results.schema import BASELINE, CELL, COUNTERS, METRICS, RATIO_CELL
 
 #: How many bootstrap resamples summarize() and ratios() use.
@@ -260,6 +261,79 @@ def spec_ratios(df, metric="msgs_per_s", baseline=BASELINE, level=0.95):
         return pd.DataFrame(columns=["impl"] + RATIO_CELL + ["ratio"])
     out = pd.concat(parts, ignore_index=True)
     return out[["impl"] + [c for c in out.columns if c != "impl"]]
+
+
+#: Verdicts of a cell over the clients (and works) it was measured with, in the order charts show them.
+VERDICTS = ("io_uring better", "no difference", "epoll better", "depends on the client", "depends on the work",
+            "not enough runs")
+
+
+def one_verdict(low, high):
+    """One paired ratio's verdict from its CI: better / no difference / worse, or None without a CI."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    if low > 1:
+        return "io_uring better"
+    if high < 1:
+        return "epoll better"
+    return "no difference"
+
+
+def verdicts(df, numerator, denominator, metric="msgs_per_s", level=0.95):
+    """Per (mode, payload, connections, offered_rate): how robust the numerator/denominator verdict is.
+
+    For every client design and work the cell was run with, the paired ratio's CI says io_uring better
+    (CI above 1), epoll better (below 1) or no difference (CI spans 1).  The cell's verdict is that one
+    when all agree, else "depends on the client" (the clients disagree under some work) or "depends on
+    the work" (each work has one verdict, but not the same); "not enough runs" when some client or work
+    has no CI (fewer than two pairs).  Columns: the cell, verdict, n_variants, the per-variant verdicts
+    ("client/work: verdict (ratio [low, high])"), ratio_min and ratio_max over them.
+    """
+    import pandas as pd
+
+    table = ratios(df, metric=metric, numerator=numerator, denominator=denominator, level=level)
+    keys = [c for c in RATIO_CELL if c not in ("client", "work")]
+    columns = keys + ["verdict", "n_variants", "variants", "ratio_min", "ratio_max"]
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    out = []
+    for key, group in _groups(table, keys):
+        each = {(r["client"], r["work"]): (one_verdict(r["ratio_ci_low"], r["ratio_ci_high"]), r)
+                for r in group.to_dict("records")}
+        kinds = {v for v, _ in each.values()}
+        if None in kinds:
+            verdict = "not enough runs"
+        elif len(kinds) == 1:
+            verdict = kinds.pop()
+        else:
+            by_work = {}
+            for (client, work), (v, _) in each.items():
+                by_work.setdefault(work, set()).add(v)
+            verdict = ("depends on the client" if any(len(vs) > 1 for vs in by_work.values())
+                       else "depends on the work")
+        text = "; ".join(f"{c}/{w}: {v or 'no CI'} ({r['ratio']:.2f} [{r['ratio_ci_low']:.2f}, {r['ratio_ci_high']:.2f}])"
+                         for (c, w), (v, r) in sorted(each.items()))
+        values = [r["ratio"] for _, r in each.values()]
+        out.append({**dict(zip(keys, key)), "verdict": verdict, "n_variants": len(each), "variants": text,
+                    "ratio_min": min(values), "ratio_max": max(values)})
+    return pd.DataFrame(out, columns=columns)
+
+
+def base_pair(df):
+    """(io_uring spec, epoll spec) when the results hold exactly one spec of each base (a confirmatory
+    set, echo_core.measure.sweep.confirm_sweep); else ("uring", "epoll") when both are there; else None."""
+    impls = sorted(set(df["impl"]))
+    by_base = {}
+    for impl in impls:
+        try:
+            by_base.setdefault(base_of(impl), []).append(impl)
+        except ValueError:
+            continue
+    if len(by_base.get("uring", [])) == 1 and len(by_base.get("epoll", [])) == 1:
+        return by_base["uring"][0], by_base["epoll"][0]
+    if "uring" in impls and "epoll" in impls:
+        return "uring", "epoll"
+    return None
 
 
 def ci_halfwidth(rec):

@@ -9,9 +9,10 @@ from echo_core.results import resultsets as results
 from echo_core.servers import specs
 from echo_core.analysis import stats
 from echo_core.measure.grids import GRIDS, count_runs, estimate_seconds, grid_params
-from echo_core.measure.sweep import resume_sweep, row_key, sweep
+from echo_core.measure.sweep import confirm_sweep, resume_sweep, row_key, sweep
 from echo_core.results import schema
-from echo_core.load.generator import ARRIVALS
+from echo_core.load.generator import ARRIVALS, CLIENTS, DEFAULT_CLIENT
+from echo_core.servers.options import parse_work
 
 
 def _list(kind, what, minimum=None):
@@ -43,6 +44,22 @@ def _spec_list(text):
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return values
+
+
+def _client_list(text):
+    values = _str_list(text)
+    bad = [v for v in values if v not in CLIENTS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"expected comma-separated client designs ({', '.join(CLIENTS)}), got {text!r}")
+    return values
+
+
+def _work_list(text):
+    values = _str_list(text)
+    try:
+        return [parse_work(v)[0] for v in values] or parse_work("")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_sweep_arguments(parser):
@@ -85,6 +102,16 @@ def add_sweep_arguments(parser):
                              "not the load generator's threads")
     parser.add_argument("--server-cpus", type=_list(int, "CPU numbers", minimum=0), default=None,
                         help="with --server-threads N: N comma-separated CPUs, loop i pinned to the i-th")
+    parser.add_argument("--clients", type=_client_list, default=None,
+                        help="load generator designs to run every cell with: " + ", ".join(CLIENTS)
+                             + f" (default {DEFAULT_CLIENT}); a column of every row")
+    parser.add_argument("--works", type=_work_list, default=None,
+                        help="the servers' work per request: none, touch (read every byte), cpu=NS (NS ns of "
+                             "CPU per message); comma-separated (default none)")
+    parser.add_argument("--confirm", metavar="NAME", default=None,
+                        help="re-measure the winners of result set NAME on fresh runs: one io_uring and one epoll "
+                             "spec fixed for all its cells (the best median ratio, or --impls given in advance), "
+                             "every cell --repeats times (default 3) with --clients and --works")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     hosts = parser.add_argument_group("load from several hosts (see README: when one machine is not enough)")
@@ -142,7 +169,7 @@ def _hosts_kwargs(args):
 
 
 OVERRIDES = ("duration", "warmup", "warmup_max", "repeats", "impls", "modes", "payloads", "connections", "rates",
-             "load_fractions", "arrivals", "target_ci", "max_repeats")
+             "load_fractions", "arrivals", "target_ci", "max_repeats", "clients", "works")
 
 
 def add_charts_arguments(parser):
@@ -173,6 +200,14 @@ def sweep_command(args):
     if args.resume:
         print(f"resuming {args.resume} in {args.output_dir}", flush=True)
         df = resume_sweep(args.resume, output_dir=args.output_dir, progress=not args.quiet)
+    elif args.confirm:
+        given = {k: getattr(args, k) for k in ("duration", "warmup", "warmup_max") if getattr(args, k) is not None}
+        with _term_as_interrupt():
+            df = confirm_sweep(args.confirm, output_dir=args.output_dir, impls=args.impls,
+                               repeats=args.repeats or 3, clients=args.clients, works=args.works,
+                               confirm_name=args.name, progress=not args.quiet, **given)
+        meta = df.attrs["metadata"]["confirms"]
+        print(f"confirming {args.confirm}: {' vs '.join(meta['impls'])} ({meta['rule']})")
     else:
         params = grid_params(args.grid, **{k: getattr(args, k) for k in OVERRIDES})
         eta = estimate_seconds(params)
@@ -196,8 +231,13 @@ def sweep_command(args):
         paths = report.save_charts(df, Path(df.attrs["csv"]).parent, df.attrs["name"])
         for path in paths.values():
             print(f"chart:    {path}")
+    pair = stats.base_pair(df)
+    if pair and pair[1] != schema.BASELINE:
+        _print_ratios(df, *pair)
     for numerator in stats.numerators(df):
         _print_ratios(df, numerator)
+    if pair:
+        _print_verdicts(df, *pair)
     print(results.excluded_note(df))
     # Failed or corrupt runs count unless a resumed sweep has since recorded the same run valid; cells
     # whose spec this machine cannot run were skipped, which is not a failure.
@@ -215,14 +255,28 @@ def sweep_command(args):
     return 0
 
 
-def _print_ratios(df, numerator):
-    """The paired numerator / epoll table, one line per cell."""
-    table = stats.ratios(df, numerator=numerator, denominator="epoll")
+def _print_verdicts(df, numerator, denominator):
+    """Per cell, the verdict over the clients and works it ran with (only when there is more than one)."""
+    if df["client"].nunique() < 2 and df["work"].nunique() < 2:
+        return
+    table = stats.verdicts(df, numerator, denominator)
+    print(f"verdict of {schema.impl_label(numerator)} vs {schema.impl_label(denominator)} per cell, over "
+          f"{df['client'].nunique()} client design(s) and {df['work'].nunique()} work(s):")
+    for rec in table.to_dict("records"):
+        print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns  {rec['verdict']:<22} "
+              f"{rec['variants']}")
+
+
+def _print_ratios(df, numerator, denominator=schema.BASELINE):
+    """The paired numerator / denominator table, one line per cell."""
+    table = stats.ratios(df, numerator=numerator, denominator=denominator)
     if len(table):
-        print(f"{schema.impl_label(numerator)} / epoll (median of paired per-repeat msgs/s ratios, 95 % CI):")
+        print(f"{schema.impl_label(numerator)} / {schema.impl_label(denominator)} "
+              "(median of paired per-repeat msgs/s ratios, 95 % CI):")
         for rec in table.to_dict("records"):
             ci = f" [{rec['ratio_ci_low']:.2f}, {rec['ratio_ci_high']:.2f}]" if rec["ratio_ci_low"] == rec["ratio_ci_low"] else ""
             load = f" at {rec['offered_rate']:,.0f}/s" if rec["offered_rate"] == rec["offered_rate"] else ""
             excluded = f"  ({rec['n_excluded']} run(s) excluded)" if rec["n_excluded"] else ""
-            print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns{load}  "
+            variant = f"  {rec['client']}/{rec['work']}" if df["client"].nunique() > 1 or df["work"].nunique() > 1 else ""
+            print(f"  {rec['mode']:<6} {rec['payload']:>7} B  {rec['connections']:>6} conns{load}{variant}  "
                   f"{rec['ratio']:.2f}{ci}{excluded}")

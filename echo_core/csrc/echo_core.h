@@ -61,6 +61,15 @@
 #define EC_MAX_SPIN_US 1000000       /* epoll spin: at most 1 s of polling before blocking */
 #define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 64, within [1, 16] */
 
+/*
+ * Server work per request (ec_server_config.work), the same in both servers:
+ * what they do with received bytes before echoing them.
+ */
+#define EC_WORK_NONE  0     /* echo untouched (the seed's) */
+#define EC_WORK_TOUCH 1     /* read every received byte (a checksum) */
+#define EC_WORK_CPU   2     /* spend work_ns of CPU per work_msg_bytes received on a connection */
+#define EC_MAX_WORK_NS 10000000 /* work_ns: at most 10 ms per message */
+
 struct ec_server_config {
 	uint32_t buf_size;      /* bytes per receive buffer (both servers) */
 	uint32_t buf_count;     /* io_uring: provided buffers, a power of two */
@@ -78,6 +87,13 @@ struct ec_server_config {
 				   -1 = not pinned (the Python option's default); ignored without SQPOLL */
 	uint32_t epoll_spin_us; /* epoll: before blocking, poll (epoll_wait timeout 0) for this long -- the
 				   counterpart of io_uring's batch wait; 0 = block at once (the seed's) */
+	uint32_t epoll_level;   /* epoll: 1 = level-triggered, EPOLLOUT watched only while a send is blocked,
+				   EPOLLIN only while there is room (the textbook server); 0 = edge-triggered */
+	uint32_t epoll_busy_poll_us; /* epoll: the kernel's busy poll (EPIOCSPARAMS, Linux 6.9; -EOPNOTSUPP
+					before "ready" where the kernel lacks it); 0 = off */
+	uint32_t work;          /* EC_WORK_*: server work per request (both servers); -EINVAL if unknown */
+	uint32_t work_ns;       /* EC_WORK_CPU: ns per message (at most EC_MAX_WORK_NS) */
+	uint32_t work_msg_bytes; /* EC_WORK_CPU: bytes per message (> 0) */
 };
 
 /*
@@ -115,6 +131,7 @@ struct ec_server_stats {
 	uint64_t spills;              /* io_uring: recvs whose bytes were copied out of a low pool
 					 (a quarter or less free) so the buffer went back at once */
 	uint64_t spilled_sends;       /* io_uring: sends of such bytes (plain sends, also with zc) */
+	uint64_t work_checksum;       /* work: what the server work computed (kept so it is not optimized away) */
 };
 
 /*
@@ -183,6 +200,22 @@ int ec_uring_probe(struct ec_uring_probe *out);
 #define EC_MODE_RR     1   /* closed loop: write, wait for the whole echo, repeat */
 #define EC_MODE_RATE   2   /* open loop: requests on a schedule, pipelined */
 
+/*
+ * Client designs (ec_load_config.client): how the load generator's threads do
+ * their I/O.  Every design verifies every byte and fills the same result.
+ *   EPOLL_ET  one edge-triggered epoll loop per worker thread, reads of up to
+ *             256 KiB until EAGAIN (at most 8 per connection per turn)
+ *   EPOLL_LT  one level-triggered epoll loop per worker thread, one 64 KiB
+ *             read per readiness report, EPOLLOUT watched only while a send
+ *             is blocked (epoll_ctl MOD) -- the textbook single-threaded client
+ *   THREADS   blocking sockets, a thread per connection (stream: a sender and
+ *             a receiver thread), 64 KiB reads; not for rate mode, at most
+ *             EC_LOAD_MAX_THREADS_CONNECTIONS connections
+ */
+#define EC_CLIENT_EPOLL_ET 0
+#define EC_CLIENT_EPOLL_LT 1
+#define EC_CLIENT_THREADS  2
+
 #define EC_ARRIVALS_UNIFORM 0  /* rate: fixed gaps, connections spread over one gap */
 #define EC_ARRIVALS_POISSON 1  /* rate: each connection a Poisson process at rate/connections */
 
@@ -197,6 +230,7 @@ int ec_uring_probe(struct ec_uring_probe *out);
 #define EC_LOAD_MAX_SECONDS 10000000          /* any duration in s (1e7): keeps ns sums far from overflow */
 #define EC_LOAD_MAX_RATE 1000000000           /* rate mode: total requests per second (1e9) */
 #define EC_LOAD_MAX_SERVER_PIDS 1024          /* server_pids */
+#define EC_LOAD_MAX_THREADS_CONNECTIONS 1024 /* client THREADS: connections (stream: 2 threads each) */
 #define EC_LOAD_DEFAULT_STREAM_BUDGET 67108864 /* stream: default cap on all connections' windows, 64 MiB */
 #define EC_LOAD_DEFAULT_CONNECT_TIMEOUT_S 10  /* connect_timeout_s where it is 0 */
 
@@ -244,6 +278,7 @@ struct ec_load_config {
 	double start_at_s;        /* 0, or a CLOCK_REALTIME instant (s since the epoch): with every
 				     connection up, wait for it before t0, so that load generators on
 				     several hosts run the same warm-up and window */
+	int client;               /* EC_CLIENT_*: the client design */
 };
 
 struct ec_load_result {

@@ -30,6 +30,15 @@ from echo_core.load.record import encode_record, exit_status
 
 MODES = {"stream": lib.EC_MODE_STREAM, "rr": lib.EC_MODE_RR, "rate": lib.EC_MODE_RATE}
 ARRIVALS = {"poisson": lib.EC_ARRIVALS_POISSON, "uniform": lib.EC_ARRIVALS_UNIFORM}
+#: Client designs (echo_core.h, EC_CLIENT_*): how the load generator does its I/O.  Every design verifies
+#: every byte and reports the same columns; the first is the default.
+CLIENTS = {
+    "epoll-et": lib.EC_CLIENT_EPOLL_ET,   # edge-triggered epoll per worker thread, 256 KiB reads until EAGAIN
+    "epoll-lt": lib.EC_CLIENT_EPOLL_LT,   # level-triggered epoll, one 64 KiB read per report, EPOLLOUT on demand
+    "threads": lib.EC_CLIENT_THREADS,     # blocking sockets, a thread per connection (stream: two)
+}
+DEFAULT_CLIENT = "epoll-et"
+MAX_THREADS_CONNECTIONS = lib.EC_LOAD_MAX_THREADS_CONNECTIONS
 
 #: The load generator's limits and defaults are the C core's (echo_core.h: EC_LOAD_*).
 MAX_CONNECTIONS = lib.EC_LOAD_MAX_CONNECTIONS
@@ -141,7 +150,8 @@ def _check_fd_limit(connections):
 
 def check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
                     connect_timeout=CONNECT_TIMEOUT_S, window=0, rate=None, cpus=None, warmup_max=None,
-                    arrivals="poisson", seed=1, server_pids=None, allow_remote=False, start_at=None):
+                    arrivals="poisson", seed=1, server_pids=None, allow_remote=False, start_at=None,
+                    client=DEFAULT_CLIENT):
     """Validate and normalise run_load's arguments; raises ValueError with a clear message.
 
     Returns a dict of the normalised values (keyword names of run_load).
@@ -179,6 +189,7 @@ def check_load_args(host, port, mode, payload, connections, threads, duration, w
     if arrivals not in ARRIVALS:
         raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
     seed = numbers.integer("seed", seed, 0, MAX_SEED)
+    check_client(client, mode, connections)
     cpu_list = cpus_.available_cpus(cpus)
     pids = parse_pids(server_pids)
     _check_fd_limit(connections)
@@ -188,7 +199,19 @@ def check_load_args(host, port, mode, payload, connections, threads, duration, w
     return dict(host=host, port=port, mode=mode, payload=payload, connections=connections,
                 threads=threads, duration=duration, warmup=warmup, connect_timeout=connect_timeout,
                 window=window, rate=rate, cpus=cpu_list, warmup_max=warmup_max, arrivals=arrivals,
-                seed=seed, server_pids=pids, start_at=start_at)
+                seed=seed, server_pids=pids, start_at=start_at, client=client)
+
+
+def check_client(client, mode, connections):
+    """Raise ValueError unless the client design can run this mode with this many connections."""
+    if client not in CLIENTS:
+        raise ValueError(f"client must be one of {', '.join(CLIENTS)}, got {client!r}")
+    if client == "threads" and mode == "rate":
+        raise ValueError('client "threads" (blocking, a thread per connection) cannot keep an open-loop '
+                         'schedule: use it with mode stream or rr')
+    if client == "threads" and connections > MAX_THREADS_CONNECTIONS:
+        raise ValueError(f'client "threads" runs a thread per connection: at most {MAX_THREADS_CONNECTIONS} '
+                         f"connections, got {connections}")
 
 
 #: How far ahead a start barrier may lie: the wait before it does not watch for ^C.
@@ -231,6 +254,7 @@ def run_load(
     counters="all",
     allow_remote=False,
     start_at=None,
+    client=DEFAULT_CLIENT,
 ):
     """Run one load against an echo server on host:port and return a flat dict.
 
@@ -239,7 +263,8 @@ def run_load(
     "rate" (open loop: `rate` requests/s in total, pipelined, latency from the
     scheduled send time; `arrivals` "poisson" (seeded by `seed`) or
     "uniform").  Results cover only the measured window after all
-    connections are up.
+    connections are up.  client is the load generator's design (CLIENTS): "epoll-et" (default),
+    "epoll-lt" or "threads"; threads is ignored by "threads", which runs one per connection.
 
     warmup is the warm-up; with warmup_max > warmup (stream, rr) the window
     opens as soon as the load is steady, at warmup_max at the latest.
@@ -263,7 +288,7 @@ def run_load(
     """
     a = check_load_args(host, port, mode, payload, connections, threads, duration, warmup,
                         connect_timeout, window, rate, cpus, warmup_max, arrivals, seed, server_pids,
-                        allow_remote, start_at)
+                        allow_remote, start_at, client)
     names = counters if isinstance(counters, (list, tuple)) else kcounters.parse_names(counters)
     if any(n not in kcounters.NAMES for n in names):
         raise ValueError(f"unknown counter(s) in {names!r}: choose from {', '.join(kcounters.NAMES)}")
@@ -304,6 +329,7 @@ def run_load(
     cfg.counters = ctr_c
     cfg.ncounters = len(events)
     cfg.start_at_s = a["start_at"] or 0.0
+    cfg.client = CLIENTS[a["client"]]
 
     try:
         # ^C ends the run early; KeyboardInterrupt is raised once the C side has cleaned up.
@@ -356,6 +382,7 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
     msgs = res.bytes / payload if stream else res.msgs
     d = {
         "mode": mode,
+        "client": a["client"],
         "host": a["host"],
         "port": a["port"],
         "payload": payload,
@@ -459,6 +486,9 @@ def add_load_arguments(parser):
                         help="rate mode: request schedule (default poisson)")
     parser.add_argument("--seed", default="1", metavar="N", help="rate mode: seed of the poisson schedule (default 1)")
     parser.add_argument("--threads", default="1", metavar="T", help="client worker threads (default 1)")
+    parser.add_argument("--client", choices=tuple(CLIENTS), default=DEFAULT_CLIENT,
+                        help="client design: epoll-et (edge-triggered, default), epoll-lt (level-triggered, "
+                             "64 KiB reads), threads (blocking, a thread per connection)")
     parser.add_argument("--cpu", default=None, metavar="LIST", help='pin worker i to the i-th CPU of LIST, e.g. "0" or "0,1"')
     parser.add_argument("--window", default="0", metavar="BYTES",
                         help="stream: max unechoed bytes per connection (default max(4*payload, 256K))")
@@ -501,6 +531,7 @@ def _kwargs_from_args(args):
         counters=kcounters.parse_names(getattr(args, "counters", "all")),
         allow_remote=getattr(args, "allow_remote", False),
         start_at=None if getattr(args, "start_at", None) is None else numbers.option_number("start-at", args.start_at, float),
+        client=getattr(args, "client", DEFAULT_CLIENT),
     )
 
 
@@ -525,7 +556,7 @@ def _counters_text(r):
 def format_summary(r):
     lines = [
         f"{r['mode']} to {r['host']}:{r['port']}: payload {r['payload']} B, {r['connected']}/{r['connections']} "
-        f"connections, {r['threads']} thread(s), {r['duration_s']:.3f} s measured after {_warmup_text(r)}",
+        f"connections, {r['client']} client, {r['threads']} thread(s), {r['duration_s']:.3f} s measured after {_warmup_text(r)}",
         f"  throughput  {r['msgs_per_s']:,.0f} msg/s  {r['bytes_per_s'] / 1e6:,.1f} MB/s  "
         f"({r['messages']:,} messages, {r['bytes']:,} bytes)",
     ]

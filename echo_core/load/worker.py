@@ -51,6 +51,7 @@ class LoadSpec:
     window_ctl_path: str | None = None
     start_at: float | None = None
     allow_remote: bool = False
+    client: str = "epoll-et"
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self))

@@ -8,12 +8,16 @@ import time
 from echo_core.load import counters
 from echo_core.servers import specs
 from echo_core.results import validity
-from echo_core.load.generator import check_load_args
+from echo_core.load.generator import DEFAULT_CLIENT, check_load_args
+from echo_core.servers.options import parse_work, work_options
 from echo_core.load.worker import LoadSpec, host_task, run_worker
 from echo_core.host.cpus import cpus_shared, default_cpus
 from echo_core.servers.factory import make_server
 from echo_core.servers.serve import thread_cpus
 from echo_core.lab import cluster
+
+#: warmup_max="auto": the longest adaptive warm-up run_benchmark (and sweep) waits for a steady load.
+AUTO_WARMUP_MAX_S = 5.0
 
 #: A side whose CPU use over the measured window reaches this fraction of its CPUs was saturated.
 SATURATED = 0.90
@@ -32,10 +36,10 @@ def bottleneck(server_util, client_util, shared=False):
     return "server" if server_bound else "client" if client_bound else "none"
 
 
-def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max=None, rate=None,
+def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, warmup_max="auto", rate=None,
                   arrivals="poisson", server_cpu=None, client_cpus=None, threads=None, host="127.0.0.1",
                   window=0, server_options=None, observer=None, server_threads=1, server_cpus=None,
-                  load_hosts=None, allow_remote=False):
+                  load_hosts=None, allow_remote=False, client=DEFAULT_CLIENT, work="none"):
     """Run one load against a fresh server and return one flat row (dict).
 
     ``impl`` is a server spec (echo_core.servers.specs: "uring", "epoll", "uring+mshot+bundle", ...) or
@@ -63,8 +67,19 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     them (``hosts``; per-host figures under ``host_rows``, which the sweep writes to a side table).
     The server then listens on load_hosts.server_address (in its namespace) when it has one.
     ``allow_remote`` lets load go to a non-loopback ``host`` outside echo_core's namespaces.
+
+    ``client`` is the load generator's design (echo_core.load.generator.CLIENTS: "epoll-et",
+    "epoll-lt", "threads") and ``work`` the server's work per request ("none", "touch" or "cpu=NS",
+    echo_core.servers.options.parse_work); the row records both.
+
+    ``warmup_max`` "auto" (the default) is an adaptive warm-up of at most AUTO_WARMUP_MAX_S where the
+    load has a steady state to find (stream, rr, one load host); None is a fixed warm-up of ``warmup``.
     """
     impl = specs.canonical(impl)
+    work = parse_work(work)[0]
+    server_options = {**(server_options or {}), **work_options(work, payload)} if work != "none" else server_options
+    if warmup_max == "auto":
+        warmup_max = None if load_hosts is not None or mode == "rate" else max(warmup, AUTO_WARMUP_MAX_S)
     auto_server, auto_client = default_cpus()
     server_cpu = auto_server if server_cpu is None else server_cpu
     server_cpus = thread_cpus(server_threads, None if server_cpus else server_cpu, server_cpus) or [server_cpu]
@@ -74,12 +89,13 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
     if load_hosts is not None:
         if observer is not None:
             raise ValueError("an observer (profiler) watches a local load: not with load_hosts")
-        return _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate,
-                             arrivals, server_cpus, client_cpus, threads, host, window, server_options,
-                             allow_remote)
+        row = _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate,
+                            arrivals, server_cpus, client_cpus, threads, host, window, server_options,
+                            allow_remote, client)
+        return {**row, "work": work}
     # Refuse bad load arguments before a server is started (port 1 stands for the one it will pick).
     check_load_args(host, 1, mode, payload, connections, threads, duration, warmup, window=window,
-                    rate=rate, cpus=client_cpus, allow_remote=allow_remote)
+                    rate=rate, cpus=client_cpus, warmup_max=warmup_max, allow_remote=allow_remote, client=client)
     srv_threads = {} if server_threads == 1 else {"threads": server_threads, "cpus": server_cpus}
     with make_server(impl, host=host, port=0, cpu=server_cpu, **srv_threads, **(server_options or {})) as srv, \
             (observer(srv) if observer else contextlib.nullcontext()) as window_ctl:
@@ -87,16 +103,16 @@ def run_benchmark(impl, mode, payload, connections, duration=2.0, warmup=0.5, wa
                         duration=duration, warmup=warmup, warmup_max=warmup_max, rate=rate, arrivals=arrivals,
                         threads=threads, cpus=tuple(client_cpus), window=window, server_pids=tuple(srv.pids()),
                         server_stats_path=_path(srv.stats_path), window_ctl_path=_path(window_ctl),
-                        allow_remote=allow_remote)
+                        allow_remote=allow_remote, client=client)
         record, load_exit, error = run_worker(spec, client_cpus)
     if record is None:
         raise RuntimeError(error)
     per_thread = getattr(srv, "final_thread_stats", None)  # an external server has none
-    return _make_row(impl, record, server_cpu, client_cpus, load_exit, server_cpus, per_thread)
+    return {**_make_row(impl, record, server_cpu, client_cpus, load_exit, server_cpus, per_thread), "work": work}
 
 
 def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup, warmup_max, rate, arrivals,
-                  server_cpus, client_cpus, threads, host, window, server_options, allow_remote):
+                  server_cpus, client_cpus, threads, host, window, server_options, allow_remote, client):
     """run_benchmark with the load from load_hosts' workers (echo_core.lab.cluster)."""
     if warmup_max is not None and mode != "rate":
         raise ValueError("load from several hosts needs a fixed warm-up (no warmup_max): they share one window")
@@ -106,7 +122,7 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
                          "server's address on the network they share (--host ADDR --allow-remote)")
     per_host = cluster.split_connections(connections, len(load_hosts.workers))
     check_load_args(host, 1, mode, payload, per_host[0], threads, duration, warmup, window=window,
-                    rate=rate, cpus=client_cpus, allow_remote=allow_remote)
+                    rate=rate, cpus=client_cpus, allow_remote=allow_remote, client=client)
     # The offered rate is the total: each host offers its connections' share of it.
     rates = [None if rate is None else rate * n / connections for n in per_host]
     srv_threads = {} if len(server_cpus) == 1 else {"threads": len(server_cpus), "cpus": server_cpus}
@@ -125,7 +141,7 @@ def _run_on_hosts(load_hosts, impl, mode, payload, connections, duration, warmup
                             cpus=tuple(cpus), window=window, seed=1 + k,
                             server_pids=tuple(srv.pids()) if local else (),
                             server_stats_path=_path(srv.stats_path) if local else None, start_at=start_at,
-                            allow_remote=allow_remote)
+                            allow_remote=allow_remote, client=client)
             return dataclasses.asdict(spec)
 
         limit = start_at - time.time() + warmup + duration + 60

@@ -11,7 +11,8 @@ measures first and turns into an absolute ``offered_rate``.
 
 import itertools
 
-from echo_core.servers.specs import ABLATION_SPECS, EPOLL_SPIN
+from echo_core.load.generator import DEFAULT_CLIENT, check_client
+from echo_core.servers.specs import ABLATION_SPECS, EPOLL_LT, EPOLL_SPIN
 
 #: Offered loads of rate mode when a sweep names neither rates nor load fractions.
 DEFAULT_LOAD_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0)
@@ -37,7 +38,7 @@ GRIDS = {
     # explain grid's x 512 streaming cell, rr 16 KiB x 512, and two small-payload cells where io_uring
     # already wins (a feature must not lose them), over epoll, epoll spinning before it blocks (the fair
     # control for batch) and the ablation specs (echo_core.servers.specs).
-    "ablation": {"impls": ("epoll", EPOLL_SPIN) + ABLATION_SPECS,
+    "ablation": {"impls": ("epoll", EPOLL_SPIN, EPOLL_LT) + ABLATION_SPECS,
                  "cells": (("stream", 16384, 8), ("stream", 100000, 8), ("rr", 16384, 64), ("rr", 100000, 8),
                            ("rr", 512, 512), ("stream", 100000, 512), ("rr", 16384, 512), ("rr", 512, 64),
                            ("stream", 512, 64)),
@@ -75,7 +76,7 @@ def offered_loads(rates=None, load_fractions=None):
 
 
 def plan(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), connections=(1, 64), repeats=3,
-         rates=None, load_fractions=None, first_repeat=0, cells=None):
+         rates=None, load_fractions=None, first_repeat=0, cells=None, clients=(DEFAULT_CLIENT,), works=("none",)):
     """The runs of a sweep, in the order they are made: a list of dicts.
 
     ``cells``: an explicit list of (mode, payload, connections) instead of the product of modes,
@@ -83,6 +84,9 @@ def plan(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), con
     Repeat-major (every cell once, then every cell again, ...); within a cell the implementations run
     back to back, in the given order on even repeats and reversed on odd ones, so slow drift of a noisy
     machine hits both alike.  Rate-mode runs carry ``load`` = ("rate", r) or ("fraction", f).
+    ``clients`` (load generator designs) and ``works`` (server work per request) are dimensions inside
+    each cell: every implementation runs with every client and work, implementations back to back.
+    The blocking "threads" client runs no rate cells and no cell beyond its connection limit.
     """
     impls = list(impls)
     loads = offered_loads(rates, load_fractions) if "rate" in modes else []
@@ -91,10 +95,24 @@ def plan(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), con
         order = impls if repeat % 2 == 0 else impls[::-1]
         for mode, payload, conns in _cells(modes, payloads, connections, cells):
             for load in (loads if mode == "rate" else [None]):
-                for impl in order:
-                    runs.append({"impl": impl, "mode": mode, "payload": int(payload), "connections": int(conns),
-                                 "repeat": repeat, "load": load})
+                for work in works:
+                    for client in clients:
+                        if not client_runs(client, mode, conns):
+                            continue
+                        for impl in order:
+                            runs.append({"impl": impl, "client": client, "work": work, "mode": mode,
+                                         "payload": int(payload), "connections": int(conns), "repeat": repeat,
+                                         "load": load})
     return runs
+
+
+def client_runs(client, mode, connections):
+    """Can this client design run this cell (the blocking threads client: no rate mode, a limit)?"""
+    try:
+        check_client(client, mode, connections)
+    except ValueError:
+        return False
+    return True
 
 
 def _cells(modes, payloads, connections, cells):
@@ -124,7 +142,8 @@ def grid_params(name, **overrides):
 def count_runs(params):
     """How many runs a sweep with these parameters plans (capacity runs of rate cells not counted)."""
     return len(plan(params["impls"], params["modes"], params["payloads"], params["connections"],
-                    params["repeats"], params.get("rates"), params.get("load_fractions"), cells=params.get("cells")))
+                    params["repeats"], params.get("rates"), params.get("load_fractions"), cells=params.get("cells"),
+                    clients=params.get("clients") or (DEFAULT_CLIENT,), works=params.get("works") or ("none",)))
 
 
 #: Measured on the 2-vCPU development machine: each run costs warmup + duration plus ~0.15 s (server

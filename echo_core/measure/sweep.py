@@ -41,11 +41,12 @@ from pathlib import Path
 from echo_core.load import counters
 from echo_core.host import machine
 from echo_core.servers import specs
-from echo_core.analysis import stats
+from echo_core.analysis import ablation, stats
 from echo_core.results import validity
-from echo_core.measure.benchmark import run_benchmark
+from echo_core.measure.benchmark import AUTO_WARMUP_MAX_S, run_benchmark
 from echo_core.measure.grids import GRIDS, grid_params, offered_loads, plan
-from echo_core.load.generator import ARRIVALS, MODES
+from echo_core.load.generator import ARRIVALS, CLIENTS, DEFAULT_CLIENT, MODES
+from echo_core.servers.options import parse_work
 from echo_core.results.resultsets import HOSTS_TABLE_SUFFIX, load_csv
 from echo_core.servers.serve import check_impl, thread_cpus
 from echo_core.results import schema
@@ -81,6 +82,23 @@ def _canonical_impls(impls):
         if canon in out:
             raise ValueError(f"implementation {impl!r} is listed twice (as {canon!r})")
         out.append(canon)
+    return out
+
+
+def _checked_clients(clients):
+    out = list(clients or (DEFAULT_CLIENT,))
+    for client in out:
+        if client not in CLIENTS:
+            raise ValueError(f"unknown client {client!r}; choose from {', '.join(CLIENTS)}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"a client is listed twice in {out}")
+    return out
+
+
+def _checked_works(works):
+    out = [parse_work(w)[0] for w in (works or ("none",))]
+    if len(set(out)) != len(out):
+        raise ValueError(f"a work is listed twice in {out}")
     return out
 
 
@@ -234,12 +252,13 @@ class _Capacity:
 
 
 def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), connections=(1, 64),
-          duration=2.0, repeats=3, warmup=0.5, warmup_max=None, rates=None, load_fractions=None,
+          duration=2.0, repeats=3, warmup=0.5, warmup_max="auto", rates=None, load_fractions=None,
           arrivals="poisson", target_ci=None, max_repeats=None, output_dir="data", name=None,
           server_options=None, server_cpu=None, client_cpus=None, threads=None, window=0,
           host="127.0.0.1", progress=True, on_error="record", on_row=None, features_file=None, grid=None,
           resume=False, cells=None, server_threads=1, server_cpus=None, load_hosts=None, cluster=None, hosts=None,
-          netns=None, allow_remote=False, security=None, allow_plain_tcp=False):
+          netns=None, allow_remote=False, security=None, allow_plain_tcp=False, clients=None, works=None,
+          confirms=None):
     """Run every cell `repeats` times; return the tidy DataFrame (one row per run).
 
     Writes ``<output_dir>/<name>.csv`` (rows appended as measured) and ``<name>.json`` (machine and
@@ -263,11 +282,20 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     made and removed by this call; needs root), or a ready ``load_hosts``.  Rows then sum the hosts
     (``hosts`` column) and ``<name>-hosts.csv`` holds the per-host figures.  ``allow_remote`` lets the
     load go to a non-loopback ``host`` that is not in a namespace echo_core made.
+
+    ``clients``: load generator designs to run every cell with (echo_core.load.generator.CLIENTS;
+    default the first); ``works``: the servers' work per request ("none", "touch", "cpu=NS"; default
+    "none").  Both are columns of every row and part of its cell (echo_core.results.schema.CELL).
+    ``warmup_max`` "auto": see echo_core.measure.benchmark.run_benchmark.  ``confirms`` (a dict) goes
+    into the metadata as is: which result set's winners this one re-measures (see confirm_sweep).
     """
     arguments = dict(locals())  # for the call again once the load hosts are up
     if sum(x is not None for x in (load_hosts, cluster, netns)) > 1:
         raise ValueError("give at most one of load_hosts, cluster and netns")
     fixed_warmup_note = None
+    if warmup_max == "auto":
+        # Adaptive where the load can be watched for a steady state; hosts share a window fixed in advance.
+        warmup_max = None if load_hosts is not None else max(warmup, AUTO_WARMUP_MAX_S)
     if load_hosts is not None and warmup_max is not None:
         # Hosts share one window fixed in advance: the adaptive warm-up becomes a longer fixed one.
         fixed = max(warmup, min(warmup_max, FIXED_WARMUP_FOR_HOSTS_S))
@@ -277,6 +305,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     if on_error not in ("record", "raise"):
         raise ValueError("on_error must be 'record' or 'raise'")
     impls, modes = _canonical_impls(impls), list(modes)
+    clients = _checked_clients(clients)
+    works = _checked_works(works)
     cells = [(str(m), int(p), int(c)) for m, p, c in cells] if cells is not None else None
     payloads, connections = [int(p) for p in payloads], [int(c) for c in connections]
     rates = list(rates) if rates else None
@@ -304,13 +334,14 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     name = name if resume else _unique_name(output_dir, name)
     csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
     done = {row_key(row) for row in previous if row["valid"]}
-    runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions, cells=cells)
+    runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions, cells=cells,
+                                clients=clients, works=works)
             if _plan_key(run) not in done]
     params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
               "duration": duration, "warmup": warmup, "warmup_max": warmup_max, "repeats": repeats,
               "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,
               "arrivals": arrivals, "target_ci": target_ci, "max_repeats": max_repeats,
-              "cells": cells, "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
+              "cells": cells, "clients": clients, "works": works, "server_options": server_options or {}, "server_cpu": server_cpu, "client_cpus": client_cpus,
               "threads": threads, "server_threads": server_threads, "server_cpus": server_cpus,
               "window": window, "host": host, "on_error": on_error, "allow_remote": allow_remote,
               "order": "repeat-major; impls alternate order between repeats", "runs_planned": len(runs),
@@ -320,6 +351,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
             "parameters": params, "machine": machine.machine_info(features_file)}
     # What each spec meant on this machine: its server options and, if it could not run here, why.
     meta["specs"] = specs.describe(impls)
+    meta["confirms"] = confirms
     # Where the load came from: the hosts, their namespaces and how long setting them up took.
     meta["load_hosts"] = load_hosts.describe() if load_hosts is not None else None
     if fixed_warmup_note:
@@ -334,12 +366,12 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
         meta.update({k: earlier[k] for k in ("started_at", "machine") if k in earlier}, resumed=resumed)
     _write_json(json_path, meta)
 
-    def bench(impl, mode, payload, conns, rate=None):
+    def bench(impl, mode, payload, conns, rate=None, client=clients[0], work=works[0]):
         return run_benchmark(impl, mode, payload, conns, duration=duration, warmup=warmup, warmup_max=warmup_max,
                              rate=rate, arrivals=arrivals, server_cpu=server_cpu, client_cpus=client_cpus,
                              threads=threads, host=host, window=window, server_options=server_options,
                              server_threads=server_threads, server_cpus=server_cpus,
-                             load_hosts=load_hosts, allow_remote=allow_remote)
+                             load_hosts=load_hosts, allow_remote=allow_remote, client=client, work=work)
 
     capacity = _Capacity(impls, bench)
     # Offered loads of a resumed set stay what they were: reuse the capacities its rows were scaled by.
@@ -354,7 +386,8 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
 
     def run_all(batch):
         for run in batch:
-            bar.set_postfix_str(f"{run['mode']} {run['payload']}B x{run['connections']} {run['impl']}", refresh=False)
+            bar.set_postfix_str(f"{run['mode']} {run['payload']}B x{run['connections']} {run['impl']} "
+                                f"{run['client']} {run['work']}", refresh=False)
             row = _run_one(run, bench, capacity, on_error)
             row = {"sweep": name, "run_index": len(rows), **row}
             host_rows = row.pop("host_rows", None)
@@ -377,7 +410,7 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
         if target_ci is not None:
             meta["adaptive"] = _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
                                                  load_fractions, target_ci, max_repeats or repeats, bar, run_all,
-                                                 capacity, cells)
+                                                 capacity, cells, clients, works)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"
@@ -413,7 +446,8 @@ def _previous_rows(output_dir, name):
 
 
 def _plan_key(run):
-    return (run["impl"], run["mode"], int(run["payload"]), int(run["connections"]), run["load"], int(run["repeat"]))
+    return (run["impl"], run["client"], run["work"], run["mode"], int(run["payload"]), int(run["connections"]),
+            run["load"], int(run["repeat"]))
 
 
 def row_key(row):
@@ -422,14 +456,16 @@ def row_key(row):
     if row["mode"] == "rate":
         fraction = row.get("load_fraction", math.nan)
         load = ("fraction", float(fraction)) if fraction == fraction else ("rate", float(row["offered_rate"]))
-    return (row["impl"], row["mode"], int(row["payload"]), int(row["connections"]), load, int(row["repeat"]))
+    return (row["impl"], row.get("client") or schema.CELL_DEFAULTS["client"],
+            row.get("work") or schema.CELL_DEFAULTS["work"], row["mode"], int(row["payload"]),
+            int(row["connections"]), load, int(row["repeat"]))
 
 
 #: The sweep() parameters a result set's metadata records and resume_sweep() passes back.
 RESUMABLE = ("impls", "modes", "payloads", "connections", "duration", "warmup", "warmup_max", "repeats", "rates",
              "load_fractions", "arrivals", "target_ci", "max_repeats", "server_options", "server_cpu",
              "client_cpus", "threads", "window", "host", "on_error", "grid", "cells", "server_threads",
-             "server_cpus")
+             "server_cpus", "clients", "works")
 
 
 def resume_sweep(name, output_dir="data", progress=True, on_row=None):
@@ -476,7 +512,7 @@ def _run_one(run, bench, capacity, on_error):
                 if not offered > 0:
                     raise RuntimeError("no valid closed-loop capacity run to scale the offered load from")
         result = bench(run["impl"], run["mode"], run["payload"], run["connections"],
-                       rate=offered if run["load"] is not None else None)
+                       rate=offered if run["load"] is not None else None, client=run["client"], work=run["work"])
         error = ""
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -488,7 +524,8 @@ def _run_one(run, bench, capacity, on_error):
         result = {}
         error = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:2000]
     row["wall_s"] = round(time.monotonic() - t_run, 4)
-    row.update({"impl": run["impl"], "mode": run["mode"], "payload": run["payload"],
+    row.update({"impl": run["impl"], "client": run["client"], "work": run["work"], "mode": run["mode"],
+                "payload": run["payload"],
                 "connections": run["connections"], "offered_rate": offered, "load_fraction": fraction,
                 "capacity_msgs_per_s": cap})
     row.update({k: v for k, v in result.items() if k not in row})
@@ -500,7 +537,7 @@ def _run_one(run, bench, capacity, on_error):
 
 
 def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates, load_fractions, target_ci,
-                      max_repeats, bar, run_all, capacity, cells=None):
+                      max_repeats, bar, run_all, capacity, cells=None, clients=(DEFAULT_CLIENT,), works=("none",)):
     """Repeat cells whose paired-ratio CI is wider than target_ci, up to max_repeats; return a summary.
 
     Two implementations: the first over the second, as always.  More, with epoll among them: each spec
@@ -521,7 +558,7 @@ def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
         if not wide or done >= max_repeats:
             break
         more = [run for run in plan(impls, modes, payloads, connections, 1, rates, load_fractions, first_repeat=done,
-                                    cells=cells)
+                                    cells=cells, clients=clients, works=works)
                 if any(_same_cell(run, rec, capacity) for rec in wide)]
         bar.total += len(more)
         run_all(more)
@@ -535,9 +572,53 @@ def _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
 
 
 def _same_cell(run, rec, capacity):
-    if (run["mode"], run["payload"], run["connections"]) != (rec["mode"], rec["payload"], rec["connections"]):
+    keys = ("client", "work", "mode", "payload", "connections")
+    if tuple(run[k] for k in keys) != tuple(rec[k] for k in keys):
         return False
     return run["load"] is None or _offered(run, capacity) == rec["offered_rate"]
+
+
+def confirm_sweep(name, output_dir="data", impls=None, repeats=3, clients=None, works=None, confirm_name=None,
+                  progress=True, **kwargs):
+    """Re-measure the winners of result set ``name`` on fresh runs: the confirmatory half of a study.
+
+    The winners are fixed before anything runs: one io_uring spec and one epoll spec for every cell
+    (echo_core.analysis.ablation.fixed_winners: the best median ratio to epoll over the set's cells),
+    or ``impls`` = (io_uring spec, epoll spec) given in advance.  Every closed-loop cell of the set runs
+    ``repeats`` more times with each of ``clients`` and ``works`` into a new result set
+    (``confirm_name``, default "<name>-confirm-<time>") whose metadata links back (``confirms``: the set,
+    the rule, the scores the choice was made on).  Its ratios -- not the set's own best-per-cell ones,
+    which were picked on the runs they come from -- are the ones to report.  Other keyword arguments
+    go to sweep() (duration, warmup, ... default the set's)."""
+    output_dir = Path(output_dir)
+    csv_path, json_path = output_dir / f"{name}.csv", output_dir / f"{name}.json"
+    if not csv_path.is_file():
+        raise FileNotFoundError(f"cannot confirm {name!r}: {csv_path} does not exist")
+    df = load_csv(csv_path)
+    meta = json.loads(json_path.read_text()) if json_path.is_file() else {}
+    if impls is None:
+        chosen = ablation.fixed_winners(df)
+        impls = [chosen["uring"], chosen["epoll"]]
+        how = {"rule": chosen["rule"], "scores": chosen["scores"]}
+    else:
+        impls = _canonical_impls(impls)
+        bases = sorted(specs.base_of(i) for i in impls)
+        if bases != ["epoll", "uring"]:
+            raise ValueError(f"confirm takes one io_uring spec and one epoll spec, got {impls}")
+        how = {"rule": "given in advance"}
+    closed = df[df["mode"].isin(("rr", "stream"))]
+    cells = sorted({(m, int(p), int(c)) for m, p, c in zip(closed["mode"], closed["payload"], closed["connections"])})
+    if not cells:
+        raise ValueError(f"{name!r} has no closed-loop (rr, stream) cells to confirm")
+    params = meta.get("parameters", {})
+    defaults = {k: params[k] for k in ("duration", "warmup", "warmup_max", "server_cpu", "client_cpus", "threads")
+                if params.get(k) is not None}
+    confirm_name = confirm_name or f"{name}-confirm-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    return sweep(impls=impls, cells=cells, modes=sorted({c[0] for c in cells}),
+                 payloads=sorted({c[1] for c in cells}), connections=sorted({c[2] for c in cells}),
+                 repeats=repeats, clients=clients, works=works, output_dir=output_dir, name=confirm_name,
+                 progress=progress, confirms={"set": name, "impls": impls, **how},
+                 **{**defaults, **kwargs})
 
 
 def sweep_grid(name, /, output_dir="data", **overrides):
@@ -546,4 +627,4 @@ def sweep_grid(name, /, output_dir="data", **overrides):
     return sweep(output_dir=output_dir, grid=name, **grid_params(name, **overrides))
 
 
-__all__ = ["GRIDS", "resume_sweep", "sweep", "sweep_grid"]
+__all__ = ["GRIDS", "confirm_sweep", "resume_sweep", "sweep", "sweep_grid"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from echo_core.host import machine
 from echo_core.results import validity
-from echo_core.results.schema import CELL, REQUIRED
+from echo_core.results.schema import CELL, CELL_DEFAULTS, REQUIRED
 
 #: A multi-host result set <name> keeps its per-host figures in <name><HOSTS_TABLE_SUFFIX>.csv.
 HOSTS_TABLE_SUFFIX = "-hosts"
@@ -48,7 +48,11 @@ def normalize(df):
         df["invalid_reason"] = [r for _, r in verdicts]
     # Rows have over 100 columns: one consolidated block keeps later groupbys free of pandas'
     # "highly fragmented" PerformanceWarning (a CSV reads in as one block per column).
-    return df.copy()
+    df = df.copy()
+    for column, default in CELL_DEFAULTS.items():
+        values = df[column] if column in df.columns else [default] * len(df)
+        df[column] = [default if pd.isna(v) or v == "" else str(v) for v in values]
+    return df
 
 
 def load_csv(path):

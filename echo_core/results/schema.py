@@ -2,8 +2,12 @@
 a row carries, and how each is labelled in tables and charts.  Stats, report, explain and the profiles
 derive their columns and labels from here."""
 
-#: Columns that identify a cell.  offered_rate is NaN outside rate mode.
-CELL = ["impl", "mode", "payload", "connections", "offered_rate"]
+#: Columns that identify a cell.  offered_rate is NaN outside rate mode; client is the load generator's
+#: design (echo_core.load.generator.CLIENTS) and work the server's work per request
+#: (echo_core.servers.options.parse_work) -- result sets measured before them hold DEFAULT_CLIENT / "none".
+CELL = ["impl", "client", "work", "mode", "payload", "connections", "offered_rate"]
+#: What a row measured before the client and work dimensions existed was measured with.
+CELL_DEFAULTS = {"client": "epoll-et", "work": "none"}
 #: The cell of a ratio: CELL without the implementation.
 RATIO_CELL = [c for c in CELL if c != "impl"]
 #: The columns a result set must have.

@@ -15,7 +15,7 @@ import time
 
 from echo_core.native import check, ffi, lib, struct_to_dict
 from echo_core.servers import specs
-from echo_core.servers.options import CONFIG_FIELDS, DEFAULT_OPTIONS, SERVE_FUNCS
+from echo_core.servers.options import CONFIG_FIELDS, DEFAULT_OPTIONS, SERVE_FUNCS, WORK_KINDS
 from echo_core.servers.process import ServerProcess, exit_description, validate_address
 from echo_core.host.cpus import default_cpus
 from echo_core.host.proc import proc_stat
@@ -61,6 +61,12 @@ def validate(impl, host, port, cpu, options):
     for name in ("buf_size", "buf_count", "ring_entries", "epoll_budget", "backlog"):
         if merged[name] == 0:
             raise ValueError(f"{name} must be positive")
+    if merged["work"] not in WORK_KINDS.values():
+        raise ValueError(f"work must be one of {WORK_KINDS} (by number), got {merged['work']}")
+    if merged["work"] == WORK_KINDS["cpu"] and not merged["work_msg_bytes"]:
+        raise ValueError("work 2 (cpu) needs work_msg_bytes, the bytes of one message")
+    if merged["work_ns"] > lib.EC_MAX_WORK_NS:
+        raise ValueError(f"work_ns must be at most {lib.EC_MAX_WORK_NS}, got {merged['work_ns']}")
     count = merged["buf_count"]
     if count & (count - 1) or count > 32768:
         raise ValueError(f"buf_count must be a power of two <= 32768, got {count}")

@@ -84,6 +84,10 @@ BASES = {
         "buf_size": Tunable("buf_size", DEFAULT_OPTIONS["buf_size"], 1, 1 << 30, "bytes per connection buffer"),
         "spin_us": Tunable("epoll_spin_us", DEFAULT_OPTIONS["epoll_spin_us"], 0, lib.EC_MAX_SPIN_US,
                            "poll (epoll_wait timeout 0) this long before blocking, µs"),
+        "lt": Tunable("epoll_level", DEFAULT_OPTIONS["epoll_level"], 0, 1,
+                      "1: level-triggered, EPOLLIN while there is room, EPOLLOUT while a send is blocked"),
+        "busy_poll_us": Tunable("epoll_busy_poll_us", DEFAULT_OPTIONS["epoll_busy_poll_us"], 0, lib.EC_MAX_SPIN_US,
+                                "the kernel's epoll busy poll (EPIOCSPARAMS), µs; no effect on loopback"),
     },
 }
 
@@ -447,9 +451,11 @@ def unsupported_reason(spec, probed=None):
     if is_exec(spec):
         return None
     spec = parse(spec)
-    if spec.base == "epoll":
-        return None
     p = probe() if probed is None else probed
+    if spec.base == "epoll":
+        if spec.tunables("epoll").get("busy_poll_us"):
+            return _needs_kernel((6, 9), p["kernel"], "epoll busy_poll_us (EPIOCSPARAMS)")
+        return None
     if p.get("setup_error"):
         return f"io_uring is not available: {p['setup_error']}"
     if spec.features and not p.get("features_built", True):
@@ -466,12 +472,14 @@ def unsupported_reason(spec, probed=None):
 #: epoll spinning before it blocks: the epoll counterpart of uring's batched wait, in the catalogue and the
 #: ablation grid so that a spinning io_uring is compared with a spinning epoll too.
 EPOLL_SPIN = "epoll(spin_us=50)"
+#: The textbook level-triggered epoll server (EPOLLOUT watched only while a send is blocked).
+EPOLL_LT = "epoll(lt=1)"
 
 
 def _catalogue():
     singles = [f"uring+{name}" if name != "bundle" else "uring+mshot+bundle" for name in FEATURES]
     out = []
-    for spec in ["uring", "epoll", EPOLL_SPIN] + singles + list(ABLATION_SPECS):
+    for spec in ["uring", "epoll", EPOLL_SPIN, EPOLL_LT, "epoll(busy_poll_us=50)"] + singles + list(ABLATION_SPECS):
         canon = str(parse(spec))
         if canon not in out:
             out.append(canon)

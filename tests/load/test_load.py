@@ -878,6 +878,9 @@ def test_c_layer_rejects_bad_config():
     assert run(mode=lib.EC_MODE_RATE, rate=0) == -errno.EINVAL
     assert run(port=0) == -errno.EINVAL
     assert run(port=65536) == -errno.EINVAL
+    assert run(client=9) == -errno.EINVAL
+    assert run(client=lib.EC_CLIENT_THREADS, mode=lib.EC_MODE_RATE, rate=100) == -errno.EINVAL
+    assert run(client=lib.EC_CLIENT_THREADS, connections=lib.EC_LOAD_MAX_THREADS_CONNECTIONS + 1) == -errno.EINVAL
     bad_host = ffi.new("char[]", b"localhost")
     assert run(host=bad_host) == -errno.EINVAL
     assert run(host=ffi.NULL) == -errno.EINVAL
@@ -938,3 +941,92 @@ def test_histogram_bucket_helpers_refuse_indexes_past_the_last_bucket():
     for idx in (lib.EC_HIST_BUCKETS, lib.EC_HIST_BUCKETS + 64, 2**32 - 1):
         assert lib.ec_hist_bucket_low(idx) == 0
         assert lib.ec_hist_bucket_width(idx) == 0
+
+
+# --------------------------------------------------------- client designs
+
+OTHER_CLIENTS = ("epoll-lt", "threads")
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr"])
+@pytest.mark.parametrize("client", OTHER_CLIENTS)
+def test_client_design_verifies_and_reports_the_same_columns(client, mode):
+    with ThreadedServer() as srv:
+        base = run_load(port=srv.port, mode=mode, payload=16384, connections=3, duration=0.3)
+        r = run_load(port=srv.port, mode=mode, payload=16384, connections=3, duration=0.3, client=client)
+    assert set(r) == set(base)
+    assert (base["client"], r["client"]) == ("epoll-et", client)
+    assert r["connected"] == 3 and r["messages"] > 0 and r["errors"] == 0
+    assert r["mismatches"] == 0 and r["never_answered"] == 0
+    # Both read at most 64 KiB per call (the default design reads up to 256 KiB).
+    assert r["bytes"] <= r["recv_calls"] * 65536
+    if mode == "rr":
+        assert r["latency_samples"] > 0 and r["unanswered"] <= 3
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr"])
+@pytest.mark.parametrize("kind", ["flip", "drop"])
+@pytest.mark.parametrize("client", OTHER_CLIENTS)
+def test_client_design_catches_a_corrupting_server(client, kind, mode):
+    with ThreadedServer(fault_handler(kind)) as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.3, client=client)
+    assert r["mismatches"] > 0 and r["mismatched_conns"] == 1, r
+
+
+@pytest.mark.parametrize("mode", ["stream", "rr"])
+@pytest.mark.parametrize("client", OTHER_CLIENTS)
+def test_client_design_catches_lost_bytes(client, mode):
+    with ThreadedServer(blackhole_handler) as srv:
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.3, client=client)
+    assert r["mismatches"] >= 512 and r["mismatched_conns"] == 1
+    assert r["never_answered"] >= 1
+
+
+@pytest.mark.parametrize("handler", ["flood", "freeze"])
+@pytest.mark.parametrize("mode", ["stream", "rr"])
+def test_blocking_client_is_bounded_in_time(mode, handler):
+    # A thread blocked in recv or send must still end with the window (its sockets time out).
+    server = flood_handler if handler == "flood" else freeze_handler(0.1)
+    with ThreadedServer(server) as srv:
+        start = time.monotonic()
+        r = run_load(port=srv.port, mode=mode, payload=512, connections=2, duration=0.5, client="threads")
+        elapsed = time.monotonic() - start
+    assert elapsed < 0.5 + 1.0 + 1.5  # window + drain's idle limit + slack
+    assert abs(r["duration_s"] - 0.5) < 0.02
+    if handler == "flood":
+        assert r["mismatches"] > 0 and r["mismatched_conns"] == 2
+    else:
+        assert r["never_answered"] >= 1
+
+
+def test_sigint_ends_a_blocking_client_run_early():
+    with ThreadedServer(freeze_handler(0.1)) as srv:
+        start = time.monotonic()
+        p = subprocess.Popen(
+            [sys.executable, "-m", "echo_core", "load", "--port", str(srv.port), "--duration", "30",
+             "--client", "threads", "--mode", "stream", "--connections", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    assert p.returncode == 130, (out, err)
+    assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"client": "uring"}, "client must be one of"),
+    ({"client": "threads", "mode": "rate", "rate": 100}, "cannot keep an open-loop"),
+    ({"client": "threads", "connections": 5000}, "at most 1024"),
+])
+def test_client_design_bad_input(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_load(port=9, **{"duration": 0.1, **kwargs})
+
+
+def test_cli_client_flag():
+    with ThreadedServer() as srv:
+        p = cli("--port", str(srv.port), "--mode", "rr", "--duration", "0.2", "--client", "epoll-lt", "--json")
+        assert p.returncode == 0, p.stderr
+        assert json.loads(p.stdout)["client"] == "epoll-lt"
+    p = cli("--port", "9", "--client", "bogus")
+    assert p.returncode == 2 and "invalid choice" in p.stderr and "Traceback" not in p.stderr

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -26,6 +27,7 @@
 
 #include "../echo_core.h"
 #include "../net.h"
+#include "../work.h"
 
 #define MAX_EVENTS	512		/* events harvested per epoll_wait */
 #define ACCEPT_BATCH	64		/* accepts per turn: a connect storm must not starve echoing */
@@ -46,12 +48,15 @@ struct conn {
 	bool eof;		/* recv returned 0: the client shut down its sending side */
 	bool hup;		/* an RDHUP/HUP/ERR edge came: EOF or an error is waiting */
 	bool in_queue;
+	uint32_t interest;	/* level-triggered: the events watched now (see lt_watch) */
+	uint64_t work_bytes;	/* received so far (server work per message) */
 };
 
 struct server {
 	int epfd, listen_fd, stop_fd;
 	uint32_t buf_size, budget;
 	uint64_t spin_ns;	/* poll this long before a blocking wait (0: block at once) */
+	bool level;		/* level-triggered (epoll_level): watch only what a connection can use */
 	uint32_t nslots;	/* conns[] is indexed by fd */
 	uint32_t limit;		/* max concurrent connections, <= nslots */
 	uint32_t nconns;	/* open connections (stats are for others to read) */
@@ -61,6 +66,7 @@ struct server {
 	bool listen_ready;	/* the listener may have connections we have not accepted */
 	enum accept_state accept_state;
 	uint64_t retry_at_ms;	/* ACCEPT_ERROR: retry accepting by then even if nothing closes */
+	struct ec_work work;	/* what to do with received bytes before echoing them */
 	struct ec_server_stats *st;
 };
 
@@ -77,6 +83,33 @@ static bool has_io(const struct server *s, const struct conn *c)
 	if (c->writable && n > 0)
 		return true;
 	return c->readable && !c->eof && n < s->buf_size;
+}
+
+/*
+ * Level-triggered: watch EPOLLIN only while there is room to read (and no
+ * EOF yet), EPOLLOUT only while a send is blocked -- else epoll would
+ * report a full or finished connection at every wait.  One epoll_ctl when
+ * that changes: the price a level-triggered server pays.  Returns 0 or -errno.
+ */
+static int lt_watch(struct server *s, int fd)
+{
+	struct conn *c = &s->conns[fd];
+	struct epoll_event ev = { .data.fd = fd };
+	uint32_t want = 0;
+
+	if (!s->level)
+		return 0;
+	if (!c->eof && pending(c) < s->buf_size)
+		want |= EPOLLIN | EPOLLRDHUP;
+	if (pending(c) > 0 && !c->writable)
+		want |= EPOLLOUT;
+	if (want == c->interest)
+		return 0;
+	ev.events = want;
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, fd, &ev))
+		return -errno;
+	c->interest = want;
+	return 0;
 }
 
 static void queue_push(struct server *s, int fd)
@@ -159,6 +192,7 @@ static int do_recv(struct server *s, struct conn *c, int fd)
 		 */
 		if ((uint32_t)r < want && !c->hup)
 			c->readable = false;
+		ec_work_on_recv(&s->work, s->st, &c->work_bytes, (const unsigned char *)c->buf + c->end, (uint64_t)r);
 		c->end += (uint32_t)r;
 		ec_count_recv(s->st, (uint64_t)r);
 		n = pending(c);
@@ -238,6 +272,11 @@ static bool serve_conn(struct server *s, int fd)
 		close_conn(s, fd);
 		return true;
 	}
+	if (lt_watch(s, fd)) {
+		s->st->conn_errors++;
+		close_conn(s, fd);
+		return true;
+	}
 	/*
 	 * Full buffer and the peer is not draining: we stop reading it (it is
 	 * not requeued) until an EPOLLOUT edge lets the backlog move again.
@@ -283,8 +322,9 @@ static void conn_event(struct server *s, int fd, uint32_t events)
 /* Set up a freshly accepted socket. Returns 0 or -errno (caller closes fd). */
 static int add_conn(struct server *s, int fd)
 {
+	/* Edge-triggered: both directions, once.  Level-triggered: what lt_watch says. */
 	struct epoll_event ev = {
-		.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+		.events = s->level ? EPOLLIN | EPOLLRDHUP : EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
 		.data.fd = fd,
 	};
 	struct conn *c;
@@ -307,6 +347,11 @@ static int add_conn(struct server *s, int fd)
 		free(c->buf);
 		c->buf = NULL;
 		return ret;
+	}
+	if (s->level) {
+		/* No EPOLLOUT edge will say so: a new socket can be written to. */
+		c->interest = ev.events;
+		c->writable = true;
 	}
 	s->nconns++;
 	s->st->conns_accepted++;
@@ -486,6 +531,31 @@ static void server_free(struct server *s)
 		close(s->epfd);
 }
 
+/*
+ * The kernel's epoll busy poll (EPIOCSPARAMS, Linux 6.9): epoll_wait polls
+ * the device queues of the sockets it watches for busy_poll_us before it
+ * sleeps.  Declared here: Debian 12's kernel headers predate it.  Loopback
+ * has no NAPI queue to poll, so there it changes nothing (as io_uring's napi).
+ */
+struct ec_epoll_params {
+	uint32_t busy_poll_usecs;
+	uint16_t busy_poll_budget;
+	uint8_t prefer_busy_poll;
+	uint8_t pad;
+};
+#define EC_EPIOCSPARAMS _IOW(0x8A, 0x01, struct ec_epoll_params)
+
+static int set_busy_poll(int epfd, uint32_t usecs)
+{
+	struct ec_epoll_params p = { .busy_poll_usecs = usecs, .busy_poll_budget = 8 };
+
+	if (!usecs)
+		return 0;
+	if (ioctl(epfd, EC_EPIOCSPARAMS, &p))
+		return errno == ENOTTY || errno == EINVAL ? -EOPNOTSUPP : -errno;
+	return 0;
+}
+
 static int watch(int epfd, int fd, uint32_t events)
 {
 	struct epoll_event ev = { .events = events, .data.fd = fd };
@@ -507,7 +577,11 @@ static int server_init(struct server *s, int listen_fd, int stop_fd,
 	s->buf_size = cfg->buf_size;
 	s->budget = cfg->epoll_budget;
 	s->spin_ns = (uint64_t)cfg->epoll_spin_us * 1000;
+	s->level = cfg->epoll_level != 0;
 	s->st = st;
+	ret = ec_work_init(&s->work, cfg);
+	if (ret)
+		return ret;
 	/* Try accepting at once: connections may have queued before we started. */
 	s->listen_ready = true;
 
@@ -536,6 +610,9 @@ static int server_init(struct server *s, int listen_fd, int stop_fd,
 	s->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (s->epfd < 0)
 		return -errno;
+	ret = set_busy_poll(s->epfd, cfg->epoll_busy_poll_us);
+	if (ret)
+		return ret;
 	/* The stop pipe stays level-triggered: it must keep reporting until we leave. */
 	ret = watch(s->epfd, stop_fd, EPOLLIN);
 	if (ret)
@@ -553,7 +630,8 @@ int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cf
 		return -EINVAL;
 	if (cfg->ready_fd == listen_fd || cfg->ready_fd == stop_fd)
 		return -EINVAL;
-	if (!cfg->buf_size || !cfg->epoll_budget || cfg->epoll_spin_us > EC_MAX_SPIN_US)
+	if (!cfg->buf_size || !cfg->epoll_budget || cfg->epoll_spin_us > EC_MAX_SPIN_US ||
+	    cfg->epoll_busy_poll_us > EC_MAX_SPIN_US || cfg->epoll_level > 1)
 		return -EINVAL;
 	if (cfg->features)	/* the io_uring variants' bits mean nothing here */
 		return -EINVAL;

@@ -5,6 +5,7 @@
  *   loadgen.c       ec_load_run: validate, connect, start workers, results
  *   load_connect.c  connect phase
  *   load_worker.c   a worker thread: epoll loop, send/recv/verify, drain
+ *   load_threads.c  the THREADS client: a blocking thread per connection
  *   load_stream.c   \
  *   load_rr.c        } what each mode does (struct load_mode)
  *   load_rate.c     /
@@ -25,7 +26,10 @@
 #include "histogram.h"
 
 #define MAX_CHUNK (256u * 1024)          /* cap on every send and recv */
+#define SMALL_READ (64u * 1024)          /* EPOLL_LT and THREADS clients' read size */
 #define WIN_UNKNOWN UINT64_MAX           /* window edge not decided yet */
+#define DRAIN_IDLE_NS (1000ull * 1000000) /* drain: give up once nothing arrived this long */
+#define DRAIN_MAX_NS (10ull * 1000000000) /* drain: at most this long */
 
 struct conn {
 	int fd;                 /* -1 once closed */
@@ -36,7 +40,9 @@ struct conn {
 	uint8_t failed;         /* reset or EOF by the server */
 	uint8_t dirty;          /* rate: on the worker's to-send list */
 	uint8_t again;          /* read budget ran out: on the worker's again list */
+	uint8_t watch_out;      /* EPOLL_LT: EPOLLOUT is in the interest set */
 	uint64_t sent;          /* stream bytes sent */
+	uint64_t sending;       /* THREADS: stream offset a send under way may reach (>= sent) */
 	uint64_t recvd;         /* stream bytes received */
 	uint64_t send_limit;    /* may send up to this stream offset */
 	uint64_t win_bytes;     /* bytes received inside the measured window */
@@ -132,6 +138,16 @@ struct worker {
 	int setup_err;
 	int draining;
 	int no_pwait2;          /* kernel without epoll_pwait2: ms timeouts */
+	int level;              /* EPOLL_LT: level-triggered, one read per report */
+	uint32_t read_size;     /* bytes one recv asks for */
+	/* THREADS stream: the receiving thread, and the sender's wait for window space */
+	pthread_t reader;
+	int reader_up;
+	pthread_mutex_t space_lock;
+	pthread_cond_t space;
+	int sender_waiting;     /* the sender sleeps on space (seq_cst with recvd, see load_threads.c) */
+	int sender_done;        /* the sender stopped sending: c->sent is final */
+	int stopped;            /* the stop fd fired */
 	uint64_t win_start;     /* this worker's copy of the window; WIN_UNKNOWN until published */
 	uint64_t win_end;
 	uint8_t *buf;           /* MAX_CHUNK receive buffer */
@@ -205,6 +221,12 @@ static inline uint64_t requests_unechoed(const struct worker *w, const struct co
 /* load_worker.c */
 void *ec_worker_main(void *arg);
 void ec_conn_write(struct worker *w, struct conn *c);
+void ec_conn_received(struct worker *w, struct conn *c, const uint8_t *buf, uint64_t n,
+		      uint64_t off, uint64_t owed, uint64_t t);
+void ec_conn_unechoed(struct worker *w, int drain_idle);
+
+/* load_threads.c: the THREADS client (one thread per connection, blocking sockets). */
+void *ec_threads_main(void *arg);
 
 /* load_timeline.c */
 enum { GATE_WAIT, GATE_GO, GATE_ABORT };

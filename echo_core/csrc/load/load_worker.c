@@ -1,6 +1,7 @@
 /*
- * load_worker.c - one worker thread of the load generator: an edge-triggered
- * epoll loop over its share of the connections, every echoed byte verified.
+ * load_worker.c - one worker thread of the load generator: an epoll loop
+ * (edge-triggered, or level-triggered for the EPOLL_LT client) over its
+ * share of the connections, every echoed byte verified.
  * What differs between modes lives in the struct load_mode hooks.
  *
  * The hot loop makes no allocations and no system calls beyond
@@ -21,8 +22,6 @@
 
 #define MAX_EVENTS 256
 #define READ_BUDGET 8                    /* recvs per connection per turn */
-#define DRAIN_IDLE_NS (1000 * NS_PER_MS) /* give up once nothing arrived this long */
-#define DRAIN_MAX_NS (10 * NS_PER_S)
 /* While the window is not decided yet, look for it this often. */
 #define UNKNOWN_WAIT_NS (5 * NS_PER_MS)
 
@@ -66,7 +65,8 @@ static void conn_account(struct worker *w, struct conn *c, uint64_t n, uint64_t 
 {
 	uint64_t before = c->recvd, payload = w->ld->payload;
 
-	c->recvd += n;
+	/* Release: the THREADS client's sender reads recvd from its own thread. */
+	__atomic_store_n(&c->recvd, before + n, __ATOMIC_RELEASE);
 	w->rx_total += n;
 	__atomic_store_n(&w->pub_rx, w->rx_total, __ATOMIC_RELAXED);
 	if (in_window(w, t)) {
@@ -81,6 +81,14 @@ static void conn_account(struct worker *w, struct conn *c, uint64_t n, uint64_t 
 	}
 	if (w->ops->on_echoed)
 		w->ops->on_echoed(w, c, t);
+}
+
+/* Book and check n bytes received at stream offset off (owed: sent but not yet echoed then). */
+void ec_conn_received(struct worker *w, struct conn *c, const uint8_t *buf, uint64_t n,
+		      uint64_t off, uint64_t owed, uint64_t t)
+{
+	conn_account(w, c, n, t);
+	conn_verify(w, c, buf, n, off, owed);
 }
 
 static void conn_read(struct worker *w, struct conn *c)
@@ -103,7 +111,7 @@ static void conn_read(struct worker *w, struct conn *c)
 			}
 			return;
 		}
-		n = recv(c->fd, w->buf, MAX_CHUNK, 0);
+		n = recv(c->fd, w->buf, w->read_size, 0);
 		w->recv_calls++;
 		if (n < 0) {
 			if (errno == EINTR)
@@ -123,10 +131,28 @@ static void conn_read(struct worker *w, struct conn *c)
 		if (!c->blocked && c->sent < c->send_limit)
 			ec_conn_write(w, c);
 		conn_verify(w, c, w->buf, (uint64_t)n, off, owed);
-		/* Edge-triggered: a short read emptied the queue; new data brings a new edge. */
-		if (c->failed || (size_t)n < MAX_CHUNK)
+		/*
+		 * Level-triggered: one read per report, epoll reports the rest.
+		 * Edge-triggered: a short read emptied the queue; new data brings
+		 * a new edge.
+		 */
+		if (w->level || c->failed || (size_t)n < w->read_size)
 			return;
 	}
+}
+
+/* EPOLL_LT: watch EPOLLOUT only while a send is blocked, as level-triggered clients must. */
+static void conn_watch_out(struct worker *w, struct conn *c, int on)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | (on ? EPOLLOUT : 0), .data.ptr = c };
+
+	if (!w->level || c->watch_out == on || c->fd < 0)
+		return;
+	if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, c->fd, &ev)) {
+		conn_fail(w, c);
+		return;
+	}
+	c->watch_out = (uint8_t)on;
 }
 
 void ec_conn_write(struct worker *w, struct conn *c)
@@ -150,10 +176,12 @@ void ec_conn_write(struct worker *w, struct conn *c)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				c->blocked = 1;
-			else
+				conn_watch_out(w, c, 1);
+			} else {
 				conn_fail(w, c);
+			}
 			return;
 		}
 		c->sent += (uint64_t)n;
@@ -164,6 +192,7 @@ void ec_conn_write(struct worker *w, struct conn *c)
 		/* A short send means the buffer is full; EPOLLOUT will fire when it drains. */
 		if ((uint64_t)n < len) {
 			c->blocked = 1;
+			conn_watch_out(w, c, 1);
 			return;
 		}
 	}
@@ -180,6 +209,8 @@ static void conn_event(struct worker *w, struct conn *c, uint32_t events)
 		conn_read(w, c);
 	if (!c->failed && !c->blocked && c->sent < c->send_limit)
 		ec_conn_write(w, c);
+	if (!c->failed && !c->blocked)
+		conn_watch_out(w, c, 0);
 }
 
 static struct timespec ns_to_ts(uint64_t ns)
@@ -307,12 +338,21 @@ static void worker_drain(struct worker *w)
 	ret = worker_loop(w, now_ns() + DRAIN_MAX_NS);
 	if (ret == 1)
 		return;
+	ec_conn_unechoed(w, ret == -1);
+}
+
+/* After the drain: what never came back (bytes lost when the server went idle, drain_idle). */
+void ec_conn_unechoed(struct worker *w, int drain_idle)
+{
+	struct conn *c;
+	uint32_t i;
+
 	for (i = 0; i < w->nconns; i++) {
 		c = &w->conns[i];
 		if (c->recvd >= c->sent)
 			continue;
 		w->never_answered += w->ops->unechoed(w, c);
-		if (ret == -1 && !c->failed)
+		if (drain_idle && !c->failed)
 			mark_mismatch(w, c, c->sent - c->recvd);
 	}
 }
@@ -358,7 +398,7 @@ static int worker_setup(struct worker *w)
 		if (ret)
 			return -ret;
 	}
-	w->buf = malloc(MAX_CHUNK);
+	w->buf = malloc(w->read_size);
 	w->again = calloc(w->nconns ? w->nconns : 1, sizeof(*w->again));
 	if (!w->buf || !w->again)
 		return -ENOMEM;
@@ -378,9 +418,13 @@ static int worker_setup(struct worker *w)
 			return -errno;
 	}
 	for (i = 0; i < w->nconns; i++) {
-		/* Both directions, edge-triggered, once: no epoll_ctl in the hot loop. */
-		ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+		/*
+		 * Edge-triggered: both directions once, no epoll_ctl in the hot
+		 * loop.  Level-triggered: EPOLLOUT until the first sends went out.
+		 */
+		ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | (w->level ? 0 : EPOLLET);
 		ev.data.ptr = &w->conns[i];
+		w->conns[i].watch_out = 1;
 		if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->conns[i].fd, &ev))
 			return -errno;
 	}

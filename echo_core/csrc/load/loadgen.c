@@ -5,9 +5,11 @@
  * A run (ec_load_run) goes:
  *   1. validate the config, raise RLIMIT_NOFILE, build the pattern table;
  *   2. connect phase on the calling thread (load_connect.c, not measured);
- *   3. worker threads (load_worker.c), each with its own edge-triggered
- *      epoll, take a round-robin share of the connections and run the
- *      mode's hooks (load_stream.c, load_rr.c, load_rate.c);
+ *   3. worker threads (load_worker.c), each with its own epoll (edge- or,
+ *      for the EPOLL_LT client, level-triggered), take a round-robin share
+ *      of the connections and run the mode's hooks (load_stream.c,
+ *      load_rr.c, load_rate.c); the THREADS client runs a worker per
+ *      connection on blocking sockets instead (load_threads.c);
  *   4. t0; the calling thread runs the timeline (load_timeline.c): warm-up,
  *      measured window and snapshots at its edges; workers stop at the
  *      window's end, censor what is still open, then drain: a short wait
@@ -92,6 +94,13 @@ static int validate(const struct ec_load_config *cfg)
 	if (cfg->ncounters > EC_MAX_COUNTERS || (cfg->ncounters && !cfg->counters))
 		return -EINVAL;
 	if (cfg->nserver_stats > EC_MAX_SERVER_THREADS || (cfg->nserver_stats && !cfg->server_stats))
+		return -EINVAL;
+	if (cfg->client != EC_CLIENT_EPOLL_ET && cfg->client != EC_CLIENT_EPOLL_LT &&
+	    cfg->client != EC_CLIENT_THREADS)
+		return -EINVAL;
+	/* Blocking threads have no schedule to keep; a thread per connection has a limit. */
+	if (cfg->client == EC_CLIENT_THREADS &&
+	    (cfg->mode == EC_MODE_RATE || cfg->connections > EC_LOAD_MAX_THREADS_CONNECTIONS))
 		return -EINVAL;
 	if (!fd_ok(cfg->stop_fd) || !fd_ok(cfg->window_ctl_fd))
 		return -EBADF;
@@ -225,6 +234,8 @@ static void distribute(struct load *ld, const int *fds, uint32_t n, struct conn 
 		ws[i].win_start = WIN_UNKNOWN;
 		ws[i].win_end = WIN_UNKNOWN;
 		ws[i].cpu = cfg->cpus && cfg->ncpus ? cfg->cpus[i % cfg->ncpus] : -1;
+		ws[i].level = cfg->client == EC_CLIENT_EPOLL_LT;
+		ws[i].read_size = cfg->client == EC_CLIENT_EPOLL_ET ? MAX_CHUNK : SMALL_READ;
 		ec_hist_init(&ws[i].hist);
 		ec_hist_init(&ws[i].lag);
 		for (g = i; g < n; g += nw, k++) {
@@ -237,21 +248,30 @@ static void distribute(struct load *ld, const int *fds, uint32_t n, struct conn 
 	}
 }
 
+/* A THREADS client thread's stack: its buffers are on the heap. */
+#define THREAD_STACK (256u * 1024)
+
 /* Start workers with every signal blocked, so signals go to the caller's thread. */
 static int start_workers(struct worker *ws, uint32_t nw, uint32_t *started)
 {
+	void *(*main_fn)(void *) = ws[0].ld->cfg->client == EC_CLIENT_THREADS ? ec_threads_main : ec_worker_main;
+	pthread_attr_t attr;
 	sigset_t all, old;
 	uint32_t i;
 	int ret = 0;
 
+	pthread_attr_init(&attr);
+	if (main_fn == ec_threads_main)
+		pthread_attr_setstacksize(&attr, THREAD_STACK);
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
 	for (i = 0; i < nw; i++) {
-		ret = pthread_create(&ws[i].thread, NULL, ec_worker_main, &ws[i]);
+		ret = pthread_create(&ws[i].thread, &attr, main_fn, &ws[i]);
 		if (ret)
 			break;
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&attr);
 	*started = i;
 	return -ret;
 }
@@ -384,7 +404,8 @@ int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res)
 	if (!n)
 		goto out;       /* the caller sees connected == 0 and connect_errors */
 
-	nw = cfg->threads < n ? cfg->threads : n;
+	/* THREADS: a worker per connection; the others share threads workers. */
+	nw = cfg->client == EC_CLIENT_THREADS ? n : (cfg->threads < n ? cfg->threads : n);
 	/* Rate: the schedule spreads the total rate over the connections actually up. */
 	ld.arr.kind = cfg->arrivals;
 	ld.arr.seed = cfg->seed;

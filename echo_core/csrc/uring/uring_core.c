@@ -220,6 +220,7 @@ static void on_accept(struct server *s, uint32_t idx, const struct io_uring_cqe 
 		s->stats->accept_errors++;
 		return;
 	}
+	s->conns[cqe->res].work_bytes = 0;
 	s->nconns++;
 	s->stats->conns_accepted++;
 	s->stats->conns_active = s->nconns;
@@ -555,6 +556,9 @@ int core_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
 	if (ret)
 		return ret;
 	memset(&s, 0, sizeof(s));
+	ret = ec_work_init(&s.work, cfg);
+	if (ret)
+		return ret;
 	memset(stats, 0, sizeof(*stats));	/* as the epoll server does: counters start at 0 */
 	s.listen_fd = listen_fd;
 	s.stop_fd = stop_fd;

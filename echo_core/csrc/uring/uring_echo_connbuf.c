@@ -86,6 +86,7 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	}
 	c->len = (uint32_t)cqe->res;
 	c->sent = 0;
+	ec_work_on_recv(&s->work, s->stats, &c->work_bytes, s->connbuf[idx], c->len);
 	ec_count_recv(s->stats, (uint64_t)cqe->res);
 	if (c->len > s->stats->pending_bytes_max)
 		s->stats->pending_bytes_max = c->len;

@@ -381,6 +381,7 @@ static int take_data(struct server *s, struct conn *c, const struct io_uring_cqe
 		n = left < room ? left : room;
 		off = bufring_take(&s->br, b, n, cqe->flags);
 		left -= n;
+		ec_work_on_recv(&s->work, s->stats, &c->work_bytes, bufring_addr(&s->br, b) + off, n);
 		if (ret || (c->flags & CF_ERROR) || (ret = enqueue(s, c, b, off, n)))
 			bufring_put(&s->br, b);	/* not to be echoed: give it back */
 	}

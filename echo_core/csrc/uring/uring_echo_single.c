@@ -112,6 +112,7 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	c->len = (uint32_t)cqe->res;
 	c->sent = 0;
 	c->off = bufring_take(&s->br, c->bid, (uint32_t)c->len, cqe->flags);
+	ec_work_on_recv(&s->work, s->stats, &c->work_bytes, bufring_addr(&s->br, c->bid) + c->off, c->len);
 	if (must_spill(s) && (c->spill || (c->spill = malloc(s->buf_size)))) {
 		memcpy(c->spill, bufring_addr(&s->br, c->bid) + c->off, c->len);
 		bufring_put(&s->br, c->bid);

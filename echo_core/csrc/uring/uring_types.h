@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "../echo_core.h"
+#include "../work.h"
 #include "uring_bufring.h"
 #include "uring_compat.h"
 
@@ -59,6 +60,7 @@ struct conn {
 	uint32_t qlen;
 	uint32_t qsend;   /* mshot: segments at the queue's head the send in flight covers */
 	unsigned char *spill; /* single: the connection's own copy of its bytes (see must_spill) */
+	uint64_t work_bytes;  /* received so far (server work per message) */
 };
 
 struct server;
@@ -100,6 +102,7 @@ struct server {
 	struct __kernel_timespec retry_ts;
 	int stopping;
 	struct ec_server_stats *stats;
+	struct ec_work work;      /* what to do with received bytes before echoing them */
 	/* configuration, defaults resolved */
 	uint32_t features;
 	uint32_t buf_size;
