@@ -21,7 +21,8 @@ from echo_core.host.machine import comparable_facts
 from echo_core.results.resultsets import excluded_counts, excluded_note, pooling_differences, valid_rows
 from echo_core.results.schema import CELL_DEFAULTS, COUNTERS, IMPL_LABELS, MODE_LABELS, bytes_label
 from echo_core.analysis.stats import (VERDICTS, base_pair, cell_medians, counters_note, counters_recorded, knees,
-                                      latency_vs_load, ratios, spec_ratios, summarize, up_to_saturation, verdicts)
+                                      latency_percentiles, latency_vs_load, ratios, spec_ratios, summarize,
+                                      up_to_saturation, verdicts)
 from echo_core.servers.specs import CATALOGUE
 
 #: Chart name -> function, in the order save_charts() draws them.
@@ -570,18 +571,55 @@ def spec_ratio_table(df):
     return out.set_index(["mode", "payload", "connections", "implementation"]).sort_index()
 
 
+def _variant_keys(df):
+    """client and work, where the results hold more than one of them (else they say nothing)."""
+    return [c for c in CELL_DEFAULTS if c in df.columns and df[c].nunique() > 1]
+
+
 def ratio_table(df):
-    """The paired ratio per closed-loop cell with its CI, pairs, exclusions and the server-CPU ratio."""
-    r = ratios(_closed(df))
+    """The paired ratio per closed-loop cell with its CI, pairs, exclusions and the server-CPU ratio:
+    io_uring / epoll, or the one io_uring spec / the one epoll spec of a confirmatory set."""
+    numerator, denominator = base_pair(df) or ("uring", "epoll")
+    r = ratios(_closed(df), numerator=numerator, denominator=denominator)
     if r.empty:
         return r
-    cols = ["mode", "payload", "connections", "uring", "epoll", "ratio", "ratio_ci_low", "ratio_ci_high",
-            "n_pairs", "n_excluded", "cpu_ratio"]
-    out = r[cols].rename(columns={"uring": "io_uring msgs/s", "epoll": "epoll msgs/s",
+    keys = _variant_keys(df) + ["mode", "payload", "connections"]
+    cols = keys + [numerator, denominator, "ratio", "ratio_ci_low", "ratio_ci_high", "n_pairs", "n_excluded",
+                   "cpu_ratio"]
+    out = r[cols].rename(columns={numerator: f"{IMPL_LABELS.get(numerator, numerator)} msgs/s",
+                                  denominator: f"{IMPL_LABELS.get(denominator, denominator)} msgs/s",
                                   "ratio_ci_low": "95 % CI low", "ratio_ci_high": "95 % CI high",
                                   "n_pairs": "pairs", "n_excluded": "runs excluded",
                                   "cpu_ratio": "server CPU/msg ratio"})
-    return out.set_index(["mode", "payload", "connections"])
+    return out.set_index(keys)
+
+
+def latency_ci_table(df, quantiles=(0.5, 0.99, 0.999)):
+    """Latency percentiles per rr / rate cell and implementation from the merged histograms of its
+    valid runs, each with its 95 % CI (echo_core.analysis.stats.latency_percentiles), in µs."""
+    table = latency_percentiles(df, quantiles)
+    if table.empty:
+        return table
+    keys = ["impl"] + _variant_keys(df) + ["mode", "payload", "connections"]
+    if table["offered_rate"].notna().any():
+        keys.append("offered_rate")
+    names = [c for c in table.columns if c.endswith("_us")]
+    out = table[keys + ["n", "samples"]].copy()
+    for name in names:
+        out[name.removesuffix("_us") + " µs [95 % CI]"] = [
+            f"{v:,.1f} [{lo:,.1f}, {hi:,.1f}]" if lo == lo else f"{v:,.1f}"
+            for v, lo, hi in zip(table[name], table[f"{name}_ci_low"], table[f"{name}_ci_high"])]
+    return out.set_index(keys)
+
+
+def verdict_table(df):
+    """Per closed-loop cell: the verdict over the clients and works it ran with, and each one's ratio
+    (echo_core.analysis.stats.verdicts)."""
+    pair = base_pair(df)
+    if pair is None:
+        return pd.DataFrame()
+    table = verdicts(_closed(df), *pair)
+    return table.set_index(["mode", "payload", "connections"]).drop(columns=["offered_rate"], errors="ignore")
 
 
 def counters_table(df, counters=COUNTER_TABLE):

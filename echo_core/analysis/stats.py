@@ -374,6 +374,71 @@ def latency_vs_load(df, quantiles=(0.5, 0.99, 0.999)):
     return pd.DataFrame(out)
 
 
+def _hist_array(text):
+    import numpy as np
+
+    out = np.zeros(histogram.BUCKETS, dtype=np.int64)
+    for index, count in histogram.decode(text).items():
+        out[index] = count
+    return out
+
+
+def _quantiles_of(counts, qs, mids):
+    """Quantiles (µs) of bucket counts, rows of `counts` one histogram each: ec_hist_quantile's rule
+    (the midpoint of the bucket holding the ceil(q * n)-th sample)."""
+    import numpy as np
+
+    cum = np.cumsum(counts, axis=-1)
+    total = cum[..., -1:]
+    out = []
+    for q in qs:
+        rank = np.maximum(np.ceil(q * total), 1)
+        index = (cum < rank).sum(axis=-1)
+        out.append(np.where(total[..., 0] > 0, mids[np.minimum(index, len(mids) - 1)] / 1e3, np.nan))
+    return out
+
+
+def latency_percentiles(df, quantiles=(0.5, 0.99, 0.999), level=0.95, resamples=BOOTSTRAP_RESAMPLES, seed=0):
+    """Latency percentiles per cell with confidence intervals, from the merged histograms.
+
+    Each cell's valid runs (rr, rate) are pooled by merging their histograms (``latency_hist``); the CI
+    is a two-level bootstrap: resample the runs (the machine's drift between repeats), then the
+    requests of the merged histogram (multinomially: a percentile's own sampling error, which dominates
+    the tail).  Columns: CELL, n (runs), samples, then per quantile p<q>_us with _ci_low and _ci_high
+    (e.g. p99_us, p99_us_ci_low, p99_us_ci_high); NaN bounds with fewer than 2 runs."""
+    import numpy as np
+    import pandas as pd
+
+    data = df[df["mode"].isin(("rr", "rate"))]
+    names = ["p" + f"{q * 100:g}".replace(".", "") + "_us" for q in quantiles]
+    columns = CELL + ["n", "samples"] + [f"{n}{s}" for n in names for s in ("", "_ci_low", "_ci_high")]
+    if data.empty or "latency_hist" not in data.columns:
+        return pd.DataFrame(columns=columns)
+    mids = np.asarray(histogram.midpoints(), dtype=float)
+    rng = np.random.default_rng(seed)
+    alpha = (1 - level) / 2
+    out = []
+    for rec, good in _cells(data):
+        hists = [_hist_array(h) for h in good["latency_hist"] if isinstance(h, str) and h]
+        pooled = np.sum(hists, axis=0) if hists else np.zeros(histogram.BUCKETS, dtype=np.int64)
+        rec["samples"] = int(pooled.sum())
+        point = _quantiles_of(pooled[None, :], quantiles, mids)
+        if len(hists) >= 2 and pooled.sum() > 0:
+            runs = np.stack(hists)
+            picks = rng.integers(0, len(hists), size=(resamples, len(hists)))
+            sums = runs[picks].sum(axis=1)
+            draws = np.stack([rng.multinomial(int(s.sum()), s / s.sum()) if s.sum() else s for s in sums])
+            boots = _quantiles_of(draws, quantiles, mids)
+        else:
+            boots = [None] * len(quantiles)
+        for name, value, boot in zip(names, point, boots):
+            rec[name] = float(value[0])
+            rec[f"{name}_ci_low"] = float(np.nanquantile(boot, alpha)) if boot is not None else math.nan
+            rec[f"{name}_ci_high"] = float(np.nanquantile(boot, 1 - alpha)) if boot is not None else math.nan
+        out.append(rec)
+    return pd.DataFrame(out).reindex(columns=columns)
+
+
 #: The knee: the last offered load before p99 exceeds KNEE_FACTOR x its value at the lowest load, or
 #: the achieved load falls below KNEE_ACHIEVED of the offered one.
 KNEE_FACTOR = 3.0

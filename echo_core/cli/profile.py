@@ -34,6 +34,10 @@ def add_profile_arguments(parser):
                         help="where the files go (default data/profiles/<time>-<mode>-<payload>x<connections>)")
     parser.add_argument("--keep-perf-data", action="store_true", help="keep <impl>.perf.data for perf report")
     parser.add_argument("--top", default="5", metavar="N", help="differences to print (default 5)")
+    parser.add_argument("--client", default="epoll-et", metavar="DESIGN",
+                        help="the load generator's design: epoll-et (default), epoll-lt, threads")
+    parser.add_argument("--work", default="none", metavar="WORK",
+                        help="the servers' work per request: none (default), touch, cpu=NS")
     return parser
 
 
@@ -57,6 +61,8 @@ def profile_command(args):
             frequency=option_number("frequency", args.frequency, int),
             server_cpu=None if args.server_cpu is None else option_number("server-cpu", args.server_cpu, int),
             client_cpus=available_cpus(args.client_cpus),
+            client=args.client,
+            work=args.work,
         )
         top = option_number("top", args.top, int)
         report.use_headless_backend()
@@ -69,7 +75,8 @@ def profile_command(args):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = result.output_dir
-    print(f"profiles of {args.mode} {kwargs['payload']} B x {kwargs['connections']} connections in {out}/")
+    print(f"profiles of {args.mode} {kwargs['payload']} B x {kwargs['connections']} connections "
+          f"({args.client} client, work {args.work}) in {out}/")
     for impl, info in result.meta["impls"].items():
         print(f"  {info['folded']}  {info['svg']}")
     print("  " + "  ".join(result.meta["files"].values()) + f"  {profile.PROFILE_JSON}")

@@ -244,7 +244,8 @@ def sweep_command(args):
     redone = {row_key(row) for row in results.valid_rows(df).to_dict("records")}
     invalid = [row for row in results.excluded_rows(df).to_dict("records") if row_key(row) not in redone]
     broken = [r["invalid_reason"] for r in invalid
-              if any(not part.startswith(("unsteady", "unsupported")) for part in r["invalid_reason"].split("; "))]
+              if any(not part.startswith(("unsteady", "non-stationary", "unsupported"))
+                     for part in r["invalid_reason"].split("; "))]
     skipped = sorted({f"{r['impl']} ({r['invalid_reason']})" for r in invalid
                       if r["invalid_reason"].startswith("unsupported")})
     if skipped:

@@ -243,6 +243,10 @@ struct ec_counter {
 	uint64_t config;          /* tracepoint id (tracefs events/SYS/NAME/id), or PERF_COUNT_HW_* */
 };
 
+/* The window's throughput series: echoed bytes per interval of at least EC_SERIES_STEP_MS, at most this many. */
+#define EC_SERIES_MAX 600
+#define EC_SERIES_STEP_MS 100
+
 /* Latency histogram buckets exported in the result (must equal histogram.h's count). */
 #define EC_HIST_BUCKETS 1920
 
@@ -329,6 +333,11 @@ struct ec_load_result {
 	uint64_t latency_hist[EC_HIST_BUCKETS]; /* merged latency histogram (ns buckets) */
 	double start_late_s;      /* with start_at_s: how late t0 came after it (connecting took
 				     longer than the barrier allowed); 0 otherwise */
+	/* Echoed bytes per series_step_ns over the window (the last, shorter interval left out):
+	   what a stationarity check needs. */
+	uint32_t series_n;
+	uint64_t series_step_ns;
+	uint64_t series[EC_SERIES_MAX];
 };
 
 /* Run one load. Returns 0, or a negative errno for bad config or set-up failure. */

@@ -433,6 +433,9 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         "recv_calls": res.recv_calls,
         "interrupted": interrupted,
         "start_late_s": res.start_late_s,
+        # Echoed bytes per interval over the window: the stationarity check (echo_core.results.validity).
+        "window_series": " ".join(str(res.series[i]) for i in range(min(res.series_n, lib.EC_SERIES_MAX))),
+        "window_series_step_s": res.series_step_ns / 1e9,
     }
     if stream:
         for key in LATENCY_KEYS:

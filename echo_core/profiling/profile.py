@@ -56,7 +56,8 @@ from echo_core.measure import benchmark as bench
 from echo_core.profiling import flamegraph
 from echo_core.profiling.charts import save_charts
 from echo_core.profiling import folded
-from echo_core.load.generator import check_load_args
+from echo_core.load.generator import DEFAULT_CLIENT, check_load_args
+from echo_core.servers.options import parse_work
 from echo_core.servers import specs
 from echo_core.results.schema import IMPL_LABELS
 from echo_core.host.machine import machine_info
@@ -469,13 +470,15 @@ def file_stem(impl):
 
 def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=None, warmup=0.5, warmup_max=None,
                  server_cpu=None, client_cpus=None, repeats=1, frequency=FREQUENCY_HZ, server_options=None,
-                 keep_perf_data=False, charts=True, machine=True):
+                 keep_perf_data=False, charts=True, machine=True, client=DEFAULT_CLIENT, work="none"):
     """Profile one cell for each implementation in ``impls`` (e.g. ["uring", "epoll"]); see the module
     docstring for the files written to ``output_dir`` (default data/profiles/<time>-<mode>-<payload>x<conns>).
 
     Runs ``repeats`` benchmarks per implementation (bench.run_benchmark, same arguments), the
     implementations interleaved; an implementation's samples over its repeats fold into one
     ``<impl>.folded`` and its CPU per message is its total server CPU over its total messages.
+    ``client`` (the load generator's design) and ``work`` (the servers' work per request) are
+    run_benchmark's: the same cell profiled under two clients shows why a verdict flips with the client.
     Raises ValueError for bad arguments and ProfilerUnavailable when perf is missing or may not
     sample (both before any server starts).  Returns a Profile.
 
@@ -503,7 +506,8 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
     server_cpu = auto_server if server_cpu is None else server_cpu
     client_cpus = list(auto_client if client_cpus is None else client_cpus)
     checked = check_load_args("127.0.0.1", 1, mode, payload, connections, len(client_cpus), duration, warmup,
-                              cpus=client_cpus, warmup_max=warmup_max)
+                              cpus=client_cpus, warmup_max=warmup_max, client=client)
+    work = parse_work(work)[0]
     if server_cpu not in os.sched_getaffinity(0):
         raise ValueError(f"server cpu {server_cpu} is not available (available: {sorted(os.sched_getaffinity(0))})")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
@@ -520,7 +524,8 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "cell": {"mode": mode, "payload": checked["payload"], "connections": checked["connections"],
                  "duration": checked["duration"], "repeats": repeats, "warmup": checked["warmup"], "warmup_max": warmup_max,
-                 "server_cpu": server_cpu, "client_cpus": client_cpus, "server_options": server_options or {}},
+                 "server_cpu": server_cpu, "client_cpus": client_cpus, "server_options": server_options or {},
+                 "client": client, "work": work},
         "perf": {"version": version, "event": "cpu-clock", "frequency_hz": frequency, "callchain": "fp",
                  "record_command": None, "script_command": None,
                  "window": "events enabled and disabled by the load generator at its measured window's edges"},
@@ -541,7 +546,7 @@ def profile_cell(impls, mode, payload, connections, duration=2.0, output_dir=Non
             row = bench.run_benchmark(impl, mode, checked["payload"], checked["connections"],
                                       duration=checked["duration"], warmup=checked["warmup"], warmup_max=warmup_max,
                                       server_cpu=server_cpu, client_cpus=client_cpus, server_options=server_options,
-                                      observer=recorder)
+                                      observer=recorder, client=client, work=work)
             text, script_cmd = perf_script(data_path)
             if not keep_perf_data:
                 data_path.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ def bucket_width(index):
 
 
 @lru_cache(maxsize=None)
-def _midpoints():
+def midpoints():
+    """Each bucket's midpoint (ns): the value a quantile falling into that bucket reports."""
     return tuple(lib.ec_hist_bucket_low(i) + lib.ec_hist_bucket_width(i) // 2 for i in range(BUCKETS))
 
 
@@ -87,7 +88,7 @@ def quantile(hist, q):
     if rank < q * total:
         rank += 1
     rank = max(rank, 1)
-    seen, mids = 0, _midpoints()
+    seen, mids = 0, midpoints()
     for index in sorted(buckets):
         seen += buckets[index]
         if seen >= rank:

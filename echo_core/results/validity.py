@@ -3,7 +3,9 @@
 A run is valid only if every byte came back unchanged, nothing failed, the load generator ran its whole
 window and exited cleanly, load hosts (if several) started together, and server and client describe the
 same steady window: the server's bytes
-sent over the window agree with the client's echoed bytes received over it within STEADY_TOLERANCE.
+sent over the window agree with the client's echoed bytes received over it within STEADY_TOLERANCE, and
+the window's throughput did not drift (its last third's mean within STATIONARITY_TOLERANCE of its first
+third's, from the load generator's 100 ms series).
 Invalid rows stay in the CSV (``valid`` False, ``invalid_reason`` says why) and are excluded from
 statistics and charts, which say how many runs they left out.
 """
@@ -14,6 +16,10 @@ import math
 STEADY_TOLERANCE = 0.05
 #: Load from several hosts: hosts whose windows opened this far apart (s) measured different windows.
 HOSTS_START_SKEW_LIMIT = 0.05
+#: Stationarity: the mean throughput of the window's last third may differ from its first third's by
+#: at most this fraction of the window's mean (checked with at least STATIONARITY_MIN_INTERVALS).
+STATIONARITY_TOLERANCE = 0.2
+STATIONARITY_MIN_INTERVALS = 6
 
 
 def _num(row, key):
@@ -36,6 +42,26 @@ def window_agreement(row):
     if not (math.isfinite(server) and math.isfinite(client)) or client <= 0:
         return math.nan
     return server / client
+
+
+def drift(row):
+    """How far the window's throughput moved: (mean of its last third - mean of its first third) / its
+    mean, from the load generator's per-interval series (``window_series``); NaN when the series is
+    missing (rows measured before it) or shorter than STATIONARITY_MIN_INTERVALS."""
+    text = row.get("window_series")
+    if not isinstance(text, str) or not text:
+        return math.nan
+    try:
+        series = [float(x) for x in text.split()]
+    except ValueError:
+        return math.nan
+    if len(series) < STATIONARITY_MIN_INTERVALS:
+        return math.nan
+    third = len(series) // 3
+    mean = sum(series) / len(series)
+    if mean <= 0:
+        return math.nan
+    return (sum(series[-third:]) - sum(series[:third])) / third / mean
 
 
 def reasons(row):
@@ -63,6 +89,9 @@ def reasons(row):
     agreement = window_agreement(row)
     if math.isfinite(agreement) and abs(agreement - 1) > STEADY_TOLERANCE:
         out.append(f"unsteady: server/client bytes {agreement:.3f}")
+    moved = drift(row)
+    if math.isfinite(moved) and abs(moved) > STATIONARITY_TOLERANCE:
+        out.append(f"non-stationary: throughput moved {moved:+.0%} from the window's first third to its last")
     return out
 
 

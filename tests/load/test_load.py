@@ -1030,3 +1030,51 @@ def test_cli_client_flag():
         assert json.loads(p.stdout)["client"] == "epoll-lt"
     p = cli("--port", "9", "--client", "bogus")
     assert p.returncode == 2 and "invalid choice" in p.stderr and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------ stationarity
+
+def slow_down_handler(after=0.7, delay=0.002):
+    """Echo at full speed for `after` seconds, then wait `delay` before every echo: a server whose
+    throughput falls inside the window."""
+    def handler(conn, index):
+        start = time.monotonic()
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                return
+            if time.monotonic() - start >= after:
+                time.sleep(delay)
+            conn.sendall(data)
+
+    return handler
+
+
+def test_window_series_covers_the_window():
+    with ThreadedServer() as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=1.0, warmup=0.1)
+    series = [int(x) for x in r["window_series"].split()]
+    assert r["window_series_step_s"] == pytest.approx(0.1)
+    assert 9 <= len(series) <= 10
+    assert sum(series) <= r["bytes"] * 1.05 + 2048 and sum(series) >= r["bytes"] * 0.8
+    from echo_core.results import validity
+    assert validity.drift(r) == validity.drift(r)  # a number: the series is long enough
+
+
+def test_a_server_slowing_down_in_the_window_makes_the_run_non_stationary():
+    from echo_core.results import validity
+
+    with ThreadedServer(slow_down_handler(after=0.8)) as srv:
+        r = run_load(port=srv.port, mode="rr", payload=512, connections=2, duration=1.2, warmup=0.2)
+    assert validity.drift(r) < -validity.STATIONARITY_TOLERANCE, r["window_series"]
+    valid, why = validity.assess(r)
+    assert not valid and "non-stationary" in why
+
+
+def test_drift_needs_a_long_enough_series():
+    from echo_core.results import validity
+
+    assert math.isnan(validity.drift({"window_series": "10 10 1"}))
+    assert math.isnan(validity.drift({}))
+    assert validity.drift({"window_series": "10 10 10 10 10 10"}) == 0
+    assert validity.drift({"window_series": "10 10 10 10 5 5"}) == pytest.approx(-5 / (50 / 6))

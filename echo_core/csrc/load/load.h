@@ -27,6 +27,7 @@
 
 #define MAX_CHUNK (256u * 1024)          /* cap on every send and recv */
 #define SMALL_READ (64u * 1024)          /* EPOLL_LT and THREADS clients' read size */
+#define THREAD_STACK (256u * 1024)       /* THREADS: each thread's stack (its buffers are on the heap) */
 #define WIN_UNKNOWN UINT64_MAX           /* window edge not decided yet */
 #define DRAIN_IDLE_NS (1000ull * 1000000) /* drain: give up once nothing arrived this long */
 #define DRAIN_MAX_NS (10ull * 1000000000) /* drain: at most this long */

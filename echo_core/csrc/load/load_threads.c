@@ -303,6 +303,7 @@ static void stream_sender(struct worker *w, struct conn *c)
 static void stream_run(struct worker *w, struct conn *c)
 {
 	pthread_condattr_t attr;
+	pthread_attr_t thread_attr;
 	void *idle = NULL;
 	int ret;
 
@@ -312,7 +313,11 @@ static void stream_run(struct worker *w, struct conn *c)
 	pthread_mutex_init(&w->space_lock, NULL);
 	pthread_cond_init(&w->space, &attr);
 	pthread_condattr_destroy(&attr);
-	ret = pthread_create(&w->reader, NULL, stream_receiver, w);
+	/* A small stack, as the sender's (loadgen.c): a thousand connections are two thousand threads. */
+	pthread_attr_init(&thread_attr);
+	pthread_attr_setstacksize(&thread_attr, THREAD_STACK);
+	ret = pthread_create(&w->reader, &thread_attr, stream_receiver, w);
+	pthread_attr_destroy(&thread_attr);
 	if (ret) {
 		/* No receiver: this connection cannot run; count it, the others go on. */
 		io_error(w, c);

@@ -245,6 +245,31 @@ static void counters_result(const struct counters *c, const uint64_t *c0, const 
 	}
 }
 
+/*
+ * Through the window, the client's echoed bytes per interval (EC_SERIES_STEP_MS,
+ * longer for windows of over EC_SERIES_MAX of them), for the stationarity
+ * check.  Returns 1 if stop_fd fired.
+ */
+static int record_series(struct load *ld, uint64_t start, uint64_t end, struct ec_load_result *res)
+{
+	uint64_t step = EC_SERIES_STEP_MS * NS_PER_MS, t, prev;
+	struct progress p;
+
+	if ((end - start) / step > EC_SERIES_MAX)
+		step = (end - start) / EC_SERIES_MAX;
+	res->series_step_ns = step;
+	progress_now(ld, &p);
+	prev = p.rx;
+	for (t = start + step; t <= end - step / 2 && res->series_n < EC_SERIES_MAX; t += step) {
+		if (sleep_until(t, ld->cfg->stop_fd))
+			return 1;
+		progress_now(ld, &p);
+		res->series[res->series_n++] = p.rx - prev;
+		prev = p.rx;
+	}
+	return 0;
+}
+
 /* The timeline: warm-up, window edges, both sides' snapshots, early stop. */
 void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 {
@@ -283,7 +308,7 @@ void ec_run_timeline(struct load *ld, struct ec_load_result *res)
 	ec_counters_read(&ld->ctr, c0, st0);
 	getrusage(RUSAGE_SELF, &ru0);
 	window_ctl(cfg->window_ctl_fd, "enable\n");
-	if (sleep_until_edge(end, cfg->stop_fd))
+	if (record_series(ld, start, end, res) || sleep_until_edge(end, cfg->stop_fd))
 		end = now_ns();
 	window_ctl(cfg->window_ctl_fd, "disable\n");
 	ec_server_snap(cfg, &s1);

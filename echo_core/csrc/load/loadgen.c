@@ -248,9 +248,6 @@ static void distribute(struct load *ld, const int *fds, uint32_t n, struct conn 
 	}
 }
 
-/* A THREADS client thread's stack: its buffers are on the heap. */
-#define THREAD_STACK (256u * 1024)
-
 /* Start workers with every signal blocked, so signals go to the caller's thread. */
 static int start_workers(struct worker *ws, uint32_t nw, uint32_t *started)
 {
