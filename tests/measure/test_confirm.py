@@ -115,3 +115,36 @@ def test_a_sweep_over_clients_and_works_then_its_confirmation(tmp_path):
     # The headline chart: the verdict over the clients.
     assert report.applicable_charts(confirmed)[0] == "verdict"
     assert set(stats.verdicts(confirmed, *stats.base_pair(confirmed))["verdict"]) <= set(stats.VERDICTS)
+
+
+def test_latency_percentiles_pool_the_histograms_and_bound_them():
+    from echo_core.results import histogram
+
+    def hist(center, n=2000):
+        low = 900 + center  # bucket indexes around a value: a narrow bump
+        return histogram.encode({low: n // 2, low + 1: n // 2, low + 40: n // 100})
+
+    rows = [{"sweep": "s", "impl": "epoll", "mode": "rr", "payload": 512, "connections": 1, "repeat": r,
+             "msgs_per_s": 1000, "latency_hist": hist(c), "valid": True, "invalid_reason": "", "error": ""}
+            for r, c in enumerate((0, 2, 4))]
+    df = resultsets.normalize(pd.DataFrame(rows))
+    (rec,) = stats.latency_percentiles(df).to_dict("records")
+    merged = histogram.merge([r["latency_hist"] for r in rows])
+    assert rec["p50_us"] == pytest.approx(histogram.quantile(merged, 0.5))
+    assert rec["p99_us"] == pytest.approx(histogram.quantile(merged, 0.99))
+    assert rec["p50_us_ci_low"] <= rec["p50_us"] <= rec["p50_us_ci_high"]
+    assert rec["p50_us_ci_low"] < rec["p50_us_ci_high"]  # the repeats differ: the CI says so
+    assert rec["samples"] == histogram.count(merged) and rec["n"] == 3
+    one = stats.latency_percentiles(df[df["repeat"] == 0]).iloc[0]
+    assert one["p50_us"] == one["p50_us"] and one["p50_us_ci_low"] != one["p50_us_ci_low"]  # NaN: one run
+    table = report.latency_ci_table(df)
+    assert "p50 µs [95 % CI]" in table.columns and len(table) == 1
+
+
+def test_verdict_and_ratio_tables_of_a_confirmatory_set():
+    df = _table({("epoll-et", "none"): 1.3, ("threads", "none"): 0.7}, impls=("uring+mshot", "epoll(spin_us=50)"))
+    assert stats.base_pair(df) == ("uring+mshot", "epoll(spin_us=50)")
+    assert report.verdict_table(df)["verdict"].tolist() == ["depends on the client"]
+    table = report.ratio_table(df)
+    assert list(table.index.names) == ["client", "mode", "payload", "connections"]
+    assert sorted(table["ratio"].round(2)) == [0.7, 1.3]
