@@ -10,7 +10,7 @@ import math
 
 from echo_core.analysis import stats
 from echo_core.servers import specs
-from echo_core.results.resultsets import excluded_note, valid_rows
+from echo_core.results.resultsets import excluded_note, valid_rows, with_cell_columns
 from echo_core.results.schema import BASELINE, COUNTERS, RATIO_CELL, bytes_label
 
 #: The seed's io_uring design: the reference the kernel counters of each variant are compared with.
@@ -69,7 +69,7 @@ def counter_changes(df, reference=REFERENCE, n=3):
     against the seed design's, as text like "IPIs sent/msg 0.35 → 0.02"; one row per (cell, spec)."""
     import pandas as pd
 
-    good = valid_rows(df)
+    good = with_cell_columns(valid_rows(df))
     columns = [c for c in COUNTERS if c in good.columns]
     if not columns or reference not in set(good["impl"]):
         return pd.DataFrame(columns=RATIO_CELL + ["impl", "changes"])

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from echo_core.host.machine import comparable_facts
-from echo_core.results.resultsets import excluded_counts, excluded_note, pooling_differences, valid_rows
+from echo_core.results.resultsets import (excluded_counts, excluded_note, pooling_differences, valid_rows,
+                                         with_cell_columns)
 from echo_core.results.schema import CELL_DEFAULTS, COUNTERS, IMPL_LABELS, MODE_LABELS, bytes_label
 from echo_core.analysis.stats import (VERDICTS, base_pair, cell_medians, counters_note, counters_recorded, knees,
                                       latency_percentiles, latency_vs_load, ratios, spec_ratios, summarize,
@@ -309,6 +310,7 @@ def plot_verdict(df):
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch
 
+    df = with_cell_columns(df)
     pair = base_pair(df)
     title = "Verdict per cell over client designs and server work"
     table = verdicts(df[df["mode"].isin(CLOSED_MODES)], *pair) if pair else None
@@ -498,6 +500,7 @@ def applicable_charts(df):
 
 def _has_variants(df):
     """The verdict chart: a base pair measured with several client designs or works."""
+    df = with_cell_columns(df)
     return base_pair(df) is not None and (df["client"].nunique() > 1 or df["work"].nunique() > 1)
 
 

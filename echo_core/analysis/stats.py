@@ -19,7 +19,7 @@ from echo_core.results.schema import BASELINE, CELL, COUNTERS, METRICS, RATIO_CE
 
 #: How many bootstrap resamples summarize() and ratios() use.
 BOOTSTRAP_RESAMPLES = 2000
-from echo_core.results.resultsets import by_cell, valid_mask
+from echo_core.results.resultsets import by_cell, valid_mask, with_cell_columns
 
 def numerators(df, baseline=BASELINE):
     """The implementations of a result set that have a paired ratio to the baseline: every impl but the
@@ -181,6 +181,7 @@ def paired_ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll
     """
     import pandas as pd
 
+    df = with_cell_columns(df)
     data = df[valid_mask(df)]
     data = data[data["impl"].isin([numerator, denominator])]
     keys = RATIO_CELL + ["sweep", "repeat"]
@@ -221,6 +222,7 @@ def ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll", leve
     """
     import pandas as pd
 
+    df = with_cell_columns(df)
     data = df[df["impl"].isin([numerator, denominator])].copy()
     data["_valid"] = valid_mask(data)
     pairs = paired_ratios(df, metric, numerator, denominator)

@@ -138,9 +138,16 @@ def _reason_kinds(reasons):
             for text in reasons if isinstance(text, str) for part in text.split("; ") if part]
 
 
+def with_cell_columns(df):
+    """df with every CELL column: a frame built by hand (not read by load_csv) may lack client and work,
+    which then are what every run before them used (CELL_DEFAULTS)."""
+    missing = {c: v for c, v in CELL_DEFAULTS.items() if c not in df.columns}
+    return df.assign(**missing) if missing else df
+
+
 def by_cell(df):
     """Per cell (CELL, NaN offered_rate kept): (the cell's keys as a dict, its valid runs, its excluded runs)."""
-    data = df.assign(_valid=valid_mask(df))
+    data = with_cell_columns(df).assign(_valid=valid_mask(df))
     for key, group in data.groupby(CELL, sort=True, dropna=False):
         yield dict(zip(CELL, key)), group[group["_valid"]], group[~group["_valid"]]
 
