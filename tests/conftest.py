@@ -1,11 +1,17 @@
 import os
 import resource
+import signal
 
 import pytest
 
 import echo_core
 from echo_core.host.machine import io_uring_info
 from echo_core.servers.specs import CATALOGUE
+
+# A test run started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so
+# would every server and load generator it starts; the tests that stop them with SIGINT need it delivered.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Leave the other CPUs to the test client; pin servers to the last CPU this process may use.
 SERVER_CPU = max(os.sched_getaffinity(0))

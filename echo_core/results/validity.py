@@ -18,8 +18,8 @@ STEADY_TOLERANCE = 0.05
 HOSTS_START_SKEW_LIMIT = 0.05
 #: Stationarity: the mean throughput of the window's last third may differ from its first third's by
 #: at most this fraction of the window's mean (checked with at least STATIONARITY_MIN_INTERVALS).
-STATIONARITY_TOLERANCE = 0.2
-STATIONARITY_MIN_INTERVALS = 6
+STATIONARITY_TOLERANCE = 0.25
+STATIONARITY_MIN_INTERVALS = 10
 
 
 def _num(row, key):

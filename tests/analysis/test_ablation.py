@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the ablation co
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    df = sweep(impls=SPECS, modes=["stream"], payloads=[16384], connections=[4], duration=0.4, warmup=0.1,
+    df = sweep(impls=SPECS, modes=["stream"], payloads=[16384], connections=[4], duration=0.4, warmup=0.1, warmup_max=None,
                repeats=2, output_dir=out, name="abl", progress=False)
     return out, df
 

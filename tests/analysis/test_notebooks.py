@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"the notebooks compare io_uring with epoll: {IO_URING_REFUSED}")
 NOTEBOOKS = REPO / "notebooks"
 CONNECTIONS = [1, 4]
-#: The charts every closed-loop (rr, stream) sweep draws (the counters chart needs counters the kernel may refuse).
+#: The charts every closed-loop (rr, stream) sweep draws (the counters chart needs counters the kernel may refuse;
+#: the verdict chart, several client designs or works).
 CLOSED_CHARTS = [c for c in CHART_NAMES if ("rr" in CHART_MODES[c] or "stream" in CHART_MODES[c])
-                 and c not in CHART_COLUMNS]
+                 and c not in CHART_COLUMNS and c != "verdict"]
 DATA = REPO / "data"
 
 

@@ -44,7 +44,7 @@ NO_TRACEPOINTS = _tracepoints_unavailable()
 def _rr(impl, **kw):
     if impl == "uring" and IO_URING_REFUSED:
         pytest.skip(IO_URING_REFUSED)
-    return run_benchmark(impl, "rr", PAYLOAD, 4, duration=0.5, warmup=0.2, **kw)
+    return run_benchmark(impl, "rr", PAYLOAD, 4, duration=0.5, warmup=0.2, warmup_max=None, **kw)
 
 
 @pytest.fixture(scope="module")

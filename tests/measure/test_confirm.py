@@ -98,12 +98,12 @@ def test_bad_clients_and_works_are_one_line_errors(tmp_path):
 @pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"compares io_uring with epoll: {IO_URING_REFUSED}")
 def test_a_sweep_over_clients_and_works_then_its_confirmation(tmp_path):
     df = runner.sweep(impls=("uring", "uring+mshot", "epoll"), modes=("rr",), payloads=(512,), connections=(2,),
-                      repeats=2, clients=("epoll-et", "epoll-lt", "threads"), works=("none", "touch"),
+                      repeats=1, clients=("epoll-lt", "threads"), works=("none", "touch"),
                       output_dir=tmp_path, name="explore", **TINY)
-    assert len(df) == 3 * 2 * 3 * 2 and df["valid"].all(), df["invalid_reason"].tolist()
-    assert set(df["client"]) == {"epoll-et", "epoll-lt", "threads"} and set(df["work"]) == {"none", "touch"}
+    assert len(df) == 3 * 2 * 2 and df["valid"].all(), df["invalid_reason"].tolist()
+    assert set(df["client"]) == {"epoll-lt", "threads"} and set(df["work"]) == {"none", "touch"}
     meta = json.loads((tmp_path / "explore.json").read_text())
-    assert meta["parameters"]["clients"] == ["epoll-et", "epoll-lt", "threads"]
+    assert meta["parameters"]["clients"] == ["epoll-lt", "threads"]
 
     confirmed = runner.confirm_sweep("explore", output_dir=tmp_path, repeats=2, clients=("epoll-et", "threads"),
                                      confirm_name="check", progress=False, duration=0.3, warmup=0.1, warmup_max=None)

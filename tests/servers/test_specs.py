@@ -227,7 +227,7 @@ def test_impls_command_lists_every_catalogue_spec_on_this_machine():
 
 def test_ablation_grid_runs_its_cells_over_epoll_spinning_epoll_and_the_ablation_specs():
     params = grids.grid_params("ablation")
-    assert params["impls"] == ("epoll", specs.EPOLL_SPIN) + specs.ABLATION_SPECS
+    assert params["impls"] == ("epoll", specs.EPOLL_SPIN, specs.EPOLL_LT) + specs.ABLATION_SPECS
     assert all(specs.canonical(s) == s for s in params["impls"])
     runs = grids.plan(params["impls"], params["modes"], params["payloads"], params["connections"], 1,
                       cells=params["cells"])
