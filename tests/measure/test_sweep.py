@@ -38,7 +38,7 @@ def _csv_rows(path):
 def tiny(tmp_path_factory):
     """A real 8-run sweep: 2 impls x 2 modes x 1 payload x 1 connection count x 2 repeats."""
     out = tmp_path_factory.mktemp("sweep")
-    df = runner.sweep(warmup_max=None, impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(512,), connections=(2,),
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(512,), connections=(2,),
                       repeats=2, output_dir=out, name="tiny", **TINY)
     return df, out
 
@@ -230,7 +230,7 @@ def test_rows_reach_the_csv_as_they_are_measured(tmp_path):
             raise _Stop
 
     with pytest.raises(_Stop):
-        runner.sweep(warmup_max=None, impls=("epoll", "uring"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
+        runner.sweep(impls=("epoll", "uring"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
                      output_dir=tmp_path, name="cut", on_row=after_row, **TINY)
     assert seen == [1, 2]  # each row was on disk before the next run started
     assert len(_csv_rows(tmp_path / "cut.csv")) == 2
@@ -240,7 +240,7 @@ def test_rows_reach_the_csv_as_they_are_measured(tmp_path):
 
 def test_a_failing_run_becomes_an_invalid_row_with_an_error(tmp_path):
     # buf_count must be a power of two: the server refuses to start, for real.
-    df = runner.sweep(warmup_max=None, impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
                       output_dir=tmp_path, name="bad", server_options={"buf_count": 3}, **TINY)
     assert len(df) == 2 and df["error"].str.contains("buf_count").all()
     assert not df["valid"].any() and df["invalid_reason"].str.startswith("error").all()
@@ -248,14 +248,14 @@ def test_a_failing_run_becomes_an_invalid_row_with_an_error(tmp_path):
     assert (s["n"] == 0).all() and (s["n_excluded"] == 1).all() and s["msgs_per_s_median"].isna().all()
     assert json.loads((tmp_path / "bad.json").read_text())["failed_runs"] == 2
     with pytest.raises(ValueError, match="buf_count"):
-        runner.sweep(warmup_max=None, impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
                      output_dir=tmp_path, name="bad-raise", server_options={"buf_count": 3}, on_error="raise", **TINY)
 
 
 @pytest.mark.parametrize("fault, mode", [("flip", "rr"), ("drop", "stream")])
 def test_a_corrupting_server_makes_its_rows_invalid_and_they_are_excluded(tmp_path, fault, mode):
     faulty = f"{FAULTY} --fault {fault} --after 2000"
-    df = runner.sweep(warmup_max=None, impls=(faulty, "epoll"), modes=(mode,), payloads=(512,), connections=(2,), repeats=2,
+    df = runner.sweep(impls=(faulty, "epoll"), modes=(mode,), payloads=(512,), connections=(2,), repeats=2,
                       output_dir=tmp_path, name=fault, **TINY)
     bad, good = df[df["impl"] == faulty], df[df["impl"] == "epoll"]
     assert len(bad) == 2 and not bad["valid"].any(), bad[["invalid_reason", "error"]].to_dict("records")
@@ -285,7 +285,7 @@ def test_a_freezing_server_in_rate_mode_is_invalid_and_its_latency_shows_the_fre
 
 
 def test_rate_sweep_at_load_fractions_measures_capacity_first(tmp_path):
-    df = runner.sweep(warmup_max=None, impls=("uring", "epoll"), modes=("rate",), payloads=(512,), connections=(2,), repeats=1,
+    df = runner.sweep(impls=("uring", "epoll"), modes=("rate",), payloads=(512,), connections=(2,), repeats=1,
                       load_fractions=(0.2, 0.5), output_dir=tmp_path, name="lat", **TINY)
     assert len(df) == 4 and df["valid"].all(), df["invalid_reason"].tolist()
     cap = df["capacity_msgs_per_s"].iloc[0]
@@ -315,7 +315,7 @@ def test_latency_curves_stop_at_saturation_and_knees_mark_the_last_good_load():
 
 
 def test_adaptive_repeats_stop_at_the_target_or_the_maximum(tmp_path):
-    common = dict(warmup_max=None, impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=2,
+    common = dict(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1,), repeats=2,
                   output_dir=tmp_path, **TINY)
     df = runner.sweep(name="tight", target_ci=1e-6, max_repeats=3, **common)
     meta = json.loads((tmp_path / "tight.json").read_text())["adaptive"]
@@ -376,7 +376,7 @@ def test_a_sweep_survives_a_process_killed_mid_run(tmp_path, victim, reason):
 
 
 def test_resume_continues_the_same_result_set_and_skips_valid_runs(tmp_path):
-    common = dict(warmup_max=None, impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
+    common = dict(impls=("uring", "epoll"), modes=("rr",), payloads=(512,), connections=(1, 2), repeats=1,
                   output_dir=tmp_path, name="cut", **TINY)
 
     def stop_after_two(row):
@@ -433,7 +433,7 @@ def test_pooling_result_sets_with_different_windows_is_reported():
 def test_an_explicit_name_is_never_overwritten(tiny):
     _, out = tiny
     with pytest.raises(FileExistsError):
-        runner.sweep(warmup_max=None, impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(1,), repeats=1,
                      output_dir=out, name="tiny", **TINY)
 
 
