@@ -337,6 +337,9 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
     runs = [run for run in plan(impls, modes, payloads, connections, repeats, rates, load_fractions, cells=cells,
                                 clients=clients, works=works)
             if _plan_key(run) not in done]
+    if not runs and not previous:
+        raise ValueError("nothing to run: no cell of this grid can be run by the chosen client designs "
+                         f"({', '.join(clients)}); see echo_core.measure.grids.client_runs")
     params = {"grid": grid, "impls": impls, "modes": modes, "payloads": payloads, "connections": connections,
               "duration": duration, "warmup": warmup, "warmup_max": warmup_max, "repeats": repeats,
               "rates": rates, "load_fractions": load_fractions if "rate" in modes and not rates else None,

@@ -95,6 +95,15 @@ def test_bad_clients_and_works_are_one_line_errors(tmp_path):
         parser.parse_args(["--clients", "curl"])
 
 
+def test_a_sweep_no_client_design_can_run_is_a_one_line_error(tmp_path):
+    from echo_core.load.generator import MAX_THREADS_CONNECTIONS
+    assert not grids.client_runs("threads", "rr", MAX_THREADS_CONNECTIONS + 1)
+    with pytest.raises(ValueError, match="nothing to run"):
+        runner.sweep(impls=("epoll",), modes=("rr",), payloads=(512,), connections=(MAX_THREADS_CONNECTIONS + 1,),
+                     repeats=1, clients=("threads",), output_dir=tmp_path, name="skip", **TINY)
+    assert not (tmp_path / "skip.json").exists()
+
+
 @pytest.mark.skipif(bool(IO_URING_REFUSED), reason=f"compares io_uring with epoll: {IO_URING_REFUSED}")
 def test_a_sweep_over_clients_and_works_then_its_confirmation(tmp_path):
     df = runner.sweep(impls=("uring", "uring+mshot", "epoll"), modes=("rr",), payloads=(512,), connections=(2,),
