@@ -483,7 +483,7 @@ def resume_sweep(name, output_dir="data", progress=True, on_row=None):
         raise ValueError(f"cannot resume {name!r}: its load came from several hosts; run it again")
     params = meta.get("parameters", {})
     return sweep(output_dir=output_dir, name=name, resume=True, progress=progress, on_row=on_row,
-                 **{k: params[k] for k in RESUMABLE if k in params})
+                 confirms=meta.get("confirms"), **{k: params[k] for k in RESUMABLE if k in params})
 
 
 def _offered(run, capacity):

@@ -121,6 +121,10 @@ def test_a_sweep_over_clients_and_works_then_its_confirmation(tmp_path):
     assert len(set(confirmed["impl"])) == 2 and set(map(lambda i: i.split("+")[0].split("(")[0], confirmed["impl"])) == {"uring", "epoll"}
     assert len(confirmed) == 2 * 2 * 2 and confirmed["valid"].all()
     assert json.loads((tmp_path / "check.json").read_text())["confirms"]["impls"] == link["impls"]
+    # Resuming a confirmatory set (nothing left to run here) keeps its link.
+    runner.resume_sweep("check", output_dir=tmp_path, progress=False)
+    resumed = json.loads((tmp_path / "check.json").read_text())
+    assert resumed["confirms"] == link and len(resumed["resumed"]) == 1
     # The headline chart: the verdict over the clients.
     assert report.applicable_charts(confirmed)[0] == "verdict"
     assert set(stats.verdicts(confirmed, *stats.base_pair(confirmed))["verdict"]) <= set(stats.VERDICTS)
