@@ -538,7 +538,7 @@ def median_table(df, metric="msgs_per_s"):
     s["value"] = [f"{_fmt(m)} [{_fmt(lo)}, {_fmt(hi)}]" if np.isfinite(lo) else _fmt(m)
                   for m, lo, hi in zip(s[f"{metric}_median"], s[f"{metric}_ci_low"], s[f"{metric}_ci_high"])]
     s["implementation"] = s["impl"].map(lambda i: IMPL_LABELS.get(i, i))
-    table = s.pivot(index=["mode", "payload", "connections"], columns="implementation", values="value")
+    table = s.pivot(index=_cell_keys(df), columns="implementation", values="value")
     table.columns.name = None
     return table
 
@@ -551,7 +551,7 @@ def bottleneck_table(df):
     s["implementation"] = s["impl"].map(lambda i: IMPL_LABELS.get(i, i))
     s["verdict"] = [f"{b} ({share:.0%})" if isinstance(b, str) else "–"
                     for b, share in zip(s["bottleneck"], s["bottleneck_share"])]
-    table = s.pivot(index=["mode", "payload", "connections"], columns="implementation", values="verdict")
+    table = s.pivot(index=_cell_keys(df), columns="implementation", values="verdict")
     table.columns.name = None
     return table
 
@@ -582,6 +582,11 @@ def _variant_keys(df):
     return [c for c in CELL_DEFAULTS if c in df.columns and df[c].nunique() > 1]
 
 
+def _cell_keys(df):
+    """A table's row keys: the cell, led by client and work where the results hold more than one."""
+    return _variant_keys(df) + ["mode", "payload", "connections"]
+
+
 def ratio_table(df):
     """The paired ratio per closed-loop cell with its CI, pairs, exclusions and the server-CPU ratio:
     io_uring / epoll, or the one io_uring spec / the one epoll spec of a confirmatory set."""
@@ -589,7 +594,7 @@ def ratio_table(df):
     r = ratios(_closed(df), numerator=numerator, denominator=denominator)
     if r.empty:
         return r
-    keys = _variant_keys(df) + ["mode", "payload", "connections"]
+    keys = _cell_keys(df)
     cols = keys + [numerator, denominator, "ratio", "ratio_ci_low", "ratio_ci_high", "n_pairs", "n_excluded",
                    "cpu_ratio"]
     out = r[cols].rename(columns={numerator: f"{IMPL_LABELS.get(numerator, numerator)} msgs/s",
@@ -606,7 +611,7 @@ def latency_ci_table(df, quantiles=(0.5, 0.99, 0.999)):
     table = latency_percentiles(df, quantiles)
     if table.empty:
         return table
-    keys = ["impl"] + _variant_keys(df) + ["mode", "payload", "connections"]
+    keys = ["impl"] + _cell_keys(df)
     if table["offered_rate"].notna().any():
         keys.append("offered_rate")
     names = [c for c in table.columns if c.endswith("_us")]
@@ -639,10 +644,10 @@ def counters_table(df, counters=COUNTER_TABLE):
     metrics = ["msgs_per_s", "server_cpu_us_per_msg"] + recorded
     table = cell_medians(data, metrics)
     table["implementation"] = table["impl"].map(lambda i: IMPL_LABELS.get(i, i))
-    cols = ["mode", "payload", "connections", "implementation", "n"] + metrics
-    table = table[cols].rename(columns={"n": "valid runs", "msgs_per_s": "msgs/s",
-                                        "server_cpu_us_per_msg": "server µs/msg", **COUNTERS})
-    return table.set_index(["mode", "payload", "connections", "implementation"]).sort_index()
+    keys = _cell_keys(df) + ["implementation"]
+    table = table[keys + ["n"] + metrics].rename(columns={"n": "valid runs", "msgs_per_s": "msgs/s",
+                                                         "server_cpu_us_per_msg": "server µs/msg", **COUNTERS})
+    return table.set_index(keys).sort_index()
 
 
 def excluded_table(df):
@@ -651,7 +656,7 @@ def excluded_table(df):
     if table.empty:
         return table
     table = table.assign(implementation=table["impl"].map(lambda i: IMPL_LABELS.get(i, i)))
-    cols = ["mode", "payload", "connections", "offered_rate", "implementation", "runs", "valid", "excluded", "reason"]
+    cols = _cell_keys(df) + ["offered_rate", "implementation", "runs", "valid", "excluded", "reason"]
     return table[cols].reset_index(drop=True)
 
 
