@@ -77,9 +77,10 @@ def _groups(df, keys):
     return df.groupby(keys, sort=True, dropna=False)
 
 
-def _cells(df):
-    """Per cell (CELL): a record with the cell's keys, n (valid runs) and n_excluded, and its valid runs."""
-    for cell, good, bad in by_cell(df):
+def _cells(df, columns=None):
+    """Per cell (CELL): a record with the cell's keys, n (valid runs) and n_excluded, and its valid runs
+    (only `columns` of them, when given)."""
+    for cell, good, bad in by_cell(df, columns):
         yield {**cell, "n": len(good), "n_excluded": len(bad)}, good
 
 
@@ -99,7 +100,7 @@ def summarize(df, metrics=METRICS, level=0.95):
     import pandas as pd
 
     out = []
-    for rec, good in _cells(df):
+    for rec, good in _cells(df, list(metrics) + ["bottleneck"]):
         for metric in metrics:
             values = pd.to_numeric(good[metric], errors="coerce") if metric in good.columns else []
             low, high = bootstrap_median_ci(values, level=level)
@@ -121,7 +122,7 @@ def cell_medians(df, metrics):
     import pandas as pd
 
     out = []
-    for rec, good in _cells(df):
+    for rec, good in _cells(df, metrics):
         for metric in metrics:
             rec[metric] = median(pd.to_numeric(good[metric], errors="coerce")) if metric in good.columns else math.nan
         out.append(rec)

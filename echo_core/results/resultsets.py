@@ -145,9 +145,14 @@ def with_cell_columns(df):
     return df.assign(**missing) if missing else df
 
 
-def by_cell(df):
-    """Per cell (CELL, NaN offered_rate kept): (the cell's keys as a dict, its valid runs, its excluded runs)."""
-    data = with_cell_columns(df).assign(_valid=valid_mask(df))
+def by_cell(df, columns=None):
+    """Per cell (CELL, NaN offered_rate kept): (the cell's keys as a dict, its valid runs, its excluded runs).
+    columns: keep only these (and CELL) in the runs handed out -- copying every column of a wide frame per
+    cell is what made tables over data/ slow."""
+    data = with_cell_columns(df)
+    if columns is not None:
+        data = data[CELL + [c for c in dict.fromkeys(columns) if c in data.columns and c not in CELL]]
+    data = data.assign(_valid=valid_mask(df))
     for key, group in data.groupby(CELL, sort=True, dropna=False):
         yield dict(zip(CELL, key)), group[group["_valid"]], group[~group["_valid"]]
 
