@@ -56,11 +56,14 @@ def raise_fd_limit():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-#: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.servers.specs);
-#: the SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
-URING_VARIANTS = ("uring+connbuf", "uring+pollfirst", "uring+batch", "uring+inc", "uring+mshot",
-                  "uring+mshot+bundle", "uring+mshot+inc", "uring+mshot+bundle+batch+pollfirst",
-                  "uring+zc", "uring+mshot+zc", f"uring+sqpoll(cpu={SERVER_CPU})", "uring+napi")
+#: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.servers.specs):
+#: every strategy and buffer mode, and every feature at least once.  batch (how the loop waits), pollfirst
+#: (one recv flag) and napi (a registration that loopback never uses) change no buffer or connection
+#: handling: they run here in combination (uring+mshot+bundle+batch+pollfirst), each alone in
+#: test_uring_features.py and in the long-lived regime over every spec (test_lifetime.py) — CI time.
+#: The SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
+URING_VARIANTS = ("uring+connbuf", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc",
+                  "uring+mshot+bundle+batch+pollfirst", "uring+zc", "uring+mshot+zc", f"uring+sqpoll(cpu={SERVER_CPU})")
 #: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).  epoll(spin_us=N) changes
 #: only how the epoll loop waits: the long-lived regime (every spec in the catalogue) and its own tests
 #: take it, not every robustness test (CI time).

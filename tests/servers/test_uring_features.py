@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(IO_URING_REFUSED is not None, reason=str(IO_URIN
 
 PROVIDED = ["uring", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc"]
 VARIANTS = PROVIDED + ["uring+connbuf", "uring+pollfirst", "uring+batch", "uring+zc", "uring+mshot+zc",
-                       "uring+mshot+bundle+batch+pollfirst"]
+                       "uring+mshot+bundle+batch+pollfirst", "uring+napi"]
 
 
 @pytest.fixture
