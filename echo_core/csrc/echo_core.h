@@ -59,7 +59,7 @@
 #define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */
 #define EC_DEFAULT_BATCH_WAIT_US 10   /* batch: longest a lone completion waits for company (ditto) */
 #define EC_MAX_SPIN_US 1000000       /* epoll spin: at most 1 s of polling before blocking */
-#define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 64, within [1, 16] */
+#define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 4, within [1, 16] */
 
 /*
  * Server work per request (ec_server_config.work), the same in both servers:
@@ -82,7 +82,7 @@ struct ec_server_config {
 	uint32_t batch_nr;      /* batch: completions per wait; 0 = EC_DEFAULT_BATCH_NR */
 	uint32_t batch_wait_us; /* batch: most a wait lingers for batch_nr; 0 = EC_DEFAULT_BATCH_WAIT_US */
 	uint32_t mshot_budget;  /* mshot: buffers one connection may hold queued before it stops receiving
-				   (re-armed when half drained); 0 = buf_count / 64 within [1, 16] */
+				   (re-armed when half drained); 0 = buf_count / 4 within [1, 16] */
 	int sqpoll_cpu;         /* sqpoll: CPU the SQ thread is pinned to (IORING_SETUP_SQ_AFF);
 				   -1 = not pinned (the Python option's default); ignored without SQPOLL */
 	uint32_t epoll_spin_us; /* epoll: before blocking, poll (epoll_wait timeout 0) for this long -- the

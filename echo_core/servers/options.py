@@ -22,7 +22,7 @@ DEFAULT_OPTIONS = {
     "features": 0,          # io_uring: EC_FEAT_* bits (epoll refuses anything but 0)
     "batch_nr": 0,          # io_uring batch: completions per wait (0 = EC_DEFAULT_BATCH_NR)
     "batch_wait_us": 0,     # io_uring batch: most a wait lingers (0 = EC_DEFAULT_BATCH_WAIT_US)
-    "mshot_budget": 0,      # io_uring mshot: queued buffers per connection (0 = buf_count / 64 in [1, 16])
+    "mshot_budget": 0,      # io_uring mshot: queued buffers per connection (0 = buf_count / 4 in [1, 16])
     "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
     # Server work per request, both servers (echo_core.h EC_WORK_*; see WORK below)
     "work": 0,              # 0 none, 1 touch (read every received byte), 2 cpu (work_ns per message)

@@ -162,6 +162,23 @@ def test_multishot_receives_many_times_per_recv_armed(variant_server, name):
         s.close()
 
 
+@pytest.mark.parametrize("name", ["uring+mshot", "uring+mshot+bundle"])
+def test_default_budget_scales_with_a_small_pool(variant_server, name):
+    # A cache-sized pool (16 x 32 KiB = 512 KiB): the default budget is a quarter of the pool (4 buffers),
+    # not 1/64 of it rounded up to one buffer, which re-armed the multishot recv for every buffer.
+    # Two connections hold at most 8 buffers, so pool pressure (spills, ENOBUFS) never stops the recv:
+    # with one buffer per arm there were exactly as many arms as buffers.
+    srv = variant_server(name, buf_count=16, buf_size=32768)
+    socks = [connect(srv.port) for _ in range(2)]
+    payloads = [distinct_payload(i, 4 << 20) for i in range(2)]
+    assert echo_all(socks, payloads, timeout=60) == payloads
+    st = srv.stats()
+    assert st["bytes_in"] == st["bytes_out"] == 2 * (4 << 20)
+    assert st["bytes_in"] > 1.25 * 32768 * st["recv_calls"], (st["bytes_in"], st["recv_calls"])
+    for s in socks:
+        s.close()
+
+
 def test_batched_wait_never_holds_a_lone_request_long(variant_server):
     # batch_nr 64 and 2 ms at most: a lone ping-pong must not wait for 63 companions.
     srv = variant_server("uring+batch(nr=64,wait_us=2000)")

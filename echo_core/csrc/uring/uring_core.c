@@ -522,10 +522,12 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	s->buf_count = cfg->buf_count;
 	s->batch_nr = cfg->batch_nr ? cfg->batch_nr : EC_DEFAULT_BATCH_NR;
 	s->batch_wait_us = cfg->batch_wait_us ? cfg->batch_wait_us : EC_DEFAULT_BATCH_WAIT_US;
-	/* Default: 1/64 of the pool, between 1 and EC_DEFAULT_MSHOT_BUDGET buffers. */
+	/* Default: a quarter of the pool (the share spilling keeps free for readers, see must_spill),
+	 * between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.  1/64 of it, as before, left a cache-sized
+	 * pool (16-64 buffers) one buffer per multishot arm: a re-arm per buffer. */
 	s->mshot_budget = cfg->mshot_budget;
 	if (!s->mshot_budget) {
-		s->mshot_budget = cfg->buf_count / 64;
+		s->mshot_budget = cfg->buf_count / 4;
 		if (s->mshot_budget > EC_DEFAULT_MSHOT_BUDGET)
 			s->mshot_budget = EC_DEFAULT_MSHOT_BUDGET;
 		if (!s->mshot_budget)
