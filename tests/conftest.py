@@ -1,4 +1,5 @@
 import os
+import re
 import resource
 import signal
 
@@ -6,7 +7,7 @@ import pytest
 
 import echo_core
 from echo_core.host.machine import io_uring_info
-from echo_core.servers.specs import CATALOGUE
+from echo_core.servers.specs import CATALOGUE, RECOMMENDED
 
 # A test run started in the background of a non-interactive shell (`cmd &`) inherits SIGINT ignored, and so
 # would every server and load generator it starts; the tests that stop them with SIGINT need it delivered.
@@ -57,12 +58,12 @@ def raise_fd_limit():
 
 
 #: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.servers.specs):
-#: every strategy and buffer mode, and every feature at least once.  batch (how the loop waits), pollfirst
+#: the recommended design, every strategy and buffer mode, and every feature at least once.  batch (how the loop waits), pollfirst
 #: (one recv flag) and napi (a registration that loopback never uses) change no buffer or connection
 #: handling: they run here in combination (uring+mshot+bundle+batch+pollfirst), each alone in
 #: test_uring_features.py and in the long-lived regime over every spec (test_lifetime.py) — CI time.
 #: The SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
-URING_VARIANTS = ("uring+connbuf", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc",
+URING_VARIANTS = (RECOMMENDED, "uring+connbuf", "uring+inc", "uring+mshot", "uring+mshot+bundle", "uring+mshot+inc",
                   "uring+mshot+bundle+batch+pollfirst", "uring+zc", "uring+mshot+zc", f"uring+sqpoll(cpu={SERVER_CPU})")
 #: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).  epoll(spin_us=N) changes
 #: only how the epoll loop waits: the long-lived regime (every spec in the catalogue) and its own tests
@@ -117,12 +118,28 @@ def spec(request):
     return request.param
 
 
+def with_base_options(impl, options):
+    """(spec, options) for a robustness test's own pool or buffer sizes on a spec that sets them (the
+    recommended design's 64 x 16 KiB pool): the test's options replace the spec's base tunables, which the
+    server would otherwise refuse as a conflict; its features stay."""
+    from echo_core.servers import specs
+
+    spec = specs.parse(impl)
+    base = spec.tunables(spec.base)
+    if not set(base) & set(options):
+        return impl, options
+    tunables = specs.BASES[spec.base]
+    return (re.sub(r"^(\w+)\([^)]*\)", r"\1", str(spec)),
+            {**{tunables[name].option: value for name, value in base.items()}, **options})
+
+
 @pytest.fixture
 def start_server(impl):
     """Factory: start_server(**options) -> a running echo_core.Server of the parametrized impl."""
     started = []
     def start(**options):
-        srv = echo_core.Server(impl, port=0, cpu=SERVER_CPU, **options).start()
+        spec, options = with_base_options(impl, options)
+        srv = echo_core.Server(spec, port=0, cpu=SERVER_CPU, **options).start()
         started.append(srv)
         return srv
 

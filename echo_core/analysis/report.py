@@ -64,9 +64,12 @@ def impl_palette(labels):
         if label in PALETTE:
             out[label] = PALETTE[label]
             continue
-        i = _stable_index(label, list(CATALOGUE))
-        colors = (URING_VARIANT_COLORS if label.startswith("uring") else
-                  EPOLL_VARIANT_COLORS if label.startswith("epoll") else OTHER_COLORS)
+        family = "uring" if label.startswith("uring") else "epoll" if label.startswith("epoll") else None
+        # Indexed within its own family of the catalogue (the bases have PALETTE's colours), so that the
+        # catalogue's io_uring variants get distinct colours however many epoll specs it lists.
+        i = _stable_index(label, [c for c in CATALOGUE if family and c.startswith(family) and c != family])
+        colors = (URING_VARIANT_COLORS if family == "uring" else
+                  EPOLL_VARIANT_COLORS if family == "epoll" else OTHER_COLORS)
         out[label] = colors[i % len(colors)]
     return out
 HEATMAP_TITLE = "io_uring / epoll throughput ratio"

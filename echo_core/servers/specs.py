@@ -121,7 +121,18 @@ FEATURES = {f.name: f for f in (
 
 #: The specs of the ablation study (issue 10), in the order charts show them; the `ablation` grid runs
 #: epoll and these.  Every spec `python -m echo_core impls` lists is in CATALOGUE below.
+#: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
+#: tuned per cell: multishot recv with bundles into a pool sized to the cache -- 64 buffers of 16 KiB,
+#: 1 MiB, where the default 4096 x 64 KiB (256 MiB) outgrows even the L3, so every receive copied into
+#: cold memory (profile of stream 16 KiB x 8: _copy_to_iter 1.6-1.9 us/msg against 0.8 in a 512 KiB pool
+#: and epoll's 0.6-0.8) -- with the multishot budget its default, a quarter of the pool (16 buffers), and
+#: no batched wait (its timed waits cost 2 us/msg in io_cqring_wait on a KVM guest, timer programming).
+#: Picked by a rule stated before the runs: the lowest median, over the 12 cells of the exploratory set
+#: explore-pool-20261204-stream and -rr (data/), of server CPU per message / the better epoll spec's.
+RECOMMENDED = "uring(buf_count=64,buf_size=16384)+mshot+bundle"
+
 ABLATION_SPECS = (
+    RECOMMENDED,
     "uring",
     "uring(buf_count=16)",
     "uring+connbuf",
@@ -479,14 +490,14 @@ EPOLL_LT = "epoll(lt=1)"
 def _catalogue():
     singles = [f"uring+{name}" if name != "bundle" else "uring+mshot+bundle" for name in FEATURES]
     out = []
-    for spec in ["uring", "epoll", EPOLL_SPIN, EPOLL_LT, "epoll(busy_poll_us=50)"] + singles + list(ABLATION_SPECS):
+    for spec in [RECOMMENDED, "uring", "epoll", EPOLL_SPIN, EPOLL_LT, "epoll(busy_poll_us=50)"] + singles + list(ABLATION_SPECS):
         canon = str(parse(spec))
         if canon not in out:
             out.append(canon)
     return out
 
 
-#: Every spec `python -m echo_core impls` lists: the bases, epoll spinning before it blocks, each feature alone on uring (bundle with the
+#: Every spec `python -m echo_core impls` lists: the recommended design first, the bases, epoll spinning before it blocks, each feature alone on uring (bundle with the
 #: mshot it needs), and the ablation study's combinations.
 CATALOGUE = tuple(_catalogue())
 
@@ -536,5 +547,5 @@ def impls_command(args):
     return 0
 
 
-__all__ = ["ABLATION_SPECS", "BASES", "CATALOGUE", "FEATURES", "Spec", "canonical", "describe", "impls_lines",
-           "merge_options", "parse", "split_list", "supported", "unsupported_reason"]
+__all__ = ["ABLATION_SPECS", "BASES", "CATALOGUE", "FEATURES", "RECOMMENDED", "Spec", "canonical", "describe",
+           "impls_lines", "merge_options", "parse", "split_list", "supported", "unsupported_reason"]

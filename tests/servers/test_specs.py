@@ -212,7 +212,7 @@ def test_impls_command_lists_every_catalogue_spec_on_this_machine():
     assert sorted(names) == sorted(specs.CATALOGUE)
     flags = ["  unsupported: " in line for line in lines]
     assert flags == sorted(flags)  # supported ones first
-    assert lines[:2] == ["uring", "epoll"] or IO_URING_REFUSED
+    assert lines[:3] == [specs.RECOMMENDED, "uring", "epoll"] or IO_URING_REFUSED
     for name, line in zip(names, lines):
         why = specs.unsupported_reason(name)
         assert line == (f"{name}  unsupported: {why}" if why else name)
@@ -280,7 +280,7 @@ def test_spec_ratios_generalise_uring_over_epoll():
 
 
 def test_palette_keeps_io_uring_and_epoll_and_gives_each_spec_a_stable_colour():
-    labels = ["epoll", "io_uring"] + list(specs.ABLATION_SPECS[1:])
+    labels = ["epoll", "io_uring"] + [s for s in specs.CATALOGUE if s.startswith("uring+") or s.startswith("uring(")]
     colors = report.impl_palette(labels)
     assert colors["io_uring"] == report.PALETTE["io_uring"] and colors["epoll"] == report.PALETTE["epoll"]
     assert len(set(colors.values())) == len(colors)
