@@ -60,6 +60,7 @@ import struct
 import sys
 import time
 
+from echo_core.native import lib
 from echo_core.host.proc import pid_alive
 from echo_core.host.cpus import split_cpus
 from echo_core.host.numbers import option_number
@@ -594,7 +595,12 @@ def rss_margin_kib(impl, options, connections):
     if impl == "uring" and "connbuf" in spec.features:
         buffers = 2 * opts["buf_size"] * (connections + 16)  # per-connection buffers, like epoll's
     elif impl == "uring":
-        buffers = opts["buf_count"] * opts["buf_size"]
+        # The pool, plus what a small pool spills into connection memory: each connection queues at
+        # most its multishot budget (one buffer without mshot) and one completion more.
+        budget = opts["mshot_budget"] or max(1, min(lib.EC_DEFAULT_MSHOT_BUDGET, opts["buf_count"] // 4))
+        held = (budget if "mshot" in spec.features else 1) + 1
+        spilled = connections * held if connections * held > opts["buf_count"] * 3 // 4 else 0
+        buffers = (opts["buf_count"] + spilled) * opts["buf_size"]
     else:
         buffers = 2 * opts["buf_size"] * (connections + 16)
     return (64 << 20) // 1024 + buffers // 1024

@@ -332,7 +332,8 @@ def test_correct_server(mode):
                      warmup=0.1, rate=2000 if mode == "rate" else None)
     assert r["mismatches"] == 0 and r["mismatched_conns"] == 0
     assert r["errors"] == 0 and r["connected"] == 4
-    assert r["messages"] > 0 and r["bytes"] >= r["messages"] * 512
+    # A stream message the window's edge cuts counts whole, its bytes only inside: one per connection.
+    assert r["messages"] > 0 and r["bytes"] >= (r["messages"] - 4) * 512
     assert r["msgs_per_s"] > 0 and r["bytes_per_s"] > 0
     assert abs(r["duration_s"] - 0.5) < 0.01
     assert 0 < r["fairness"] <= 1.0 + 1e-9
