@@ -119,8 +119,6 @@ FEATURES = {f.name: f for f in (
     Feature("napi", "EC_FEAT_NAPI", "NAPI busy-poll registration (no effect on loopback)", "Linux 6.9"),
 )}
 
-#: The specs of the ablation study (issue 10), in the order charts show them; the `ablation` grid runs
-#: epoll and these.  Every spec `python -m echo_core impls` lists is in CATALOGUE below.
 #: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
 #: tuned per cell: multishot recv with bundles into a pool sized to the cache -- 64 buffers of 16 KiB,
 #: 1 MiB, where the default 4096 x 64 KiB (256 MiB) outgrows even the L3, so every receive copied into
@@ -131,6 +129,8 @@ FEATURES = {f.name: f for f in (
 #: explore-pool-20261204-stream and -rr (data/), of server CPU per message / the better epoll spec's.
 RECOMMENDED = "uring(buf_count=64,buf_size=16384)+mshot+bundle"
 
+#: The specs of the ablation study (issue 10), in the order charts show them; the `ablation` grid runs
+#: epoll and these.  Every spec `python -m echo_core impls` lists is in CATALOGUE below.
 ABLATION_SPECS = (
     RECOMMENDED,
     "uring",
