@@ -221,28 +221,40 @@ def ratios(df, metric="msgs_per_s", numerator="uring", denominator="epoll", leve
     per-repeat ratios), ratio_ci_low, ratio_ci_high (bootstrap of that median; NaN below 2 pairs),
     and cpu_ratio, the median per-repeat ratio of server CPU per message (< 1: numerator cheaper).
     """
+    import numpy as np
     import pandas as pd
 
     df = with_cell_columns(df)
-    data = df[df["impl"].isin([numerator, denominator])].copy()
-    data["_valid"] = valid_mask(data)
-    pairs = paired_ratios(df, metric, numerator, denominator)
-    by_cell = {_key(k): g for k, g in _groups(pairs, RATIO_CELL)} if len(pairs) else {}
-    out = []
-    for key, group in _groups(data, RATIO_CELL):
-        good = group[group["_valid"]]
-        rec = dict(zip(RATIO_CELL, key))
-        for impl in (numerator, denominator):
-            values = pd.to_numeric(good.loc[good["impl"] == impl, metric], errors="coerce")
-            rec[impl], rec[f"n_{impl}"] = median(values), len(_finite(values))
-        rec["n_excluded"] = int((~group["_valid"]).sum())
-        mine = by_cell.get(_key(key), pairs.iloc[0:0])
-        rec["n_pairs"] = len(_finite(mine["ratio"]))
-        rec["ratio"] = median(mine["ratio"])
-        rec["ratio_ci_low"], rec["ratio_ci_high"] = bootstrap_median_ci(mine["ratio"], level=level)
-        rec["cpu_ratio"] = median(mine["cpu_ratio"])
-        out.append(rec)
-    return pd.DataFrame(out)
+    mine = df["impl"].isin([numerator, denominator])
+    data = df.loc[mine, RATIO_CELL + ["impl"]].copy()
+    if data.empty:
+        return pd.DataFrame()
+    data["_valid"] = valid_mask(df)[mine].to_numpy()
+    data["_value"] = pd.to_numeric(df.loc[mine, metric], errors="coerce").astype(float).replace([np.inf, -np.inf],
+                                                                                              np.nan)
+    # One integer id per cell (NaN keys kept, cells in sorted order): every aggregate below groups by it.
+    data["_cell"] = data.groupby(RATIO_CELL, sort=True, dropna=False).ngroup()
+    ids = data.drop_duplicates("_cell").sort_values("_cell")[RATIO_CELL + ["_cell"]]
+    cells = range(len(ids))
+    out = ids[RATIO_CELL].reset_index(drop=True)
+
+    good = data[data["_valid"]]
+    for impl in (numerator, denominator):
+        values = good.loc[good["impl"] == impl, ["_cell", "_value"]].groupby("_cell")["_value"]
+        out[impl] = values.median().reindex(cells).to_numpy()
+        out[f"n_{impl}"] = values.count().reindex(cells, fill_value=0).to_numpy().astype(int)
+    out["n_excluded"] = (~data["_valid"]).groupby(data["_cell"]).sum().reindex(cells, fill_value=0).to_numpy().astype(int)
+    pairs = paired_ratios(df, metric, numerator, denominator).merge(ids, on=RATIO_CELL, how="inner")
+    for column in ("ratio", "cpu_ratio"):
+        pairs[column] = pd.to_numeric(pairs[column], errors="coerce").astype(float).replace([np.inf, -np.inf], np.nan)
+    by_pair = pairs.groupby("_cell")["ratio"]
+    out["n_pairs"] = by_pair.count().reindex(cells, fill_value=0).to_numpy().astype(int)
+    out["ratio"] = by_pair.median().reindex(cells).to_numpy()
+    ci = {cell: bootstrap_median_ci(values, level=level) for cell, values in by_pair}
+    out["ratio_ci_low"] = [ci.get(cell, (math.nan, math.nan))[0] for cell in cells]
+    out["ratio_ci_high"] = [ci.get(cell, (math.nan, math.nan))[1] for cell in cells]
+    out["cpu_ratio"] = pairs.groupby("_cell")["cpu_ratio"].median().reindex(cells).to_numpy()
+    return out
 
 
 def spec_ratios(df, metric="msgs_per_s", baseline=BASELINE, level=0.95):
