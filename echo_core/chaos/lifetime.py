@@ -50,7 +50,7 @@ STREAM_CONNS = 16
 SETTLE_S = 5.0
 RSS_GROWTH_KIB = 64 << 10   # what RSS may grow after the first round (allocator slack, not leaks)
 #: A short run (the test suite's) scales the counts down: (long, short).
-SCALE = {"stream_bursts": (10, 3), "rr_large": (200, 24), "rr_small": (400, 40), "many": (2000, 200),
+SCALE = {"stream_bursts": (10, 2), "rr_large": (200, 24), "rr_small": (400, 40), "many": (2000, 200),
          "halfclose": (32, 4), "nonreaders": (64, 16)}
 
 
