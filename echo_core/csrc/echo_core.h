@@ -81,6 +81,8 @@ struct ec_server_config {
 	uint32_t features;      /* EC_FEAT_* bits */
 	uint32_t batch_nr;      /* batch: completions per wait; 0 = EC_DEFAULT_BATCH_NR */
 	uint32_t batch_wait_us; /* batch: most a wait lingers for batch_nr; 0 = EC_DEFAULT_BATCH_WAIT_US */
+	uint32_t batch_after;   /* batch: linger only after a wake-up that found at least this many
+				   completions, else wait for one with no timer; 0 = always linger */
 	uint32_t mshot_budget;  /* mshot: buffers one connection may hold queued before it stops receiving
 				   (re-armed when half drained); 0 = buf_count / 4 within [1, 16] */
 	int sqpoll_cpu;         /* sqpoll: CPU the SQ thread is pinned to (IORING_SETUP_SQ_AFF);

@@ -22,6 +22,7 @@ DEFAULT_OPTIONS = {
     "features": 0,          # io_uring: EC_FEAT_* bits (epoll refuses anything but 0)
     "batch_nr": 0,          # io_uring batch: completions per wait (0 = EC_DEFAULT_BATCH_NR)
     "batch_wait_us": 0,     # io_uring batch: most a wait lingers (0 = EC_DEFAULT_BATCH_WAIT_US)
+    "batch_after": 0,       # io_uring batch: linger only after a wake-up with this many completions (0 = always)
     "mshot_budget": 0,      # io_uring mshot: queued buffers per connection (0 = buf_count / 4 in [1, 16])
     "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
     # Server work per request, both servers (echo_core.h EC_WORK_*; see WORK below)
@@ -32,7 +33,7 @@ DEFAULT_OPTIONS = {
 #: The options passed to C as they are (struct ec_server_config fields).
 CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "epoll_spin_us", "epoll_level",
                  "epoll_busy_poll_us", "max_conns", "features",
-                 "batch_nr", "batch_wait_us", "mshot_budget", "sqpoll_cpu", "work", "work_ns", "work_msg_bytes")
+                 "batch_nr", "batch_wait_us", "batch_after", "mshot_budget", "sqpoll_cpu", "work", "work_ns", "work_msg_bytes")
 
 #: Server work per request, as a sweep's ``work`` dimension writes it: "none", "touch" or "cpu=NS".
 WORK_KINDS = {"none": 0, "touch": 1, "cpu": 2}

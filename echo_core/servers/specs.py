@@ -27,7 +27,7 @@ such cells as skipped.
 
     >>> s = parse("uring+batch(wait_us=50,nr=16)+mshot")
     >>> str(s), s.to_server_options()
-    ('uring+mshot+batch(nr=16,wait_us=50)', {'features': 17, 'mshot_budget': 0, 'batch_nr': 16, 'batch_wait_us': 50})
+    ('uring+mshot+batch(nr=16,wait_us=50)', {'features': 17, 'mshot_budget': 0, 'batch_nr': 16, 'batch_wait_us': 50, 'batch_after': 0})
 """
 
 import functools
@@ -108,7 +108,10 @@ FEATURES = {f.name: f for f in (
             "IORING_FEAT_EXT_ARG (5.11); min-wait timeout IORING_FEAT_MIN_TIMEOUT (6.12) where available",
             {"nr": Tunable("batch_nr", lib.EC_DEFAULT_BATCH_NR, 1, 4096, "completions to wait for"),
              "wait_us": Tunable("batch_wait_us", lib.EC_DEFAULT_BATCH_WAIT_US, 1, 1_000_000,
-                                "longest wait for a batch, µs")}),
+                                "longest wait for a batch, µs"),
+             "after": Tunable("batch_after", 0, 0, 4096,
+                              "linger only after a wake-up that found at least this many completions, "
+                              "else wait for one with no timer (0: always linger)")}),
     Feature("pollfirst", "EC_FEAT_POLLFIRST", "IORING_RECVSEND_POLL_FIRST: arm poll instead of trying the recv inline",
             "Linux 5.19"),
     Feature("zc", "EC_FEAT_ZC", "send_zc: zero-copy sends, buffers recycled on the notification",
@@ -141,6 +144,9 @@ ABLATION_SPECS = (
     "uring+mshot+inc",
     "uring+mshot+batch",
     "uring+mshot+bundle+batch",
+    # The recommended design with an adaptive batched wait (issue 18): it lingers for batch_nr (8)
+    # completions only after a wake-up that found at least half as many (after=4, fixed before its runs).
+    RECOMMENDED + "+batch(after=4)",
     "uring+pollfirst",
     "uring+zc",
 )

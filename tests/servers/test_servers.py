@@ -316,7 +316,7 @@ def test_max_conns_above_the_fd_limit_is_refused_alike(impl, over):
     srv = echo_core.Server(impl, port=0, max_conns=limit + over)
     spec = specs.parse(impl)
     spec_fields = {k: v for k, v in spec.to_server_options().items()
-                   if k in ("features", "batch_nr", "batch_wait_us", "mshot_budget", "sqpoll_cpu")}
+                   if k in ("features", "batch_nr", "batch_wait_us", "batch_after", "mshot_budget", "sqpoll_cpu")}
     with pytest.raises(RuntimeError, match=f"{re.escape(impl)} server did not start: .*set-up failed: "
                                            f"Too many open files .*max_conns {limit + over} is above"):
         srv.start()

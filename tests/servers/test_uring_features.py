@@ -44,7 +44,7 @@ def test_feature_bits_are_the_contract():
             lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI,
             lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x1ff)
     cfg = ffi.new("struct ec_server_config *")
-    assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.mshot_budget, cfg.sqpoll_cpu) == (0,) * 5
+    assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.batch_after, cfg.mshot_budget, cfg.sqpoll_cpu) == (0,) * 6
 
 
 def _serve_directly(func, features, **fields):
@@ -195,6 +195,27 @@ def test_batched_wait_never_holds_a_lone_request_long(variant_server):
     before = srv.stats()["wait_calls"]
     time.sleep(0.3)
     assert srv.stats()["wait_calls"] - before < 50
+
+
+def _median_rtt(port, rounds):
+    with connect(port) as s:
+        rtts = []
+        for i in range(rounds):
+            t = time.monotonic()
+            s.sendall(b"x" * 64)
+            recv_exact(s, 64)
+            rtts.append(time.monotonic() - t)
+    return sorted(rtts)[rounds // 2]
+
+
+def test_adaptive_batch_lingers_only_after_busy_wake_ups(variant_server):
+    # A 100 ms linger for 64 completions.  A lone ping-pong's wake-ups find one completion each:
+    # with after=2 the wait never lingers (no timer), with after=1 it lingers every time.
+    quick = variant_server("uring+batch(nr=64,wait_us=100000,after=2)")
+    assert _median_rtt(quick.port, 30) < 20e-3
+    assert quick.stats()["bytes_out"] == 30 * 64
+    slow = variant_server("uring+batch(nr=64,wait_us=100000,after=1)")
+    assert _median_rtt(slow.port, 5) > 50e-3  # the threshold is met: it lingers like plain batch
 
 
 @pytest.mark.parametrize("name", ["uring+inc", "uring+mshot+inc"])

@@ -466,10 +466,11 @@ static int arm_first(struct server *s)
  * Handle the completions there are, each marked seen before it is handled,
  * so that the kernel has CQ room for what the handlers submit.
  */
-static void reap(struct server *s)
+/* Handle the completions that are there; returns how many. */
+static unsigned reap(struct server *s)
 {
 	struct io_uring_cqe *cqe, copy;
-	unsigned n = s->ring.cq.ring_entries;
+	unsigned n = s->ring.cq.ring_entries, seen = 0;
 
 	while (n-- && !io_uring_peek_cqe(&s->ring, &cqe)) {
 		uint64_t data;
@@ -478,11 +479,13 @@ static void reap(struct server *s)
 		copy = *cqe;
 		io_uring_cqe_seen(&s->ring, cqe);
 		s->stats->completions++;
+		seen++;
 		data = io_uring_cqe_get_data64(&copy);
 		op = (uint32_t)(data >> 32) & 0xff;
 		if (op && op < OP_COUNT)
 			s->handlers[op](s, (uint32_t)data, &copy);
 	}
+	return seen;
 }
 
 /* Work left that needs no completion to go ahead: do not block in the wait. */
@@ -507,7 +510,7 @@ static int run_loop(struct server *s)
 		s->stats->loop_iterations++;
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY && ret != -ETIME)
 			return ret;
-		reap(s);
+		s->last_reaped = reap(s);
 		drain_deferred(s);
 		rearm_starved(s);
 		fill_accepts(s);
@@ -522,6 +525,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	s->buf_count = cfg->buf_count;
 	s->batch_nr = cfg->batch_nr ? cfg->batch_nr : EC_DEFAULT_BATCH_NR;
 	s->batch_wait_us = cfg->batch_wait_us ? cfg->batch_wait_us : EC_DEFAULT_BATCH_WAIT_US;
+	s->batch_after = cfg->batch_after;
 	/* Default: a quarter of the pool (the share spilling keeps free for readers, see must_spill),
 	 * between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.  1/64 of it, as before, left a cache-sized
 	 * pool (16-64 buffers) one buffer per multishot arm: a re-arm per buffer. */

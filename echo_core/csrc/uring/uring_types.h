@@ -109,6 +109,8 @@ struct server {
 	uint32_t buf_count;
 	uint32_t batch_nr;
 	uint32_t batch_wait_us;
+	uint32_t batch_after;
+	unsigned last_reaped;     /* completions the last wake-up found (batch_after) */
 	uint32_t mshot_budget;
 	int sqpoll_cpu;
 	uint16_t recv_ioprio;     /* IORING_RECVSEND_POLL_FIRST (pollfirst) */
