@@ -464,9 +464,9 @@ static int arm_first(struct server *s)
 
 /*
  * Handle the completions there are, each marked seen before it is handled,
- * so that the kernel has CQ room for what the handlers submit.
+ * so that the kernel has CQ room for what the handlers submit.  Returns how
+ * many (the batched wait's batch_after looks at it).
  */
-/* Handle the completions that are there; returns how many. */
 static unsigned reap(struct server *s)
 {
 	struct io_uring_cqe *cqe, copy;
