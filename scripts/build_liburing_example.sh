@@ -17,11 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="$PWD/build/liburing-example"
 VERSION="${ECHO_CORE_LIBURING_EXAMPLE_VERSION:-}"
-mkdir -p "$OUT/apt/lists/partial" "$OUT/apt/cache/archives/partial" "$OUT/src"
-echo "deb-src http://deb.debian.org/debian sid main" > "$OUT/apt/sources.list"
-APT=(-q -o "Dir::Etc::sourcelist=$OUT/apt/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$OUT/apt/lists"
-     -o "Dir::Cache=$OUT/apt/cache" -o APT::Sandbox::User=root)
-apt-get "${APT[@]}" update >/dev/null
+. scripts/private_apt.sh
+private_apt "$OUT/apt" "deb-src http://deb.debian.org/debian sid main"
 rm -rf "$OUT/src" && mkdir -p "$OUT/src"
 (cd "$OUT/src" && apt-get "${APT[@]}" source --download-only "liburing${VERSION:+=$VERSION}" >/dev/null) || {
     echo "build_liburing_example: apt could not download liburing's source${VERSION:+ $VERSION} from Debian unstable" >&2; exit 2; }

@@ -21,12 +21,9 @@ case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$
 VERSION="${ECHO_CORE_LIBURING_VERSION:-}"
 SUITE="${ECHO_CORE_LIBURING_SUITE:-trixie}"
 OUT="$ROOT/build/liburing-current"
-mkdir -p "$OUT/apt/lists/partial" "$OUT/apt/cache/archives/partial" "$OUT/debs"
-echo "deb http://deb.debian.org/debian $SUITE main" > "$OUT/apt/sources.list"
-APT=(-q -o "Dir::Etc::sourcelist=$OUT/apt/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$OUT/apt/lists"
-     -o "Dir::Cache=$OUT/apt/cache" -o APT::Sandbox::User=root)
-
-apt-get "${APT[@]}" update >/dev/null
+mkdir -p "$OUT/debs"
+. scripts/private_apt.sh
+private_apt "$OUT/apt" "deb http://deb.debian.org/debian $SUITE main"
 PIN="${VERSION:+=$VERSION}"
 (cd "$OUT/debs" && rm -f ./*.deb && apt-get "${APT[@]}" download "liburing-dev$PIN" "liburing2$PIN" linux-libc-dev >/dev/null) || {
     echo "test_liburing_current: apt could not download liburing${PIN} and linux-libc-dev from Debian $SUITE" >&2; exit 2; }
