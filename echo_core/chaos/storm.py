@@ -597,7 +597,7 @@ def rss_margin_kib(impl, options, connections):
     elif impl == "uring":
         # The pool, plus what a small pool spills into connection memory: each connection queues at
         # most its multishot budget (one buffer without mshot) and one completion more.
-        budget = opts["mshot_budget"] or max(1, min(lib.EC_DEFAULT_MSHOT_BUDGET, opts["buf_count"] // 4))
+        budget = opts["mshot_budget"] or lib.ec_default_mshot_budget(opts["buf_count"])
         held = (budget if "mshot" in spec.features else 1) + 1
         spilled = connections * held if connections * held > opts["buf_count"] * 3 // 4 else 0
         buffers = (opts["buf_count"] + spilled) * opts["buf_size"]

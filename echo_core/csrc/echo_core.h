@@ -173,6 +173,12 @@ int ec_raise_nofile(void);
  * Returns 0 after a clean stop, or a negative errno.
  * Neither function closes listen_fd, stop_fd or ready_fd.
  */
+/*
+ * The multishot budget an io_uring server uses when ec_server_config.mshot_budget is 0:
+ * a quarter of the pool, between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.
+ */
+uint32_t ec_default_mshot_budget(uint32_t buf_count);
+
 int ec_uring_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,
 		   struct ec_server_stats *stats);
 int ec_epoll_serve(int listen_fd, int stop_fd, const struct ec_server_config *cfg,

@@ -518,6 +518,15 @@ static int run_loop(struct server *s)
 	return 0;
 }
 
+uint32_t ec_default_mshot_budget(uint32_t buf_count)
+{
+	uint32_t budget = buf_count / 4;
+
+	if (budget > EC_DEFAULT_MSHOT_BUDGET)
+		return EC_DEFAULT_MSHOT_BUDGET;
+	return budget ? budget : 1;
+}
+
 static void configure(struct server *s, const struct ec_server_config *cfg, const struct strategy *strat)
 {
 	s->features = cfg->features;
@@ -529,14 +538,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	/* Default: a quarter of the pool (the share spilling keeps free for readers, see must_spill),
 	 * between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.  1/64 of it, as before, left a cache-sized
 	 * pool (16-64 buffers) one buffer per multishot arm: a re-arm per buffer. */
-	s->mshot_budget = cfg->mshot_budget;
-	if (!s->mshot_budget) {
-		s->mshot_budget = cfg->buf_count / 4;
-		if (s->mshot_budget > EC_DEFAULT_MSHOT_BUDGET)
-			s->mshot_budget = EC_DEFAULT_MSHOT_BUDGET;
-		if (!s->mshot_budget)
-			s->mshot_budget = 1;
-	}
+	s->mshot_budget = cfg->mshot_budget ? cfg->mshot_budget : ec_default_mshot_budget(cfg->buf_count);
 	/* A quarter of the pool stays for connections that read (see must_spill). */
 	s->spill_below = cfg->buf_count / 4 ? cfg->buf_count / 4 : 1;
 	s->sqpoll_cpu = cfg->sqpoll_cpu;
