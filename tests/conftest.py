@@ -1,5 +1,4 @@
 import os
-import re
 import resource
 import signal
 
@@ -131,7 +130,7 @@ def with_base_options(impl, options):
     if not set(base) & set(options):
         return impl, options
     tunables = specs.BASES[spec.base]
-    return (re.sub(r"^(\w+)\([^)]*\)", r"\1", str(spec)),
+    return (str(spec.without_base_tunables()),
             {**{tunables[name].option: value for name, value in base.items()}, **options})
 
 

@@ -290,7 +290,7 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
         raise ValueError(f"seconds must be in 0..604800, got {seconds!r}")
     raise_fd_limit(SCALE["many"][0] + 256)
     rng = random.Random(f"echo_core.lifetime:{seed}")
-    srv = None
+    srv = final = None
     server_cpu, client_cpu = split_cpus(cpu)
     if port is None:
         impl = check_impl(impl)
@@ -345,6 +345,8 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
         elif pid is not None:
             violations.append(f"server process {pid} is gone")
         rss_end = rss_kib(pid) if alive else None
+        # How far the pool ran dry and grew over the server's whole life (io_uring; grow: its size).
+        final = server_stats() if alive and server_stats else None
         # Back to baseline: the first round touched what the server keeps (its pool, its tables); later
         # rounds doing the same work must not grow it further.
         if rss_growth_kib is not None and rss_end and rss_warm and ctx.counts["rounds"] > 1 and \
@@ -362,7 +364,9 @@ def run_lifetime(impl="uring", seconds=0.0, seed=1, host="127.0.0.1", port=None,
             "violations": violations, "phases_run": done, **ctx.counts, "fds_start": fds_start,
             "fds_end": fds_end, "rss_start_kib": rss_start, "rss_warm_kib": rss_warm, "rss_end_kib": rss_end,
             "rss_bound_kib": rss_bound,
-            "conns_active_end": active_end}
+            "conns_active_end": active_end,
+            "server_enobufs": final.get("enobufs") if final else None,
+            "server_pool_buffers": final.get("pool_buffers") if final else None}
 
 
 def verdict(result):

@@ -31,10 +31,15 @@
  *   buffers to bundle or consume incrementally); BUNDLE with INC;
  *   ZC with CONNBUF (the next recv would overwrite bytes a zero-copy send
  *   may still be reading).
+ *   GROW with CONNBUF (no pool to grow); GROW with grow_start > buf_count.
  * It returns -EOPNOTSUPP, before "ready", when the kernel lacks a feature:
  * MSHOT before 6.0, BUNDLE without IORING_FEAT_RECVSEND_BUNDLE (6.10), INC
  * (buffer-ring registration refused, before 6.12), ZC without the SEND_ZC
  * opcode, BATCH without IORING_FEAT_EXT_ARG, SQPOLL or NAPI refused.
+ * GROW provides grow_start buffers at start and grow_step more on each
+ * -ENOBUFS, up to buf_count: a pool that stays cache-sized unless many
+ * connections hold buffers at once (the buffers' address range is reserved
+ * for buf_count, untouched memory costs nothing).
  * POLLFIRST, BATCH, SQPOLL, NAPI combine with every strategy (single, MSHOT,
  * CONNBUF); INC and ZC with single and MSHOT.  BATCH waits with
  * min_wait_usec = batch_wait_us where the kernel has IORING_FEAT_MIN_TIMEOUT
@@ -53,13 +58,15 @@
 #define EC_FEAT_ZC        64   /* 0x040 send_zc; buffer recycled on the notification CQE */
 #define EC_FEAT_SQPOLL    128  /* 0x080 SQPOLL thread pinned to sqpoll_cpu */
 #define EC_FEAT_NAPI      256  /* 0x100 register NAPI busy poll */
-#define EC_FEAT_ALL       511  /* 0x1ff */
+#define EC_FEAT_GROW      512  /* 0x200 pool starts at grow_start buffers, grows by grow_step per -ENOBUFS */
+#define EC_FEAT_ALL       1023 /* 0x3ff */
 
 /* Defaults the io_uring server uses where a tunable below is 0. */
 #define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */
 #define EC_DEFAULT_BATCH_WAIT_US 10   /* batch: longest a lone completion waits for company (ditto) */
 #define EC_MAX_SPIN_US 1000000       /* epoll spin: at most 1 s of polling before blocking */
 #define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 4, within [1, 16] */
+#define EC_DEFAULT_GROW_BLOCK 64      /* grow: buffers provided at start and added per -ENOBUFS */
 
 /*
  * Server work per request (ec_server_config.work), the same in both servers:
@@ -96,6 +103,9 @@ struct ec_server_config {
 	uint32_t work;          /* EC_WORK_*: server work per request (both servers); -EINVAL if unknown */
 	uint32_t work_ns;       /* EC_WORK_CPU: ns per message (at most EC_MAX_WORK_NS) */
 	uint32_t work_msg_bytes; /* EC_WORK_CPU: bytes per message (> 0) */
+	uint32_t grow_start;    /* grow: buffers provided at start (<= buf_count); 0 = EC_DEFAULT_GROW_BLOCK,
+				   or buf_count if that is fewer */
+	uint32_t grow_step;     /* grow: buffers added on each -ENOBUFS; 0 = EC_DEFAULT_GROW_BLOCK */
 };
 
 /*
@@ -134,6 +144,8 @@ struct ec_server_stats {
 					 (a quarter or less free) so the buffer went back at once */
 	uint64_t spilled_sends;       /* io_uring: sends of such bytes (plain sends, also with zc) */
 	uint64_t work_checksum;       /* work: what the server work computed (kept so it is not optimized away) */
+	uint64_t pool_buffers;        /* io_uring: provided buffers the pool holds now (buf_count, or with
+					 grow what it has grown to; it never shrinks) */
 };
 
 /*
@@ -175,7 +187,8 @@ int ec_raise_nofile(void);
  */
 /*
  * The multishot budget an io_uring server uses when ec_server_config.mshot_budget is 0:
- * a quarter of the pool, between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.
+ * a quarter of the pool (with grow: of the buffers provided so far), between 1 and
+ * EC_DEFAULT_MSHOT_BUDGET buffers.
  */
 uint32_t ec_default_mshot_budget(uint32_t buf_count);
 

@@ -449,6 +449,8 @@ def _result_dict(res, a, with_server, with_stats, interrupted):
         for name in SERVER_COUNTERS:
             d[f"server_{name}"] = (getattr(res.server_end, name) - getattr(res.server_start, name)
                                    if stats else nan)
+        # A level, not a change: the io_uring pool's buffers at the window's end (grow: how far it grew).
+        d["server_pool_buffers"] = res.server_end.pool_buffers if stats else nan
         # Bucket i counts recvs that returned 2**i .. 2**(i+1) - 1 bytes (the last: 2**i and up), in the
         # one sparse histogram text (echo_core.results.histogram) with lib.EC_RECV_HIST_BUCKETS buckets.
         d["server_recv_size_hist"] = (histogram.encode([e - s for s, e in zip(res.server_start.recv_hist,

@@ -25,6 +25,8 @@ DEFAULT_OPTIONS = {
     "batch_after": 0,       # io_uring batch: linger only after a wake-up with this many completions (0 = always)
     "mshot_budget": 0,      # io_uring mshot: queued buffers per connection (0 = buf_count / 4 in [1, 16])
     "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
+    "grow_start": 0,        # io_uring grow: buffers provided at start (0 = EC_DEFAULT_GROW_BLOCK, at most buf_count)
+    "grow_step": 0,         # io_uring grow: buffers added per -ENOBUFS (0 = EC_DEFAULT_GROW_BLOCK)
     # Server work per request, both servers (echo_core.h EC_WORK_*; see WORK below)
     "work": 0,              # 0 none, 1 touch (read every received byte), 2 cpu (work_ns per message)
     "work_ns": 0,           # cpu work: nanoseconds of CPU per message
@@ -33,7 +35,8 @@ DEFAULT_OPTIONS = {
 #: The options passed to C as they are (struct ec_server_config fields).
 CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "epoll_spin_us", "epoll_level",
                  "epoll_busy_poll_us", "max_conns", "features",
-                 "batch_nr", "batch_wait_us", "batch_after", "mshot_budget", "sqpoll_cpu", "work", "work_ns", "work_msg_bytes")
+                 "batch_nr", "batch_wait_us", "batch_after", "mshot_budget", "sqpoll_cpu", "grow_start", "grow_step",
+                 "work", "work_ns", "work_msg_bytes")
 
 #: Server work per request, as a sweep's ``work`` dimension writes it: "none", "touch" or "cpu=NS".
 WORK_KINDS = {"none": 0, "touch": 1, "cpu": 2}

@@ -120,6 +120,11 @@ FEATURES = {f.name: f for f in (
             "IORING_FEAT_SQPOLL_NONFIXED (5.11)",
             {"cpu": Tunable("sqpoll_cpu", None, 0, 4095, "CPU the SQ thread is pinned to (default: not pinned)")}),
     Feature("napi", "EC_FEAT_NAPI", "NAPI busy-poll registration (no effect on loopback)", "Linux 6.9"),
+    Feature("grow", "EC_FEAT_GROW",
+            "a pool that starts small and grows only under -ENOBUFS, up to buf_count (never shrinks)",
+            "any (as provided buffers)",
+            {"start": Tunable("grow_start", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers provided at start"),
+             "step": Tunable("grow_step", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers added per -ENOBUFS")}),
 )}
 
 #: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
@@ -131,6 +136,12 @@ FEATURES = {f.name: f for f in (
 #: Picked by a rule stated before the runs: the lowest median, over the 12 cells of the exploratory set
 #: explore-pool-20261204-stream and -rr (data/), of server CPU per message / the better epoll spec's.
 RECOMMENDED = "uring(buf_count=64,buf_size=16384)+mshot+bundle"
+
+#: The recommended design on a growing pool (issue 18's candidate, fixed before its runs): the same 64
+#: buffers of 16 KiB at start, 64 more on each -ENOBUFS up to 1024 (16 MiB) -- the pool size at which
+#: rr 512 B x 64 had no -ENOBUFS (explore-pool2-20261204).  Cache-sized while the load holds few buffers
+#: at once, as large as it needs (and no larger) when many connections do.
+GROWING = "uring(buf_count=1024,buf_size=16384)+mshot+bundle+grow"
 
 #: The specs of the ablation study (issue 10), in the order charts show them; the `ablation` grid runs
 #: epoll and these.  Every spec `python -m echo_core impls` lists is in CATALOGUE below.
@@ -147,6 +158,8 @@ ABLATION_SPECS = (
     # The recommended design with an adaptive batched wait (issue 18): it lingers for batch_nr (8)
     # completions only after a wake-up that found at least half as many (after=4, fixed before its runs).
     RECOMMENDED + "+batch(after=4)",
+    # The recommended design on a pool that grows under -ENOBUFS (issue 18).
+    GROWING,
     "uring+pollfirst",
     "uring+zc",
 )
@@ -182,6 +195,11 @@ class Spec:
             args = ",".join(f"{k}={v}" for k, v in sorted(tun.items()))
             parts.append(f"{element}({args})" if args else element)
         return "+".join(parts)
+
+    def without_base_tunables(self):
+        """The same features (and their tunables) on the base's defaults: for a caller that sets the
+        pool or buffer sizes itself, which the server would otherwise refuse as a conflict."""
+        return Spec(self.base, self.features, tuple((o, v) for o, v in self.options if o != self.base))
 
     @property
     def bits(self):
@@ -348,8 +366,14 @@ def _parse_text(text):
         raise ValueError(f"{spec_text!r}: bundle needs mshot (e.g. uring+mshot+bundle)")
     if "bundle" in features and "inc" in features:
         raise ValueError(f"{spec_text!r}: bundle excludes inc (a bundle takes whole buffers)")
+    if "grow" in features:
+        start = tunables.get("grow", {}).get("start", FEATURES["grow"].tunables["start"].default)
+        count = tunables[base].get("buf_count", BASES[base]["buf_count"].default)
+        if start > count:
+            raise ValueError(f"{spec_text!r}: grow(start={start}) is more than the pool's ceiling "
+                             f"buf_count={count} (e.g. uring(buf_count=1024)+grow)")
     if "connbuf" in features:
-        clash = [f for f in ("mshot", "bundle", "inc", "zc") if f in features]
+        clash = [f for f in ("mshot", "bundle", "inc", "zc", "grow") if f in features]
         if clash:
             raise ValueError(f"{spec_text!r}: connbuf excludes {' and '.join(clash)} "
                              "(connbuf has no provided buffers, and its next recv would overwrite a zero-copy send)")

@@ -31,7 +31,7 @@ def _check(result):
 #: recommended design, the buffer-ring modes and the (adaptive) batched wait only (uring and epoll run there in the threads
 #: test, each spec's unit tests through test_uring_features.py).
 SPECS = specs.CATALOGUE if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0" else (
-    specs.RECOMMENDED, specs.RECOMMENDED + "+batch(after=4)", "uring+mshot+inc", "uring(buf_count=16)")
+    specs.RECOMMENDED, specs.RECOMMENDED + "+batch(after=4)", specs.GROWING, "uring+mshot+inc", "uring(buf_count=16)")
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -40,6 +40,17 @@ def test_every_spec_survives_one_long_lived_server(spec):
     if why:
         pytest.skip(f"{spec} unsupported: {why}")
     _check(lifetime.run_lifetime(impl_param(spec), seconds=0, seed=1, short=True))
+
+
+def test_a_growing_pool_keeps_every_byte_through_a_long_life():
+    """The growing pool (issue 18) from 4 buffers, 4 more per -ENOBUFS: every kind of client the regime
+    has, on one server, while the pool runs dry and grows - bids added at the ring's tail must name
+    the buffers bundles and recycling think they name."""
+    impl = impl_param("uring(buf_count=256,buf_size=4096)+mshot+bundle+grow(start=4,step=4)")
+    result = lifetime.run_lifetime(impl, seconds=0, seed=18, short=True)
+    _check(result)
+    assert result["server_enobufs"] > 0
+    assert 4 < result["server_pool_buffers"] <= 256
 
 
 @pytest.mark.parametrize("impl", ["epoll", "uring", "uring+mshot+bundle"])
@@ -92,7 +103,8 @@ def test_a_server_that_corrupts_is_caught():
     assert "wrong" in result["violations"][0], result["violations"]
 
 
-@pytest.mark.parametrize("impl", ["uring", "uring+mshot", "uring+mshot+bundle", "uring+inc", "uring+zc"])
+@pytest.mark.parametrize("impl", ["uring", "uring+mshot", "uring+mshot+bundle", "uring+inc", "uring+zc",
+                                  "uring+mshot+bundle+grow(start=4,step=4)"])
 def test_non_readers_cannot_starve_a_small_pool(impl):
     """Review item 4: 64 connections that send and never read, on a pool of 16 buffers, stay open while
     ordinary clients are still served byte for byte; the pool's reserve is kept by copying (spills)."""

@@ -41,10 +41,11 @@ def variant_server(request):
 
 def test_feature_bits_are_the_contract():
     assert (lib.EC_FEAT_MSHOT, lib.EC_FEAT_BUNDLE, lib.EC_FEAT_INC, lib.EC_FEAT_CONNBUF, lib.EC_FEAT_BATCH,
-            lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI,
-            lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x1ff)
+            lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI, lib.EC_FEAT_GROW,
+            lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x3ff)
     cfg = ffi.new("struct ec_server_config *")
-    assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.batch_after, cfg.mshot_budget, cfg.sqpoll_cpu) == (0,) * 6
+    assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.batch_after, cfg.mshot_budget, cfg.sqpoll_cpu,
+            cfg.grow_start, cfg.grow_step) == (0,) * 8
 
 
 def _serve_directly(func, features, **fields):
@@ -66,16 +67,27 @@ def _serve_directly(func, features, **fields):
 
 
 @pytest.mark.parametrize("features", [
-    512,          # unknown bit
+    1024,         # unknown bit
     0x2,          # bundle without mshot
     0x8 | 0x1,    # connbuf with mshot
     0x8 | 0x4,    # connbuf with inc
     0x1 | 0x2 | 0x8,
     0x1 | 0x2 | 0x4,  # bundle with inc
     0x40 | 0x8,   # zc with connbuf
+    0x200 | 0x8,  # grow with connbuf
 ])
 def test_impossible_combinations_are_refused_with_einval(features):
     assert _serve_directly(lib.ec_uring_serve, features) == -errno.EINVAL
+
+
+def test_a_pool_cannot_start_above_its_ceiling():
+    # buf_count=16 is the most the pool may grow to: starting at 32 is refused, at 16 it starts.
+    assert _serve_directly(lib.ec_uring_serve, 0x200, grow_start=32) == -errno.EINVAL
+    assert _serve_directly(lib.ec_uring_serve, 0x200, grow_start=16) == 0
+    with pytest.raises(ValueError, match=r"grow\(start=64\) is more than the pool's ceiling buf_count=16"):
+        echo_core.Server("uring(buf_count=16)+grow", port=0)
+    with pytest.raises(ValueError, match="connbuf excludes grow"):
+        echo_core.Server("uring+connbuf+grow", port=0)
 
 
 @pytest.mark.parametrize("features", [0x1, 0x8, 0x10, 0x20])
@@ -83,8 +95,8 @@ def test_epoll_refuses_any_feature(features):
     assert _serve_directly(lib.ec_epoll_serve, features) == -errno.EINVAL
 
 
-@pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100,
-                                      0x1 | 0x2 | 0x10 | 0x20])
+@pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200,
+                                      0x1 | 0x2 | 0x10 | 0x20, 0x1 | 0x2 | 0x200])
 def test_supported_combinations_start_and_stop(features):
     assert _serve_directly(lib.ec_uring_serve, features) in (0, -errno.EOPNOTSUPP)
 
@@ -210,6 +222,32 @@ def test_adaptive_batch_lingers_only_after_busy_wake_ups(variant_server):
     assert quick.stats()["bytes_out"] == 30 * 64
     slow = variant_server("uring+batch(nr=64,wait_us=100000,after=1)")
     assert _median_rtt(slow.port, 5) > 50e-3  # the threshold is met: it lingers like plain batch
+
+
+@pytest.mark.parametrize("name", PROVIDED)
+def test_growing_pool_grows_under_enobufs_only(variant_server, name):
+    # Start with 4 buffers, add 4 per -ENOBUFS, at most 256.  A lone ping-pong holds one buffer at a
+    # time: the pool stays at its start.  Then 32 connections streaming at once hold many: the pool
+    # runs dry, grows by whole steps, never beyond its ceiling, and every byte comes back in order.
+    srv = variant_server(name + "+grow(start=4,step=4)", buf_count=256, buf_size=4096)
+    assert srv.stats()["pool_buffers"] == 4
+    s = connect(srv.port)
+    for i in range(20):
+        s.sendall(b"p" * 100)
+        assert recv_exact(s, 100) == b"p" * 100
+    s.close()
+    assert (srv.stats()["pool_buffers"], srv.stats()["enobufs"]) == (4, 0)
+    payloads = [distinct_payload(i, 300_000) for i in range(32)]
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
+    st = srv.stats()
+    assert st["enobufs"] > 0
+    assert 4 < st["pool_buffers"] <= 256 and st["pool_buffers"] % 4 == 0
+    assert st["bytes_in"] == st["bytes_out"] == 20 * 100 + 32 * 300_000
+
+
+def test_pool_size_without_grow_is_buf_count(variant_server):
+    assert variant_server("uring+mshot", buf_count=32, buf_size=4096).stats()["pool_buffers"] == 32
+    assert variant_server("uring+connbuf").stats()["pool_buffers"] == 0
 
 
 @pytest.mark.parametrize("name", ["uring+inc", "uring+mshot+inc"])

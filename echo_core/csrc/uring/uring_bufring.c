@@ -69,13 +69,36 @@ void bufring_return_unused(struct bufring *b, uint16_t bid, uint32_t cqe_flags)
 		bufring_recycle(b, bid);
 }
 
-int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t size,
-		  int inc, int track_bundles)
+uint32_t bufring_grow(struct bufring *b, uint32_t n)
+{
+	uint32_t i;
+
+	if (n > b->count - b->provided)
+		n = b->count - b->provided;
+	for (i = 0; i < n; i++) {
+		uint16_t bid = (uint16_t)(b->provided + i);
+
+#ifdef EC_CHECKED
+		if (b->in_ring)
+			b->in_ring[bid] = 1;
+#endif
+		add(b, bid, i);
+	}
+	io_uring_buf_ring_advance(b->br, (int)n);
+	b->tail += n;
+	b->free += n;
+	b->provided += n;
+	return n;
+}
+
+int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t provided,
+		  uint32_t size, int inc, int track_bundles)
 {
 	struct io_uring_buf_reg reg;
-	uint32_t i;
 	int ret;
 
+	if (!provided || provided > count)
+		return -EINVAL;
 	b->count = count;
 	b->buf_size = size;
 	b->inc = inc;
@@ -86,7 +109,9 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 		return -ENOMEM;
 	}
 	b->bufs_size = (size_t)count * size;
-	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	/* NORESERVE: with grow most of the range may never be provided, so never touched. */
+	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE,
+		       -1, 0);
 	if (b->bufs == MAP_FAILED) {
 		b->bufs = NULL;
 		return -ENOMEM;
@@ -106,10 +131,9 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 	}
 #ifdef EC_CHECKED
 	if (!inc) {
-		b->in_ring = malloc(count);
+		b->in_ring = calloc(count, 1);	/* bufring_grow() marks what it provides */
 		if (!b->in_ring)
 			return -ENOMEM;
-		memset(b->in_ring, 1, count);
 	}
 	b->sending = calloc(count, sizeof(*b->sending));
 	if (!b->sending)
@@ -124,11 +148,10 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 	if (ret)
 		return inc && ret == -EINVAL ? -EOPNOTSUPP : ret;
 	io_uring_buf_ring_init(b->br);
-	for (i = 0; i < count; i++)
-		add(b, (uint16_t)i, i);
-	io_uring_buf_ring_advance(b->br, (int)count);
-	b->tail = count;
-	b->free = count;
+	b->tail = 0;
+	b->free = 0;
+	b->provided = 0;
+	bufring_grow(b, provided);
 	return 0;
 }
 

@@ -12,6 +12,12 @@
  *
  * Bundles: one completion spans the buffers that followed its first one in
  * the ring; bufring_at() names them from a shadow copy of the ring.
+ *
+ * Growing (grow): the ring and the buffers' address range are made for
+ * count buffers, but only the first `provided` are handed to the kernel;
+ * bufring_grow() adds the next ones in bid order at the ring's tail.  So a
+ * bid still names base + bid * size, and ring positions stay what bundles
+ * read; memory of buffers never provided is never touched.
  */
 #ifndef ECHO_CORE_URING_BUFRING_H
 #define ECHO_CORE_URING_BUFRING_H
@@ -27,7 +33,8 @@ struct bufring {
 	unsigned char *bufs;
 	size_t bufs_size;
 	uint32_t buf_size;
-	uint32_t count;
+	uint32_t count;		/* ring entries and bids: the most buffers the pool may hold */
+	uint32_t provided;	/* buffers handed to the kernel so far (bids 0 .. provided - 1) */
 	uint32_t free;		/* buffers the kernel may still fill (in the ring) */
 	uint16_t bgid;
 	int inc;		/* incremental consumption */
@@ -59,9 +66,14 @@ void bufring_violation(const struct bufring *b, uint16_t bid, const char *what);
 #define BUFRING_SENDING(b, bid, delta) do { } while (0)
 #endif
 
-/* Allocate and register; track_bundles keeps the shadow ring. Returns 0 or -errno. */
-int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t size,
-		  int inc, int track_bundles);
+/*
+ * Allocate for count buffers, register, and provide the first `provided` of
+ * them (1..count); track_bundles keeps the shadow ring. Returns 0 or -errno.
+ */
+int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t provided,
+		  uint32_t size, int inc, int track_bundles);
+/* Provide up to n more buffers (never beyond count). Returns how many were added. */
+uint32_t bufring_grow(struct bufring *b, uint32_t n);
 void bufring_free(struct bufring *b);
 
 static inline unsigned char *bufring_addr(const struct bufring *b, uint16_t bid)

@@ -25,6 +25,7 @@
 
 #include "../net.h"
 #include "uring_core.h"
+#include "uring_grow.h"
 #include "uring_wait.h"
 #include "uring_zc.h"
 
@@ -407,6 +408,8 @@ static int check_features(uint32_t f)
 		return -EINVAL;
 	if ((f & EC_FEAT_ZC) && (f & EC_FEAT_CONNBUF))
 		return -EINVAL;	/* the next recv would overwrite bytes the kernel may still send */
+	if ((f & EC_FEAT_GROW) && (f & EC_FEAT_CONNBUF))
+		return -EINVAL;	/* no pool to grow */
 	return 0;
 }
 
@@ -422,6 +425,8 @@ static int check_config(const struct ec_server_config *cfg)
 	ret = check_features(cfg->features);
 	if (ret)
 		return ret;
+	if ((cfg->features & EC_FEAT_GROW) && cfg->grow_start > cfg->buf_count)
+		return -EINVAL;
 	/* The same bound as the epoll server's (and register_files_sparse's). */
 	if (cfg->max_conns > conns_limit())
 		return -EMFILE;
@@ -518,15 +523,6 @@ static int run_loop(struct server *s)
 	return 0;
 }
 
-uint32_t ec_default_mshot_budget(uint32_t buf_count)
-{
-	uint32_t budget = buf_count / 4;
-
-	if (budget > EC_DEFAULT_MSHOT_BUDGET)
-		return EC_DEFAULT_MSHOT_BUDGET;
-	return budget ? budget : 1;
-}
-
 static void configure(struct server *s, const struct ec_server_config *cfg, const struct strategy *strat)
 {
 	s->features = cfg->features;
@@ -535,12 +531,12 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	s->batch_nr = cfg->batch_nr ? cfg->batch_nr : EC_DEFAULT_BATCH_NR;
 	s->batch_wait_us = cfg->batch_wait_us ? cfg->batch_wait_us : EC_DEFAULT_BATCH_WAIT_US;
 	s->batch_after = cfg->batch_after;
-	/* Default: a quarter of the pool (the share spilling keeps free for readers, see must_spill),
-	 * between 1 and EC_DEFAULT_MSHOT_BUDGET buffers.  1/64 of it, as before, left a cache-sized
-	 * pool (16-64 buffers) one buffer per multishot arm: a re-arm per buffer. */
-	s->mshot_budget = cfg->mshot_budget ? cfg->mshot_budget : ec_default_mshot_budget(cfg->buf_count);
-	/* A quarter of the pool stays for connections that read (see must_spill). */
-	s->spill_below = cfg->buf_count / 4 ? cfg->buf_count / 4 : 1;
+	/* Not configured (0): the pool's size sets the budget and keeps setting it as the pool grows. */
+	s->mshot_budget = cfg->mshot_budget;
+	s->mshot_budget_auto = !cfg->mshot_budget;
+	s->grow_step = cfg->grow_step ? cfg->grow_step : EC_DEFAULT_GROW_BLOCK;
+	s->pool_start = pool_start(cfg);
+	pool_sized(s, s->pool_start);
 	s->sqpoll_cpu = cfg->sqpoll_cpu;
 	s->recv_ioprio = cfg->features & EC_FEAT_POLLFIRST ? IORING_RECVSEND_POLL_FIRST : 0;
 	s->wait = cfg->features & EC_FEAT_BATCH ? batch_wait : plain_wait;

@@ -31,6 +31,7 @@
 #include "../net.h"
 #include "uring_core.h"
 #include "uring_echo.h"
+#include "uring_grow.h"
 #include "uring_zc.h"
 
 #define CF_RECV     0x001u	/* multishot recv armed (or to be armed: CF_W_RECV) */
@@ -423,7 +424,7 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	if (cqe->flags & IORING_CQE_F_BUFFER)
 		bufring_return_unused(&s->br, cqe->flags >> IORING_CQE_BUFFER_SHIFT, cqe->flags);
 	if (cqe->res == -ENOBUFS) {
-		s->stats->enobufs++;
+		pool_on_enobufs(s);
 		if (c->flags & (CF_ERROR | CF_EOF)) {
 			maybe_close(s, idx);
 		} else if (!(c->flags & CF_STARVED)) {
@@ -552,7 +553,7 @@ static int setup(struct server *s)
 			return -ENOMEM;
 	}
 	s->br.bgid = BUF_GROUP;
-	return bufring_setup(&s->ring, &s->br, s->buf_count, s->buf_size,
+	return bufring_setup(&s->ring, &s->br, s->buf_count, s->pool_start, s->buf_size,
 			     !!(s->features & EC_FEAT_INC), !!(s->features & EC_FEAT_BUNDLE));
 }
 

@@ -14,6 +14,7 @@
 #include "../net.h"
 #include "uring_core.h"
 #include "uring_echo.h"
+#include "uring_grow.h"
 #include "uring_zc.h"
 
 #define SPILLED UINT32_MAX	/* c->off: the bytes are in c->spill, not in buffer c->bid */
@@ -93,7 +94,7 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 	struct conn *c = &s->conns[idx];
 
 	if (cqe->res == -ENOBUFS) {
-		s->stats->enobufs++;
+		pool_on_enobufs(s);
 		starve(s, idx);
 		c->state = CONN_STARVED;
 		return;
@@ -153,7 +154,7 @@ static int setup(struct server *s)
 	s->handlers[OP_RECV] = on_recv;
 	s->handlers[OP_SEND] = on_send;
 	s->br.bgid = BUF_GROUP;
-	return bufring_setup(&s->ring, &s->br, s->buf_count, s->buf_size,
+	return bufring_setup(&s->ring, &s->br, s->buf_count, s->pool_start, s->buf_size,
 			     !!(s->features & EC_FEAT_INC), 0);
 }
 
