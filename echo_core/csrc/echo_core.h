@@ -36,10 +36,11 @@
  * MSHOT before 6.0, BUNDLE without IORING_FEAT_RECVSEND_BUNDLE (6.10), INC
  * (buffer-ring registration refused, before 6.12), ZC without the SEND_ZC
  * opcode, BATCH without IORING_FEAT_EXT_ARG, SQPOLL or NAPI refused.
- * GROW provides grow_start buffers at start and grow_step more on each
- * -ENOBUFS, up to buf_count: a pool that stays cache-sized unless many
- * connections hold buffers at once (the buffers' address range is reserved
- * for buf_count, untouched memory costs nothing).
+ * GROW provides grow_start buffers at start and grow_step more whenever at
+ * least one recv in 32 since the last growth found the pool empty (-ENOBUFS;
+ * at most one growth per loop turn), up to buf_count: a pool that stays
+ * cache-sized unless many connections hold buffers at once (the buffers'
+ * address range is reserved for buf_count; untouched memory costs nothing).
  * POLLFIRST, BATCH, SQPOLL, NAPI combine with every strategy (single, MSHOT,
  * CONNBUF); INC and ZC with single and MSHOT.  BATCH waits with
  * min_wait_usec = batch_wait_us where the kernel has IORING_FEAT_MIN_TIMEOUT
@@ -58,7 +59,7 @@
 #define EC_FEAT_ZC        64   /* 0x040 send_zc; buffer recycled on the notification CQE */
 #define EC_FEAT_SQPOLL    128  /* 0x080 SQPOLL thread pinned to sqpoll_cpu */
 #define EC_FEAT_NAPI      256  /* 0x100 register NAPI busy poll */
-#define EC_FEAT_GROW      512  /* 0x200 pool starts at grow_start buffers, grows by grow_step per -ENOBUFS */
+#define EC_FEAT_GROW      512  /* 0x200 pool starts at grow_start buffers, grows by grow_step while recvs find it dry */
 #define EC_FEAT_ALL       1023 /* 0x3ff */
 
 /* Defaults the io_uring server uses where a tunable below is 0. */
@@ -66,7 +67,7 @@
 #define EC_DEFAULT_BATCH_WAIT_US 10   /* batch: longest a lone completion waits for company (ditto) */
 #define EC_MAX_SPIN_US 1000000       /* epoll spin: at most 1 s of polling before blocking */
 #define EC_DEFAULT_MSHOT_BUDGET 16    /* mshot: cap; default buf_count / 4, within [1, 16] */
-#define EC_DEFAULT_GROW_BLOCK 64      /* grow: buffers provided at start and added per -ENOBUFS */
+#define EC_DEFAULT_GROW_BLOCK 64      /* grow: buffers provided at start and added per growth */
 
 /*
  * Server work per request (ec_server_config.work), the same in both servers:
@@ -105,7 +106,7 @@ struct ec_server_config {
 	uint32_t work_msg_bytes; /* EC_WORK_CPU: bytes per message (> 0) */
 	uint32_t grow_start;    /* grow: buffers provided at start (<= buf_count); 0 = EC_DEFAULT_GROW_BLOCK,
 				   or buf_count if that is fewer */
-	uint32_t grow_step;     /* grow: buffers added on each -ENOBUFS; 0 = EC_DEFAULT_GROW_BLOCK */
+	uint32_t grow_step;     /* grow: buffers added per growth; 0 = EC_DEFAULT_GROW_BLOCK */
 };
 
 /*

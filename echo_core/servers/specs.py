@@ -121,10 +121,10 @@ FEATURES = {f.name: f for f in (
             {"cpu": Tunable("sqpoll_cpu", None, 0, 4095, "CPU the SQ thread is pinned to (default: not pinned)")}),
     Feature("napi", "EC_FEAT_NAPI", "NAPI busy-poll registration (no effect on loopback)", "Linux 6.9"),
     Feature("grow", "EC_FEAT_GROW",
-            "a pool that starts small and grows only under -ENOBUFS, up to buf_count (never shrinks)",
+            "a pool that starts small and grows while recvs often find it empty (-ENOBUFS), up to buf_count",
             "any (as provided buffers)",
             {"start": Tunable("grow_start", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers provided at start"),
-             "step": Tunable("grow_step", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers added per -ENOBUFS")}),
+             "step": Tunable("grow_step", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers added per growth")}),
 )}
 
 #: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
@@ -137,8 +137,8 @@ FEATURES = {f.name: f for f in (
 #: explore-pool-20261204-stream and -rr (data/), of server CPU per message / the better epoll spec's.
 RECOMMENDED = "uring(buf_count=64,buf_size=16384)+mshot+bundle"
 
-#: The recommended design on a growing pool (issue 18's candidate, fixed before its runs): the same 64
-#: buffers of 16 KiB at start, 64 more on each -ENOBUFS up to 1024 (16 MiB) -- the pool size at which
+#: The recommended design on a growing pool (issue 18's candidate): the same 64 buffers of 16 KiB at
+#: start, 64 more whenever one recv in 32 found the pool empty, up to 1024 (16 MiB) -- the pool size at which
 #: rr 512 B x 64 had no -ENOBUFS (explore-pool2-20261204).  Cache-sized while the load holds few buffers
 #: at once, as large as it needs (and no larger) when many connections do.
 GROWING = "uring(buf_count=1024,buf_size=16384)+mshot+bundle+grow"

@@ -8,8 +8,8 @@
  * is re-armed and often arms a poll (0.165 ENOBUFS per message at rr 512 B x
  * 64 with 64 buffers).  A larger fixed pool removes that and pays in every
  * streaming cell.  So grow starts at grow_start buffers and provides
- * grow_step more on each -ENOBUFS, up to buf_count: the pool grows to what
- * the load holds at once, and no further.  It never shrinks: buffers the
+ * grow_step more while recvs often find it empty (below), up to buf_count:
+ * the pool grows to about what the load holds at once.  It never shrinks: buffers the
  * kernel has once filled are in the ring's rotation from then on.
  */
 #include "uring_bufring.h"
@@ -47,10 +47,34 @@ void pool_sized(struct server *s, uint32_t buffers)
 	s->stats->pool_buffers = s->features & EC_FEAT_CONNBUF ? 0 : buffers;
 }
 
+/*
+ * When to grow.  Growing on every -ENOBUFS took the pool to its ceiling
+ * (explore-grow2-20261204: 4 ENOBUFS, 320 buffers; 16, 1024): every
+ * multishot recv armed when the ring ran empty ends with one, and rare dry
+ * spells (0.002 per message at stream 16 KiB x 512) cost less than a pool
+ * the cache no longer holds, which every message pays.  So the pool grows
+ * only while running dry is common: at least one recv in GROW_DRY_SHARE
+ * since the last growth found no buffer, over at least a pool's worth of
+ * recvs; and at most once per turn of the event loop (the -ENOBUFS of one
+ * spell are reaped together).
+ */
+#define GROW_DRY_SHARE 32
+
 void pool_on_enobufs(struct server *s)
 {
+	uint64_t dry, recvs;
+
 	s->stats->enobufs++;
-	if (!(s->features & EC_FEAT_GROW) || !bufring_grow(&s->br, s->grow_step))
+	if (!(s->features & EC_FEAT_GROW) || s->grew_at_turn == s->stats->loop_iterations)
 		return;
+	dry = s->stats->enobufs - s->grow_mark_enobufs;
+	recvs = s->stats->recv_ok - s->grow_mark_recvs;
+	if (recvs < s->br.provided || dry * GROW_DRY_SHARE < recvs)
+		return;
+	if (!bufring_grow(&s->br, s->grow_step))
+		return;
+	s->grew_at_turn = s->stats->loop_iterations;
+	s->grow_mark_enobufs = s->stats->enobufs;
+	s->grow_mark_recvs = s->stats->recv_ok;
 	pool_sized(s, s->br.provided);
 }

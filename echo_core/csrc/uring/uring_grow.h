@@ -11,7 +11,7 @@
 uint32_t pool_start(const struct ec_server_config *cfg);
 /* What follows the pool's size: the spill reserve and the default multishot budget. */
 void pool_sized(struct server *s, uint32_t buffers);
-/* A recv found the pool empty (-ENOBUFS): with grow, provide grow_step more buffers. */
+/* A recv found the pool empty (-ENOBUFS): count it; with grow, maybe provide grow_step more buffers. */
 void pool_on_enobufs(struct server *s);
 
 #endif
