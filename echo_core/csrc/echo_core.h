@@ -40,7 +40,8 @@
  * least one recv in 32 since the last growth found the pool empty (-ENOBUFS;
  * at most one growth per loop turn), up to buf_count: a pool that stays
  * cache-sized unless many connections hold buffers at once (the buffers'
- * address range is reserved for buf_count; untouched memory costs nothing).
+ * address range is mapped for buf_count, and a pool too large for the
+ * machine is refused with -ENOMEM; untouched memory costs nothing).
  * POLLFIRST, BATCH, SQPOLL, NAPI combine with every strategy (single, MSHOT,
  * CONNBUF); INC and ZC with single and MSHOT.  BATCH waits with
  * min_wait_usec = batch_wait_us where the kernel has IORING_FEAT_MIN_TIMEOUT

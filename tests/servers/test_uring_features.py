@@ -88,6 +88,9 @@ def test_a_pool_cannot_start_above_its_ceiling():
         echo_core.Server("uring(buf_count=16)+grow", port=0)
     with pytest.raises(ValueError, match="connbuf excludes grow"):
         echo_core.Server("uring+connbuf+grow", port=0)
+    # The ceiling is mapped at start: a pool the machine could never hold is refused, as without grow.
+    with pytest.raises(RuntimeError, match="set-up failed: Cannot allocate memory"):
+        echo_core.Server("uring+grow", port=0, buf_count=32768, buf_size=2**31).start()
 
 
 @pytest.mark.parametrize("features", [0x1, 0x8, 0x10, 0x20])

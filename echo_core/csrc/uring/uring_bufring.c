@@ -109,9 +109,12 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 		return -ENOMEM;
 	}
 	b->bufs_size = (size_t)count * size;
-	/* NORESERVE: with grow most of the range may never be provided, so never touched. */
-	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE,
-		       -1, 0);
+	/*
+	 * Not MAP_NORESERVE, also with grow: the pool may grow to all of it, so
+	 * the kernel's overcommit check should refuse (ENOMEM, before "ready")
+	 * a pool the machine could never hold.  Untouched pages cost nothing.
+	 */
+	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
 	if (b->bufs == MAP_FAILED) {
 		b->bufs = NULL;
 		return -ENOMEM;
