@@ -43,7 +43,7 @@ def test_every_spec_survives_one_long_lived_server(spec):
 
 
 def test_a_growing_pool_keeps_every_byte_through_a_long_life():
-    """The growing pool (issue 18) from 4 buffers, 4 more per -ENOBUFS: every kind of client the regime
+    """The growing pool (issue 18) from 4 buffers, 4 more while it runs dry: every kind of client the regime
     has, on one server, while the pool runs dry and grows - bids added at the ring's tail must name
     the buffers bundles and recycling think they name."""
     impl = impl_param("uring(buf_count=256,buf_size=4096)+mshot+bundle+grow(start=4,step=4)")

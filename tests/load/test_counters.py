@@ -18,7 +18,7 @@ from echo_core.measure.benchmark import run_benchmark
 from echo_core.native import lib
 from echo_core.results import histogram
 
-from conftest import IO_URING_REFUSED, SERVER_CPU, variant_refused
+from conftest import SERVER_CPU, impl_param
 
 PAYLOAD = 512
 TRACEPOINT_COLUMNS = [c for c, names in counters.PER_MSG.items() if not set(names) & set(counters.HARDWARE)]
@@ -41,12 +41,8 @@ def _tracepoints_unavailable():
 NO_TRACEPOINTS = _tracepoints_unavailable()
 
 
-def _rr(impl, impl_spec=None, connections=4, **kw):
-    if impl == "uring" and IO_URING_REFUSED:
-        pytest.skip(IO_URING_REFUSED)
-    if impl_spec and variant_refused(impl_spec):
-        pytest.skip(variant_refused(impl_spec))
-    return run_benchmark(impl_spec or impl, "rr", PAYLOAD, connections, duration=0.5, warmup=0.2, warmup_max=None,
+def _rr(impl, connections=4, **kw):
+    return run_benchmark(impl_param(impl), "rr", PAYLOAD, connections, duration=0.5, warmup=0.2, warmup_max=None,
                          **kw)
 
 
@@ -85,9 +81,9 @@ def test_server_loop_counters(which, request):
 
 
 def test_growing_pool_size_is_recorded():
-    # 32 request-response connections on a pool of 4 that grows by 4: the row says how far it grew.
-    row = _rr("uring", impl_spec="uring(buf_count=256,buf_size=4096)+mshot+bundle+grow(start=4,step=4)",
-              connections=32)
+    # 32 request-response connections on a pool of 4 that grows by 4 while it runs dry: the row says
+    # how far it grew.
+    row = _rr("uring(buf_count=256,buf_size=4096)+mshot+bundle+grow(start=4,step=4)", connections=32)
     assert row["valid"], row["invalid_reason"]
     assert 4 < row["server_pool_buffers"] <= 256
 

@@ -229,9 +229,10 @@ def test_adaptive_batch_lingers_only_after_busy_wake_ups(variant_server):
 
 @pytest.mark.parametrize("name", PROVIDED)
 def test_growing_pool_grows_under_enobufs_only(variant_server, name):
-    # Start with 4 buffers, add 4 per -ENOBUFS, at most 256.  A lone ping-pong holds one buffer at a
-    # time: the pool stays at its start.  Then 32 connections streaming at once hold many: the pool
-    # runs dry, grows by whole steps, never beyond its ceiling, and every byte comes back in order.
+    # Start with 4 buffers, add 4 while recvs often find none (-ENOBUFS), at most 256.  A lone
+    # ping-pong holds one buffer at a time: the pool stays at its start.  Then 32 connections streaming
+    # at once hold many: the pool runs dry, grows by whole steps, never beyond its ceiling, and every
+    # byte comes back in order.
     srv = variant_server(name + "+grow(start=4,step=4)", buf_count=256, buf_size=4096)
     assert srv.stats()["pool_buffers"] == 4
     s = connect(srv.port)

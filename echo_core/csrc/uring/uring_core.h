@@ -12,8 +12,9 @@
  * them up (the wait unit, a recv ioprio bit, the buffer ring's mode).
  *
  * Dependencies run one way: uring_serve.c -> the strategies -> the core ->
- * the send, wait and pool (uring_grow.c) units -> uring_types.h.  The core does not know the
- * strategies: uring_serve.c picks one and hands it to core_serve.
+ * the send, wait and pool (uring_grow.c) units -> uring_types.h.  The core
+ * does not know the strategies: uring_serve.c picks one and hands it to
+ * core_serve.
  */
 #ifndef ECHO_CORE_URING_CORE_H
 #define ECHO_CORE_URING_CORE_H

@@ -9,8 +9,8 @@
  * 64 with 64 buffers).  A larger fixed pool removes that and pays in every
  * streaming cell.  So grow starts at grow_start buffers and provides
  * grow_step more while recvs often find it empty (below), up to buf_count:
- * the pool grows to about what the load holds at once.  It never shrinks: buffers the
- * kernel has once filled are in the ring's rotation from then on.
+ * the pool grows to about what the load holds at once.  It never shrinks:
+ * buffers the kernel has once filled are in the ring's rotation from then on.
  */
 #include "uring_bufring.h"
 #include "uring_grow.h"

@@ -114,7 +114,7 @@ struct server {
 	uint32_t mshot_budget;
 	int mshot_budget_auto;    /* mshot_budget follows the pool's size (not configured) */
 	uint32_t pool_start;      /* buffers provided at start (buf_count, or grow_start with grow) */
-	uint32_t grow_step;       /* grow: buffers added per dry spell (-ENOBUFS) */
+	uint32_t grow_step;       /* grow: buffers added per growth */
 	uint64_t grew_at_turn;    /* grow: loop turn of the last growth (one per turn) */
 	uint64_t grow_mark_enobufs, grow_mark_recvs; /* grow: the counters at the last growth */
 	int sqpoll_cpu;
