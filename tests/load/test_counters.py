@@ -140,6 +140,42 @@ def test_env_switch_disables(monkeypatch):
     assert math.isfinite(row["server_ctx_switches_per_msg"]) and row["server_bytes_per_recv"] > 0
 
 
+HOLD_SCRIPT = """
+import json, os
+from echo_core.load import counters
+
+def perf_fds():
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:  # the listing's own directory fd, closed by now
+            pass
+    return links.count("anon_inode:[perf_event]")
+
+events, _ = counters.resolve()
+tracepoints = {c for _, t, c in events if t == counters.PERF_TYPE_TRACEPOINT}
+before = perf_fds()
+first = counters.hold_registered(events)
+after_first = perf_fds()
+second = counters.hold_registered(events + events)
+print(json.dumps({"tracepoints": len(tracepoints), "first": first, "second": second,
+                  "added": after_first - before, "added_again": perf_fds() - after_first}))
+"""
+
+
+@pytest.mark.skipif(bool(NO_TRACEPOINTS), reason=str(NO_TRACEPOINTS))
+def test_each_tracepoint_is_held_once_per_process():
+    """A process that runs loads holds one disabled perf event per tracepoint (so that a run's events close
+    without a grace period each), once: asking again, or with the same tracepoint twice, opens nothing."""
+    done = subprocess.run([sys.executable, "-c", HOLD_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout)
+    assert got["tracepoints"] > 0
+    assert got["first"] == got["second"] == got["added"] == got["tracepoints"]
+    assert got["added_again"] == 0
+
+
 def test_availability_is_cheap_and_says_why():
     avail = counters.availability()
     assert {"tracepoints", "pmu", "tracefs", "perf_event_paranoid"} <= set(avail)

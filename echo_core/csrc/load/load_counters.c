@@ -11,6 +11,9 @@
  * An event that cannot be opened on every thread (no permission, missing
  * tracepoint, no PMU) is dropped with its -errno: a count over only some
  * threads would be wrong without looking wrong.  Nothing here fails a run.
+ *
+ * ec_counters_hold keeps the tracepoints registered between runs, so that
+ * closing a run's events does not wait for a grace period per tracepoint.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -23,7 +26,7 @@
 
 #include "load.h"
 
-static int perf_open(const struct ec_counter *ev, int tid)
+static int perf_open_attr(const struct ec_counter *ev, int tid, int inherit, int disabled)
 {
 	struct perf_event_attr attr;
 	int fd;
@@ -32,11 +35,17 @@ static int perf_open(const struct ec_counter *ev, int tid)
 	attr.size = sizeof(attr);
 	attr.type = ev->type;
 	attr.config = ev->config;
-	attr.inherit = 1;
+	attr.inherit = inherit;
+	attr.disabled = disabled;
 	/* The hypervisor's share is not the server's (and a guest may not count it anyway). */
 	attr.exclude_hv = 1;
 	fd = (int)syscall(SYS_perf_event_open, &attr, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
 	return fd < 0 ? -errno : fd;
+}
+
+static int perf_open(const struct ec_counter *ev, int tid)
+{
+	return perf_open_attr(ev, tid, 1, 0);
 }
 
 static int add_fd(struct counters *c, int fd, uint32_t event)
@@ -150,4 +159,30 @@ void ec_counters_close(struct counters *c)
 	free(c->fds);
 	c->fds = NULL;
 	c->cap = 0;
+}
+
+/* The tracepoints this process holds (ec_counters_hold): their ids; the fds stay open until exit. */
+static uint64_t held[EC_MAX_COUNTERS];
+static uint32_t nheld;
+
+int ec_counters_hold(const struct ec_counter *events, uint32_t n)
+{
+	uint32_t i, j;
+	int fd;
+
+	for (i = 0; i < n; i++) {
+		if (events[i].type != PERF_TYPE_TRACEPOINT)
+			continue;	/* only tracepoints pay a grace period on close */
+		for (j = 0; j < nheld && held[j] != events[i].config; j++)
+			;
+		if (j < nheld)
+			continue;
+		if (nheld == EC_MAX_COUNTERS)
+			return -ENOSPC;
+		fd = perf_open_attr(&events[i], 0, 0, 1);
+		if (fd < 0)
+			return fd;
+		held[nheld++] = events[i].config;
+	}
+	return (int)nheld;
 }
