@@ -49,6 +49,10 @@
  * caps each multishot recv's bytes at the connection's remaining budget
  * (sqe->optlen) on kernels >= 6.17; before that only by cancelling.  BUNDLE
  * also gathers up to 16 queued buffers into one sendmsg (not with ZC).
+ * HUGE maps the provided-buffer pool 2 MiB-aligned and asks for transparent
+ * huge pages on it (madvise MADV_HUGEPAGE; -EINVAL from set-up where the
+ * kernel has none): a large pool then takes one TLB entry per 2 MiB instead
+ * of 512.  Not with CONNBUF (no pool).
  * The epoll server returns -EINVAL for any features != 0.
  */
 #define EC_FEAT_MSHOT     1    /* 0x001 multishot recv + per-connection ordered send queue */
@@ -61,7 +65,8 @@
 #define EC_FEAT_SQPOLL    128  /* 0x080 SQPOLL thread pinned to sqpoll_cpu */
 #define EC_FEAT_NAPI      256  /* 0x100 register NAPI busy poll */
 #define EC_FEAT_GROW      512  /* 0x200 pool starts at grow_start buffers, grows by grow_step while recvs find it dry */
-#define EC_FEAT_ALL       1023 /* 0x3ff */
+#define EC_FEAT_HUGE      1024 /* 0x400 provided-buffer pool on transparent huge pages */
+#define EC_FEAT_ALL       2047 /* 0x7ff */
 
 /* Defaults the io_uring server uses where a tunable below is 0. */
 #define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */

@@ -19,8 +19,8 @@ measured before specs existed stay comparable.
 
 Refused combinations (ValueError, one line, before any process starts; the C server returns -EINVAL
 for the same): ``bundle`` needs ``mshot`` and excludes ``inc``; ``connbuf`` excludes ``mshot``, ``bundle``,
-``inc`` and ``zc`` (it has no provided buffers, and its next recv would overwrite bytes a zero-copy
-send may still be reading); ``epoll`` takes
+``inc``, ``zc``, ``grow`` and ``huge`` (it has no provided buffers, and its next recv would overwrite bytes a
+zero-copy send may still be reading); ``epoll`` takes
 no features, only its tunables ``budget`` and ``buf_size``.  A feature this kernel (or this build of
 the C core) cannot run is not a parse error: unsupported_reason(spec) says why, and a sweep records
 such cells as skipped.
@@ -125,6 +125,9 @@ FEATURES = {f.name: f for f in (
             "any (as provided buffers)",
             {"start": Tunable("grow_start", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers provided at start"),
              "step": Tunable("grow_step", lib.EC_DEFAULT_GROW_BLOCK, 1, 32768, "buffers added per growth")}),
+    Feature("huge", "EC_FEAT_HUGE",
+            "the provided-buffer pool on transparent huge pages (2 MiB-aligned, madvise): one TLB entry per 2 MiB",
+            "transparent huge pages (/sys/kernel/mm/transparent_hugepage/enabled: always or madvise)"),
 )}
 
 #: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
@@ -373,7 +376,7 @@ def _parse_text(text):
             raise ValueError(f"{spec_text!r}: grow(start={start}) is more than the pool's ceiling "
                              f"buf_count={count} (e.g. uring(buf_count=1024)+grow)")
     if "connbuf" in features:
-        clash = [f for f in ("mshot", "bundle", "inc", "zc", "grow") if f in features]
+        clash = [f for f in ("mshot", "bundle", "inc", "zc", "grow", "huge") if f in features]
         if clash:
             raise ValueError(f"{spec_text!r}: connbuf excludes {' and '.join(clash)} "
                              "(connbuf has no provided buffers, and its next recv would overwrite a zero-copy send)")
@@ -448,7 +451,20 @@ def probe():
     info = io_uring_info()
     return {"kernel": kernel_version(), "setup_error": info.get("setup_error"),
             "feat": frozenset(info.get("features") or ()), "ops": frozenset(info.get("ops_supported") or ()),
-            "features_built": features_built()}
+            "features_built": features_built(), "thp": thp_mode()}
+
+
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_mode():
+    """The transparent huge page mode ('always', 'madvise', 'never'), or None without them."""
+    try:
+        with open(THP_ENABLED) as f:
+            m = re.search(r"\[(\w+)\]", f.read())
+    except OSError:
+        return None
+    return m.group(1) if m else None
 
 
 def _needs_kernel(version, kernel, what):
@@ -480,6 +496,12 @@ def _feature_reason(name, p, spec):
         return None
     if name == "napi":
         return _needs_kernel((6, 9), k, "napi (io_uring_register_napi)")
+    if name == "huge":
+        thp = p.get("thp")
+        if thp in ("always", "madvise"):
+            return None
+        return ("huge needs transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE)" if thp is None else
+                f"huge needs transparent huge pages, which are off here ({THP_ENABLED}: {thp})")
     return None
 
 

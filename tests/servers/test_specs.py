@@ -171,7 +171,7 @@ OLD_KERNEL = {"kernel": (5, 15), "setup_error": None, "features_built": True,
               "feat": frozenset({"EXT_ARG", "SQPOLL_NONFIXED", "FAST_POLL"}), "ops": frozenset({"RECV", "SEND"})}
 NEW_KERNEL = {"kernel": (6, 18), "setup_error": None, "features_built": True,
               "feat": frozenset({"EXT_ARG", "SQPOLL_NONFIXED", "RECVSEND_BUNDLE", "MIN_TIMEOUT"}),
-              "ops": frozenset({"RECV", "SEND", "SEND_ZC"})}
+              "ops": frozenset({"RECV", "SEND", "SEND_ZC"}), "thp": "madvise"}
 
 
 def test_unsupported_reasons_name_the_missing_kernel_feature():
@@ -183,6 +183,9 @@ def test_unsupported_reasons_name_the_missing_kernel_feature():
     assert "IORING_OP_SEND_ZC" in why("uring+zc")
     assert why("uring+connbuf") is None and why("uring+batch") is None
     assert "5.19" in why("uring+pollfirst") and why("uring+pollfirst", {**OLD_KERNEL, "kernel": (6, 1)}) is None
+    assert "CONFIG_TRANSPARENT_HUGEPAGE" in why("uring+huge")
+    assert why("uring+huge", {**NEW_KERNEL, "thp": "never"}).endswith("which are off here "
+                                                                   "(/sys/kernel/mm/transparent_hugepage/enabled: never)")
     assert all(specs.unsupported_reason(s, NEW_KERNEL) is None for s in specs.CATALOGUE
                if "sqpoll(cpu=" not in s)
     assert why("uring+mshot", {**NEW_KERNEL, "features_built": False}) == \

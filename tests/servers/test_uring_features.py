@@ -4,6 +4,7 @@ send queue, short sends, batched waits that never hold a lone request long, the 
 
 import errno
 import os
+import re
 import socket
 import threading
 import time
@@ -42,7 +43,7 @@ def variant_server(request):
 def test_feature_bits_are_the_contract():
     assert (lib.EC_FEAT_MSHOT, lib.EC_FEAT_BUNDLE, lib.EC_FEAT_INC, lib.EC_FEAT_CONNBUF, lib.EC_FEAT_BATCH,
             lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI, lib.EC_FEAT_GROW,
-            lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x3ff)
+            lib.EC_FEAT_HUGE, lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x400, 0x7ff)
     cfg = ffi.new("struct ec_server_config *")
     assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.batch_after, cfg.mshot_budget, cfg.sqpoll_cpu,
             cfg.grow_start, cfg.grow_step) == (0,) * 8
@@ -67,7 +68,7 @@ def _serve_directly(func, features, **fields):
 
 
 @pytest.mark.parametrize("features", [
-    1024,         # unknown bit
+    2048,         # unknown bit
     0x2,          # bundle without mshot
     0x8 | 0x1,    # connbuf with mshot
     0x8 | 0x4,    # connbuf with inc
@@ -75,6 +76,7 @@ def _serve_directly(func, features, **fields):
     0x1 | 0x2 | 0x4,  # bundle with inc
     0x40 | 0x8,   # zc with connbuf
     0x200 | 0x8,  # grow with connbuf
+    0x400 | 0x8,  # huge with connbuf
 ])
 def test_impossible_combinations_are_refused_with_einval(features):
     assert _serve_directly(lib.ec_uring_serve, features) == -errno.EINVAL
@@ -247,6 +249,23 @@ def test_growing_pool_grows_under_enobufs_only(variant_server, name):
     assert st["enobufs"] > 0
     assert 4 < st["pool_buffers"] <= 256 and st["pool_buffers"] % 4 == 0
     assert st["bytes_in"] == st["bytes_out"] == 20 * 100 + 32 * 300_000
+
+
+def _anon_huge_kib(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return int(re.search(r"^AnonHugePages:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+@pytest.mark.parametrize("name", PROVIDED)
+def test_huge_puts_the_pool_on_huge_pages(variant_server, name):
+    # 128 buffers of 16 KiB: one 2 MiB huge page, which the first receive's fault takes.  Streams on
+    # 16 connections at once cycle through the whole pool; every byte comes back in order.
+    srv = variant_server(name + "+huge", buf_count=128, buf_size=16384)
+    payloads = [distinct_payload(i, 400_000) for i in range(16)]
+    assert echo_on_new_connections(srv.port, payloads, timeout=60) == payloads
+    assert _anon_huge_kib(srv.proc.pid) >= 2048
+    with pytest.raises(ValueError, match="connbuf excludes huge"):
+        echo_core.Server("uring+connbuf+huge", port=0)
 
 
 def test_pool_size_without_grow_is_buf_count(variant_server):

@@ -91,6 +91,46 @@ uint32_t bufring_grow(struct bufring *b, uint32_t n)
 	return n;
 }
 
+#define HUGE_PAGE ((size_t)2 << 20)	/* the PMD size of x86-64 and 4 KiB-page arm64 */
+
+/*
+ * The pool's memory: size bytes, or with huge a whole number of 2 MiB pages
+ * at a 2 MiB-aligned address (more is mapped, and the slack around the
+ * aligned range unmapped again), advised MADV_HUGEPAGE so that the faults
+ * that first touch it take huge pages.  Sets b->bufs and b->bufs_size.
+ */
+static int pool_map(struct bufring *b, size_t size)
+{
+	unsigned char *p, *aligned;
+	size_t head, span;
+
+	if (!b->huge) {
+		p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+		if (p == MAP_FAILED)
+			return -ENOMEM;
+		b->bufs = p;
+		b->bufs_size = size;
+		return 0;
+	}
+	span = (size + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
+	if (span < size || span + HUGE_PAGE < span)
+		return -ENOMEM;
+	p = mmap(NULL, span + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	aligned = (unsigned char *)(((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
+	head = (size_t)(aligned - p);
+	if (head)
+		munmap(p, head);
+	if (HUGE_PAGE - head)
+		munmap(aligned + span, HUGE_PAGE - head);
+	b->bufs = aligned;
+	b->bufs_size = span;
+	if (madvise(aligned, span, MADV_HUGEPAGE))
+		return -errno;	/* EINVAL: no transparent huge pages in this kernel */
+	return 0;
+}
+
 int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint32_t provided,
 		  uint32_t size, int inc, int track_bundles)
 {
@@ -108,17 +148,14 @@ int bufring_setup(struct io_uring *ring, struct bufring *b, uint32_t count, uint
 		b->br = NULL;
 		return -ENOMEM;
 	}
-	b->bufs_size = (size_t)count * size;
 	/*
 	 * Not MAP_NORESERVE, also with grow: the pool may grow to all of it, so
 	 * the kernel's overcommit check should refuse (ENOMEM, before "ready")
 	 * a pool the machine could never hold.  Untouched pages cost nothing.
 	 */
-	b->bufs = mmap(NULL, b->bufs_size, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (b->bufs == MAP_FAILED) {
-		b->bufs = NULL;
-		return -ENOMEM;
-	}
+	ret = pool_map(b, (size_t)count * size);
+	if (ret)
+		return ret;
 	if (track_bundles) {
 		b->shadow = calloc(count, sizeof(*b->shadow));
 		b->pos = calloc(count, sizeof(*b->pos));

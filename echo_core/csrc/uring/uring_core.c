@@ -408,8 +408,8 @@ static int check_features(uint32_t f)
 		return -EINVAL;
 	if ((f & EC_FEAT_ZC) && (f & EC_FEAT_CONNBUF))
 		return -EINVAL;	/* the next recv would overwrite bytes the kernel may still send */
-	if ((f & EC_FEAT_GROW) && (f & EC_FEAT_CONNBUF))
-		return -EINVAL;	/* no pool to grow */
+	if ((f & (EC_FEAT_GROW | EC_FEAT_HUGE)) && (f & EC_FEAT_CONNBUF))
+		return -EINVAL;	/* no pool to grow or to put on huge pages */
 	return 0;
 }
 
