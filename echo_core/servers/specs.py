@@ -163,6 +163,8 @@ ABLATION_SPECS = (
     RECOMMENDED + "+batch(after=4)",
     # The recommended design on a pool that grows under -ENOBUFS (issue 18).
     GROWING,
+    # The recommended design's pool on transparent huge pages (issue 18).
+    RECOMMENDED + "+huge",
     "uring+pollfirst",
     "uring+zc",
 )
