@@ -372,15 +372,20 @@ struct ec_load_result {
 int ec_load_run(const struct ec_load_config *cfg, struct ec_load_result *res);
 
 /*
- * Keep each tracepoint among the n events registered for this process's
- * life: one disabled, non-inherited perf event on the calling process per
- * tracepoint not held yet.  Closing the last perf event on a tracepoint
- * waits for an RCU grace period under the kernel's event mutex (about 35 ms
- * here, 0.6 s for a run's 16 tracepoints); while a holder lives, a run's
- * own events close at once.  Counts nothing.  Returns the number held now,
- * or a negative errno if one could not be opened (the others stay held).
+ * Keep each tracepoint among the n events registered until
+ * ec_counters_release: one disabled, non-inherited perf event on the
+ * calling process per tracepoint not held yet.  Closing the last perf event
+ * on a tracepoint waits for an RCU grace period under the kernel's event
+ * mutex (about 35 ms here, 0.6 s for a run's 16 tracepoints); while they
+ * are held, a run's own events close at once.  Counts nothing, but a held
+ * syscall tracepoint keeps every task's system calls on the traced path, as
+ * during a run: hold across a sweep, not for a process's life.  Returns the
+ * number held now, or a negative errno if one could not be opened (the
+ * others stay held).
  */
 int ec_counters_hold(const struct ec_counter *events, uint32_t n);
+/* Close what ec_counters_hold holds (this is where the grace periods are paid, once). */
+void ec_counters_release(void);
 
 /*
  * The first n scheduled times (ns after t0) of connection `index` out of

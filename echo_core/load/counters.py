@@ -11,6 +11,7 @@ Counting is never an error: an event that cannot be counted gives NaN columns, a
 environment turns counting off (every counter column NaN, note "disabled by ECHO_CORE_COUNTERS=0").
 """
 
+import contextlib
 import errno
 import math
 import os
@@ -178,22 +179,35 @@ def resolve(names=None, mount=True):
 
 
 _hold_lock = threading.Lock()
+_hold_depth = 0
 
 
-def hold_registered(events):
-    """Keep the tracepoints among events (resolve()'s list) registered for this process's life.
+@contextlib.contextmanager
+def tracepoints_held(events=None):
+    """Keep the tracepoints among events (default: every one resolve() finds) registered while the block runs.
 
-    Closing the last perf event on a tracepoint waits for a kernel grace period: about 0.6 s per run for
-    the 16 tracepoints on the 2-vCPU guest, spent after the window in every run.  A process that runs
-    loads (or starts the workers that do) holds one disabled event per tracepoint that counts nothing
-    (csrc/load/load_counters.c, ec_counters_hold), so a run's own events close at once.  Returns how
-    many tracepoints are held, or a negative errno; failing to hold only costs that time.
+    Closing the last perf event on a tracepoint waits for a kernel grace period: 0.6 s per run for the
+    16 tracepoints on the 2-vCPU guest, spent after every window.  Inside this block the process holds
+    one disabled event per tracepoint that counts nothing (csrc/load/load_counters.c, ec_counters_hold),
+    so each run's events close at once; leaving the outermost block releases them and pays once.  A held
+    syscall tracepoint keeps every task's system calls on the kernel's traced path, as during a run:
+    hence a block around a sweep, not a hold for a process's life.  Failing to hold costs only time.
     """
-    if not events:
-        return 0
-    held = ffi.new("struct ec_counter[]", [{"type": t, "config": c} for _, t, c in events])
+    global _hold_depth
+    if events is None:
+        events = resolve()[0]
     with _hold_lock:
-        return lib.ec_counters_hold(held, len(events))
+        _hold_depth += 1
+        if events:
+            cdata = ffi.new("struct ec_counter[]", [{"type": t, "config": c} for _, t, c in events])
+            lib.ec_counters_hold(cdata, len(events))
+    try:
+        yield
+    finally:
+        with _hold_lock:
+            _hold_depth -= 1
+            if not _hold_depth:
+                lib.ec_counters_release()
 
 
 def parse_names(spec):

@@ -294,7 +294,6 @@ def run_load(
         raise ValueError(f"unknown counter(s) in {names!r}: choose from {', '.join(kcounters.NAMES)}")
     # Resolved before the stats file is mapped: it may mount tracefs, which must not leak a mapping.
     events, not_counted = kcounters.resolve(names) if a["server_pids"] else ([], {})
-    kcounters.hold_registered(events)
     shared, nslots = _map_server_stats(server_stats_path) if server_stats_path else (None, 0)
     window_ctl = _open_window_ctl(window_ctl_path) if window_ctl_path else -1
 

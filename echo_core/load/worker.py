@@ -20,7 +20,6 @@ import threading
 from dataclasses import dataclass
 
 from echo_core.host.machine import machine_id
-from echo_core.load import counters as kcounters
 from echo_core.load.generator import run_load
 from echo_core.load.record import decode_record, encode_record, exit_status
 from echo_core.servers.process import exit_description
@@ -95,8 +94,6 @@ def run_worker(spec, cpus=None, timeout=None):
     line); RuntimeError when it did not finish within timeout (default: warm-up + window + SLACK_S).
     """
     timeout = timeout or max(spec.warmup, spec.warmup_max or 0) + spec.duration + SLACK_S
-    if spec.server_pids:  # the worker's counters then close at once: this process outlives it
-        kcounters.hold_registered(kcounters.resolve()[0])
     read_fd, write_fd = os.pipe()
     try:
         proc = subprocess.Popen([sys.executable, "-m", "echo_core.load.worker", str(write_fd)], pass_fds=(write_fd,),

@@ -409,11 +409,12 @@ def sweep(impls=("uring", "epoll"), modes=("rr", "stream"), payloads=(4096,), co
                 on_row(row)
 
     try:
-        run_all(runs)
-        if target_ci is not None:
-            meta["adaptive"] = _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
-                                                 load_fractions, target_ci, max_repeats or repeats, bar, run_all,
-                                                 capacity, cells, clients, works)
+        with counters.tracepoints_held():  # each run's perf events then close at once
+            run_all(runs)
+            if target_ci is not None:
+                meta["adaptive"] = _adaptive_repeats(rows, impls, modes, payloads, connections, repeats, rates,
+                                                     load_fractions, target_ci, max_repeats or repeats, bar,
+                                                     run_all, capacity, cells, clients, works)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status"] = "interrupted"

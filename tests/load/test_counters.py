@@ -155,25 +155,28 @@ def perf_fds():
 
 events, _ = counters.resolve()
 tracepoints = {c for _, t, c in events if t == counters.PERF_TYPE_TRACEPOINT}
-before = perf_fds()
-first = counters.hold_registered(events)
-after_first = perf_fds()
-second = counters.hold_registered(events + events)
-print(json.dumps({"tracepoints": len(tracepoints), "first": first, "second": second,
-                  "added": after_first - before, "added_again": perf_fds() - after_first}))
+counts = [perf_fds()]
+with counters.tracepoints_held(events):
+    counts.append(perf_fds())
+    with counters.tracepoints_held(events + events):  # nested, each tracepoint twice: nothing more
+        counts.append(perf_fds())
+    counts.append(perf_fds())  # the inner block does not release
+counts.append(perf_fds())
+print(json.dumps({"tracepoints": len(tracepoints), "counts": counts}))
 """
 
 
 @pytest.mark.skipif(bool(NO_TRACEPOINTS), reason=str(NO_TRACEPOINTS))
-def test_each_tracepoint_is_held_once_per_process():
-    """A process that runs loads holds one disabled perf event per tracepoint (so that a run's events close
-    without a grace period each), once: asking again, or with the same tracepoint twice, opens nothing."""
+def test_tracepoints_are_held_once_while_a_block_runs():
+    """A sweep holds one disabled perf event per tracepoint (so that a run's events close without a grace
+    period each): once, however often it is asked, until the outermost block ends."""
     done = subprocess.run([sys.executable, "-c", HOLD_SCRIPT], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout)
-    assert got["tracepoints"] > 0
-    assert got["first"] == got["second"] == got["added"] == got["tracepoints"]
-    assert got["added_again"] == 0
+    n, (before, held, nested, inner_done, after) = got["tracepoints"], got["counts"]
+    assert n > 0
+    assert held - before == nested - before == inner_done - before == n
+    assert after == before
 
 
 def test_availability_is_cheap_and_says_why():

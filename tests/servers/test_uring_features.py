@@ -183,15 +183,16 @@ def test_multishot_receives_many_times_per_recv_armed(variant_server, name):
 def test_default_budget_scales_with_a_small_pool(variant_server, name):
     # A cache-sized pool (16 x 32 KiB = 512 KiB): the default budget is a quarter of the pool (4 buffers),
     # not 1/64 of it rounded up to one buffer, which re-armed the multishot recv for every buffer.
-    # Two connections hold at most 8 buffers, so pool pressure (spills, ENOBUFS) never stops the recv:
-    # with one buffer per arm there were exactly as many arms as buffers.
+    assert [lib.ec_default_mshot_budget(n) for n in (1, 4, 16, 64, 4096)] == [1, 1, 4, 16, 16]
+    # Two connections on it echo every byte.  (How many buffers each arm takes depends on how fast this
+    # client drains its echoes - an arm may take only what the connection's queue has room for - so
+    # bytes per recv call is no test of the budget: 1.0-1.2 buffers with budget 1, 1.03-1.9 with 4.)
     srv = variant_server(name, buf_count=16, buf_size=32768)
     socks = [connect(srv.port) for _ in range(2)]
     payloads = [distinct_payload(i, 4 << 20) for i in range(2)]
     assert echo_all(socks, payloads, timeout=60) == payloads
     st = srv.stats()
     assert st["bytes_in"] == st["bytes_out"] == 2 * (4 << 20)
-    assert st["bytes_in"] > 1.25 * 32768 * st["recv_calls"], (st["bytes_in"], st["recv_calls"])
     for s in socks:
         s.close()
 

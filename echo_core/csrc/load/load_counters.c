@@ -161,8 +161,9 @@ void ec_counters_close(struct counters *c)
 	c->cap = 0;
 }
 
-/* The tracepoints this process holds (ec_counters_hold): their ids; the fds stay open until exit. */
+/* The tracepoints this process holds (ec_counters_hold) and their fds, until ec_counters_release. */
 static uint64_t held[EC_MAX_COUNTERS];
+static int held_fd[EC_MAX_COUNTERS];
 static uint32_t nheld;
 
 int ec_counters_hold(const struct ec_counter *events, uint32_t n)
@@ -182,7 +183,14 @@ int ec_counters_hold(const struct ec_counter *events, uint32_t n)
 		fd = perf_open_attr(&events[i], 0, 0, 1);
 		if (fd < 0)
 			return fd;
-		held[nheld++] = events[i].config;
+		held[nheld] = events[i].config;
+		held_fd[nheld++] = fd;
 	}
 	return (int)nheld;
+}
+
+void ec_counters_release(void)
+{
+	while (nheld)
+		close(held_fd[--nheld]);
 }
