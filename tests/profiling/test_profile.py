@@ -61,6 +61,28 @@ def test_uring_profile_has_io_uring_frames(cell):
     assert any(f.startswith("_copy_to_iter") for f in frames)
 
 
+#: An external server: tests/faulty_echo.py (Python, no fault).
+PYTHON_ECHO = f"exec:{sys.executable} {REPO / 'tests' / 'faulty_echo.py'} --port {{port}}"
+
+
+@needs_perf
+def test_an_external_server_is_profiled_under_a_file_safe_name(tmp_path):
+    """exec:CMD servers are profiled like echo_core's own (liburing's example was profiled by hand before):
+    its files are named exec-PROGRAM-HASH, since a command holds slashes and spaces, and its stacks are its own."""
+    got = profile.profile_cell([PYTHON_ECHO], "rr", 512, 2, duration=0.5, warmup=0.3, warmup_max=None,
+                               output_dir=tmp_path, machine=False, charts=False)
+    stem = profile.file_stem(PYTHON_ECHO)
+    assert re.fullmatch(r"exec-python[0-9.]*-[0-9a-f]{8}", stem), stem
+    info = got.meta["impls"][PYTHON_ECHO]
+    assert info["valid"], info["invalid_reason"]
+    assert info["folded"] == f"{stem}.folded" and (tmp_path / info["folded"]).stat().st_size > 0
+    frames = _frames(got.stacks[PYTHON_ECHO])
+    assert any(f.startswith("_PyEval_EvalFrame") for f in frames), sorted(frames)[:40]  # the interpreter's loop
+    assert any(EPOLL_FRAMES.match(f) for f in frames)  # its selectors loop waits in epoll
+    assert not any(URING_FRAMES.match(f) for f in frames)
+    assert profile.file_stem(PYTHON_ECHO + " --fault none") != stem
+
+
 @needs_perf
 def test_epoll_profile_has_epoll_frames_and_no_io_uring_ones(cell):
     frames = _frames(cell.stacks["epoll"])
