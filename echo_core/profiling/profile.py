@@ -469,8 +469,7 @@ def file_stem(impl):
     an external server "exec:CMD" -> "exec-PROGRAM-HASH" (a command holds slashes and spaces; the hash, 8 hex
     digits of the whole spec's SHA-1, tells two commands of one program apart)."""
     if specs.is_exec(impl):
-        words = impl[len("exec:"):].split()
-        program = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(words[0])) if words else "command"
+        program = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(specs.parse_exec(impl)[0]))
         return f"exec-{program}-{hashlib.sha1(impl.encode()).hexdigest()[:8]}"
     return impl.replace("(", "_").replace(")", "").replace("=", "-").replace(",", "_")
 

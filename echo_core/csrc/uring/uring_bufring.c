@@ -122,8 +122,7 @@ static int pool_map(struct bufring *b, size_t size)
 	head = (size_t)(aligned - p);
 	if (head)
 		munmap(p, head);
-	if (HUGE_PAGE - head)
-		munmap(aligned + span, HUGE_PAGE - head);
+	munmap(aligned + span, HUGE_PAGE - head);	/* head < HUGE_PAGE: the tail slack is never empty */
 	b->bufs = aligned;
 	b->bufs_size = span;
 	if (madvise(aligned, span, MADV_HUGEPAGE))

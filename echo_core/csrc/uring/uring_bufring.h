@@ -38,7 +38,7 @@ struct bufring {
 	uint32_t free;		/* buffers the kernel may still fill (in the ring) */
 	uint16_t bgid;
 	int inc;		/* incremental consumption */
-	int huge;		/* pool on transparent huge pages (set before bufring_setup) */
+	int huge;		/* pool on transparent huge pages (core_serve sets it before the strategy's setup) */
 	uint32_t tail;		/* ring position the next recycled buffer goes to */
 	uint16_t *shadow;	/* bundles: bid at each ring position (count entries) */
 	uint32_t *pos;		/* bundles: ring position each bid was last added at */

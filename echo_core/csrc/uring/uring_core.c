@@ -536,6 +536,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	s->mshot_budget_auto = !cfg->mshot_budget;
 	s->grow_step = cfg->grow_step ? cfg->grow_step : EC_DEFAULT_GROW_BLOCK;
 	s->pool_start = pool_start(cfg);
+	s->br.huge = !!(cfg->features & EC_FEAT_HUGE);
 	pool_sized(s, s->pool_start);
 	s->sqpoll_cpu = cfg->sqpoll_cpu;
 	s->recv_ioprio = cfg->features & EC_FEAT_POLLFIRST ? IORING_RECVSEND_POLL_FIRST : 0;

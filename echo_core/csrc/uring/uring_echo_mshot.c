@@ -553,7 +553,6 @@ static int setup(struct server *s)
 			return -ENOMEM;
 	}
 	s->br.bgid = BUF_GROUP;
-	s->br.huge = !!(s->features & EC_FEAT_HUGE);
 	return bufring_setup(&s->ring, &s->br, s->buf_count, s->pool_start, s->buf_size,
 			     !!(s->features & EC_FEAT_INC), !!(s->features & EC_FEAT_BUNDLE));
 }

@@ -154,7 +154,6 @@ static int setup(struct server *s)
 	s->handlers[OP_RECV] = on_recv;
 	s->handlers[OP_SEND] = on_send;
 	s->br.bgid = BUF_GROUP;
-	s->br.huge = !!(s->features & EC_FEAT_HUGE);
 	return bufring_setup(&s->ring, &s->br, s->buf_count, s->pool_start, s->buf_size,
 			     !!(s->features & EC_FEAT_INC), 0);
 }
