@@ -113,6 +113,10 @@ struct ec_server_config {
 	uint32_t grow_start;    /* grow: buffers provided at start (<= buf_count); 0 = EC_DEFAULT_GROW_BLOCK,
 				   or buf_count if that is fewer */
 	uint32_t grow_step;     /* grow: buffers added per growth; 0 = EC_DEFAULT_GROW_BLOCK */
+	uint32_t mshot_own_cap; /* mshot: 1 = only the server's own budget bounds a multishot recv, also
+				   where the kernel has its byte cap (6.17): the path of older kernels,
+				   to test and to measure it; 0 = the kernel's cap where it has one;
+				   ignored without MSHOT */
 };
 
 /*

@@ -27,6 +27,7 @@ DEFAULT_OPTIONS = {
     "sqpoll_cpu": -1,       # io_uring sqpoll: CPU of the SQ thread (-1 = not pinned)
     "grow_start": 0,        # io_uring grow: buffers provided at start (0 = EC_DEFAULT_GROW_BLOCK, at most buf_count)
     "grow_step": 0,         # io_uring grow: buffers added per -ENOBUFS (0 = EC_DEFAULT_GROW_BLOCK)
+    "mshot_own_cap": 0,     # io_uring mshot: 1 = the server's own budget alone, not the kernel's 6.17 byte cap
     # Server work per request, both servers (echo_core.h EC_WORK_*; see WORK below)
     "work": 0,              # 0 none, 1 touch (read every received byte), 2 cpu (work_ns per message)
     "work_ns": 0,           # cpu work: nanoseconds of CPU per message
@@ -36,6 +37,7 @@ DEFAULT_OPTIONS = {
 CONFIG_FIELDS = ("buf_size", "buf_count", "ring_entries", "epoll_budget", "epoll_spin_us", "epoll_level",
                  "epoll_busy_poll_us", "max_conns", "features",
                  "batch_nr", "batch_wait_us", "batch_after", "mshot_budget", "sqpoll_cpu", "grow_start", "grow_step",
+                 "mshot_own_cap",
                  "work", "work_ns", "work_msg_bytes")
 
 #: Server work per request, as a sweep's ``work`` dimension writes it: "none", "touch" or "cpu=NS".

@@ -27,7 +27,7 @@ such cells as skipped.
 
     >>> s = parse("uring+batch(wait_us=50,nr=16)+mshot")
     >>> str(s), s.to_server_options()
-    ('uring+mshot+batch(nr=16,wait_us=50)', {'features': 17, 'mshot_budget': 0, 'batch_nr': 16, 'batch_wait_us': 50, 'batch_after': 0})
+    ('uring+mshot+batch(nr=16,wait_us=50)', {'features': 17, 'mshot_budget': 0, 'mshot_own_cap': 0, 'batch_nr': 16, 'batch_wait_us': 50, 'batch_after': 0})
 """
 
 import functools
@@ -97,7 +97,10 @@ FEATURES = {f.name: f for f in (
             "multishot recv per connection with an ordered send queue; back-pressure when the queue is full",
             "Linux 6.0 (multishot recv)",
             {"budget": Tunable("mshot_budget", 0, 0, 1 << 20,
-                               "cap on what one multishot invocation may take (0: the server's default)")}),
+                               "cap on what one multishot invocation may take (0: the server's default)"),
+             "own_cap": Tunable("mshot_own_cap", 0, 0, 1,
+                                "1: only the server's budget bounds a multishot recv, not the kernel's byte cap "
+                                "(Linux 6.17): the path of older kernels")}),
     Feature("bundle", "EC_FEAT_BUNDLE", "recv/send bundles: one completion spans several buffers",
             "IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"),
     Feature("inc", "EC_FEAT_INC", "incremental buffer consumption (IOU_PBUF_RING_INC): large buffers, partly used",
@@ -146,6 +149,10 @@ RECOMMENDED = "uring(buf_count=64,buf_size=16384)+mshot+bundle"
 #: at once, as large as it needs (and no larger) when many connections do.
 GROWING = "uring(buf_count=1024,buf_size=16384)+mshot+bundle+grow"
 
+#: The recommended design as it runs on kernels before 6.17, which have no multishot byte cap: only the
+#: server's own budget (cancel a connection's recv once its queue is full) bounds what one recv takes.
+RECOMMENDED_OWN_CAP = RECOMMENDED.replace("+mshot", "+mshot(own_cap=1)")
+
 #: The specs of the ablation study (issue 10), in the order charts show them; the `ablation` grid runs
 #: epoll and these.  Every spec `python -m echo_core impls` lists is in CATALOGUE below.
 ABLATION_SPECS = (
@@ -165,6 +172,8 @@ ABLATION_SPECS = (
     GROWING,
     # The recommended design's pool on transparent huge pages (issue 18).
     RECOMMENDED + "+huge",
+    # The recommended design without the kernel's multishot byte cap (issue 18).
+    RECOMMENDED_OWN_CAP,
     "uring+pollfirst",
     "uring+zc",
 )

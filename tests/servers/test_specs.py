@@ -142,7 +142,8 @@ def test_feature_bits_come_from_the_compiled_module():
     assert bits == sorted(bits) and len(set(bits)) == len(bits)  # canonical order is bit order
     opts = specs.parse("uring+mshot+batch(nr=16,wait_us=50)").to_server_options()
     assert opts == {"features": specs.feature_bit("mshot") | specs.feature_bit("batch"), "mshot_budget": 0,
-                    "batch_nr": 16, "batch_wait_us": 50, "batch_after": 0}
+                    "mshot_own_cap": 0, "batch_nr": 16, "batch_wait_us": 50, "batch_after": 0}
+    assert specs.parse("uring+mshot(own_cap=1)").to_server_options()["mshot_own_cap"] == 1
     assert specs.parse("uring+sqpoll(cpu=1)").to_server_options()["sqpoll_cpu"] == 1
     assert "sqpoll_cpu" not in specs.parse("uring+sqpoll").to_server_options()  # the server's default
 

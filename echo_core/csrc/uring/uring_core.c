@@ -355,7 +355,7 @@ static int setup_ring(struct server *s, uint32_t entries)
 			return ret;
 	}
 	s->min_timeout = !!(p.features & IORING_FEAT_MIN_TIMEOUT);
-	s->mshot_limit = kernel_at_least(6, 17);
+	s->mshot_limit = kernel_at_least(6, 17) && !s->mshot_own_cap;
 	if (!kernel_has_features(s, p.features)) {
 		io_uring_queue_exit(&s->ring);
 		return -EOPNOTSUPP;
@@ -534,6 +534,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	/* Not configured (0): the pool's size sets the budget and keeps setting it as the pool grows. */
 	s->mshot_budget = cfg->mshot_budget;
 	s->mshot_budget_auto = !cfg->mshot_budget;
+	s->mshot_own_cap = !!cfg->mshot_own_cap;
 	s->grow_step = cfg->grow_step ? cfg->grow_step : EC_DEFAULT_GROW_BLOCK;
 	s->pool_start = pool_start(cfg);
 	s->br.huge = !!(cfg->features & EC_FEAT_HUGE);

@@ -113,6 +113,7 @@ struct server {
 	unsigned last_reaped;     /* completions the last wake-up found (batch_after) */
 	uint32_t mshot_budget;
 	int mshot_budget_auto;    /* mshot_budget follows the pool's size (not configured) */
+	int mshot_own_cap;        /* mshot: the kernel's byte cap left unused (ec_server_config.mshot_own_cap) */
 	uint32_t pool_start;      /* buffers provided at start (buf_count, or grow_start with grow) */
 	uint32_t grow_step;       /* grow: buffers added per growth */
 	uint64_t grew_at_turn;    /* grow: loop turn of the last growth (one per turn) */
@@ -120,7 +121,7 @@ struct server {
 	int sqpoll_cpu;
 	uint16_t recv_ioprio;     /* IORING_RECVSEND_POLL_FIRST (pollfirst) */
 	int min_timeout;          /* batch: the kernel has IORING_FEAT_MIN_TIMEOUT */
-	int mshot_limit;          /* mshot: the kernel caps a multishot recv's bytes (6.17) */
+	int mshot_limit;          /* mshot: the kernel caps a multishot recv's bytes (6.17), unless mshot_own_cap */
 	/* the send unit (uring_zc.c): plain send or send_zc */
 	void (*prep_send)(struct server *s, struct io_uring_sqe *sqe, uint32_t idx, uint16_t bid,
 			  const void *buf, uint32_t len);
