@@ -15,10 +15,11 @@ SOURCES = [
     "net.c", "probe.c",
     # the epoll server
     "epoll/server_epoll.c",
-    # the io_uring server: entry, core, buffer ring, growing pool, wait unit, send unit, echo strategies
-    # (uring_core.h)
+    # the io_uring server: entry, core, buffer ring, growing pool, wait unit, send unit, send rings, echo
+    # strategies (uring_core.h)
     "uring/uring_serve.c", "uring/uring_core.c", "uring/uring_bufring.c", "uring/uring_grow.c", "uring/uring_wait.c",
-    "uring/uring_zc.c", "uring/uring_echo_single.c", "uring/uring_echo_mshot.c", "uring/uring_echo_connbuf.c",
+    "uring/uring_zc.c", "uring/uring_sendring.c",
+    "uring/uring_echo_single.c", "uring/uring_echo_mshot.c", "uring/uring_echo_connbuf.c",
     # the load generator (see csrc/load/load.h for which file does what)
     "load/loadgen.c", "load/load_connect.c", "load/load_worker.c", "load/load_threads.c", "load/load_timeline.c",
     "load/load_server.c", "load/load_counters.c", "load/load_stream.c", "load/load_rr.c", "load/load_rate.c",

@@ -36,7 +36,7 @@ PALETTE = {"io_uring": "#d95f02", "epoll": "#1b9e77"}
 #: place in echo_core.servers.specs.CATALOGUE so a spec keeps its colour in every chart.
 URING_VARIANT_COLORS = ("#e6ab02", "#a6761d", "#e7298a", "#7570b3", "#b2182b", "#f4a582", "#8c510a",
                         "#c51b7d", "#f46d43", "#762a83", "#fdb863", "#d6604d", "#9e0142", "#fee08b", "#bf812d",
-                        "#8073ac", "#dfc27d", "#fc8d59", "#b35806", "#ffd92f")
+                        "#8073ac", "#dfc27d", "#fc8d59", "#b35806", "#ffd92f", "#d73027", "#fdae61")
 #: Other epoll specs (tunables) in greens; external servers (exec:CMD) in greys and blues.
 EPOLL_VARIANT_COLORS = ("#66a61e", "#1a9850", "#a6d96a", "#006837")
 OTHER_COLORS = ("#666666", "#4393c3", "#999999", "#2166ac")

@@ -32,6 +32,8 @@
  *   ZC with CONNBUF (the next recv would overwrite bytes a zero-copy send
  *   may still be reading).
  *   GROW with CONNBUF (no pool to grow); GROW with grow_start > buf_count.
+ *   SENDRING without BUNDLE (only bundles gather sends) or with ZC (whose
+ *   sends are not gathered).
  * It returns -EOPNOTSUPP, before "ready", when the kernel lacks a feature:
  * MSHOT before 6.0, BUNDLE without IORING_FEAT_RECVSEND_BUNDLE (6.10), INC
  * (buffer-ring registration refused, before 6.12), ZC without the SEND_ZC
@@ -66,7 +68,8 @@
 #define EC_FEAT_NAPI      256  /* 0x100 register NAPI busy poll */
 #define EC_FEAT_GROW      512  /* 0x200 pool starts at grow_start buffers, grows by grow_step while recvs find it dry */
 #define EC_FEAT_HUGE      1024 /* 0x400 provided-buffer pool on transparent huge pages */
-#define EC_FEAT_ALL       2047 /* 0x7ff */
+#define EC_FEAT_SENDRING  2048 /* 0x800 gathered sends as send bundles from a per-connection buffer ring; needs BUNDLE */
+#define EC_FEAT_ALL       4095 /* 0xfff */
 
 /* Defaults the io_uring server uses where a tunable below is 0. */
 #define EC_DEFAULT_BATCH_NR 8         /* batch: completions one wait asks for (as specs.py, README) */
@@ -157,6 +160,10 @@ struct ec_server_stats {
 	uint64_t work_checksum;       /* work: what the server work computed (kept so it is not optimized away) */
 	uint64_t pool_buffers;        /* io_uring: provided buffers the pool holds now (buf_count, or with
 					 grow what it has grown to; it never shrinks) */
+	uint64_t ring_sends;          /* io_uring sendring: sends that went as send bundles from a
+					 connection's send ring (in send_calls too) */
+	uint64_t ring_resets;         /* io_uring sendring: send rings unregistered because a send that
+					 failed may have left entries in them */
 };
 
 /*

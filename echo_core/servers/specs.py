@@ -18,9 +18,9 @@ to its default omitted, base tunables on the base: ``uring+inc(buf_count=64)`` i
 measured before specs existed stay comparable.
 
 Refused combinations (ValueError, one line, before any process starts; the C server returns -EINVAL
-for the same): ``bundle`` needs ``mshot`` and excludes ``inc``; ``connbuf`` excludes ``mshot``, ``bundle``,
-``inc``, ``zc``, ``grow`` and ``huge`` (it has no provided buffers, and its next recv would overwrite bytes a
-zero-copy send may still be reading); ``epoll`` takes
+for the same): ``bundle`` needs ``mshot`` and excludes ``inc``; ``sendring`` needs ``bundle`` and excludes
+``zc``; ``connbuf`` excludes ``mshot``, ``bundle``, ``inc``, ``zc``, ``grow`` and ``huge`` (it has no provided
+buffers, and its next recv would overwrite bytes a zero-copy send may still be reading); ``epoll`` takes
 no features, only its tunables ``budget`` and ``buf_size``.  A feature this kernel (or this build of
 the C core) cannot run is not a parse error: unsupported_reason(spec) says why, and a sweep records
 such cells as skipped.
@@ -131,6 +131,10 @@ FEATURES = {f.name: f for f in (
     Feature("huge", "EC_FEAT_HUGE",
             "the provided-buffer pool on transparent huge pages (2 MiB-aligned, madvise): one TLB entry per 2 MiB",
             "transparent huge pages (/sys/kernel/mm/transparent_hugepage/enabled: always or madvise)"),
+    Feature("sendring", "EC_FEAT_SENDRING",
+            "gathered sends as the kernel's send bundles: the queued segments go into the connection's own "
+            "buffer ring and one send takes them all, instead of a sendmsg whose iovec the kernel copies in",
+            "IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"),
 )}
 
 #: The one io_uring design echo_core recommends (issue 18), fixed before its confirmatory runs and never
@@ -174,6 +178,8 @@ ABLATION_SPECS = (
     RECOMMENDED + "+huge",
     # The recommended design without the kernel's multishot byte cap (issue 18).
     RECOMMENDED_OWN_CAP,
+    # The recommended design sending its gathered segments as the kernel's send bundles (issue 18).
+    RECOMMENDED + "+sendring",
     "uring+pollfirst",
     "uring+zc",
 )
@@ -380,6 +386,9 @@ def _parse_text(text):
         raise ValueError(f"{spec_text!r}: bundle needs mshot (e.g. uring+mshot+bundle)")
     if "bundle" in features and "inc" in features:
         raise ValueError(f"{spec_text!r}: bundle excludes inc (a bundle takes whole buffers)")
+    if "sendring" in features and ("bundle" not in features or "zc" in features):
+        raise ValueError(f"{spec_text!r}: sendring needs bundle and excludes zc (only bundles gather sends, "
+                         "not with zero-copy; e.g. uring+mshot+bundle+sendring)")
     if "grow" in features:
         start = tunables.get("grow", {}).get("start", FEATURES["grow"].tunables["start"].default)
         count = tunables[base].get("buf_count", BASES[base]["buf_count"].default)
@@ -488,8 +497,8 @@ def _feature_reason(name, p, spec):
     k = p["kernel"]
     if name == "mshot":
         return _needs_kernel((6, 0), k, "mshot (multishot recv)")
-    if name == "bundle":
-        return None if "RECVSEND_BUNDLE" in p["feat"] else "bundle needs IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"
+    if name in ("bundle", "sendring"):
+        return None if "RECVSEND_BUNDLE" in p["feat"] else f"{name} needs IORING_FEAT_RECVSEND_BUNDLE (Linux 6.10)"
     if name == "inc":
         return _needs_kernel((6, 12), k, "inc (IOU_PBUF_RING_INC)")
     if name == "batch":
@@ -551,7 +560,8 @@ EPOLL_LT = "epoll(lt=1)"
 
 
 def _catalogue():
-    singles = [f"uring+{name}" if name != "bundle" else "uring+mshot+bundle" for name in FEATURES]
+    needs = {"bundle": "uring+mshot+", "sendring": "uring+mshot+bundle+"}  # each feature with what it needs
+    singles = [needs.get(name, "uring+") + name for name in FEATURES]
     out = []
     for spec in [RECOMMENDED, "uring", "epoll", EPOLL_SPIN, EPOLL_LT, "epoll(busy_poll_us=50)"] + singles + list(ABLATION_SPECS):
         canon = str(parse(spec))

@@ -28,12 +28,12 @@ def _check(result):
 
 
 #: Every spec `impls` lists; the sanitizer and current-liburing runs (ECHO_CORE_TEST_VARIANTS=0) take the
-#: recommended design (also without the kernel's byte cap), the buffer-ring modes and the (adaptive) batched
-#: wait only (uring and epoll run there in the threads test, each spec's unit tests through
-#: test_uring_features.py).
+#: recommended design (also without the kernel's byte cap, and with send rings), the buffer-ring modes and
+#: the (adaptive) batched wait only (uring and epoll run there in the threads test, each spec's unit tests
+#: through test_uring_features.py).
 SPECS = specs.CATALOGUE if os.environ.get("ECHO_CORE_TEST_VARIANTS", "1") != "0" else (
-    specs.RECOMMENDED, specs.RECOMMENDED + "+batch(after=4)", specs.GROWING, specs.RECOMMENDED_OWN_CAP, "uring+mshot+inc",
-    "uring(buf_count=16)")
+    specs.RECOMMENDED, specs.RECOMMENDED + "+batch(after=4)", specs.GROWING, specs.RECOMMENDED_OWN_CAP,
+    specs.RECOMMENDED + "+sendring", "uring+mshot+inc", "uring(buf_count=16)")
 
 
 @pytest.mark.parametrize("spec", SPECS)

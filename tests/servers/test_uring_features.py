@@ -6,6 +6,7 @@ import errno
 import os
 import re
 import socket
+import struct
 import threading
 import time
 
@@ -44,7 +45,8 @@ def variant_server(request):
 def test_feature_bits_are_the_contract():
     assert (lib.EC_FEAT_MSHOT, lib.EC_FEAT_BUNDLE, lib.EC_FEAT_INC, lib.EC_FEAT_CONNBUF, lib.EC_FEAT_BATCH,
             lib.EC_FEAT_POLLFIRST, lib.EC_FEAT_ZC, lib.EC_FEAT_SQPOLL, lib.EC_FEAT_NAPI, lib.EC_FEAT_GROW,
-            lib.EC_FEAT_HUGE, lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200, 0x400, 0x7ff)
+            lib.EC_FEAT_HUGE, lib.EC_FEAT_SENDRING, lib.EC_FEAT_ALL) == (0x1, 0x2, 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100,
+                                                                        0x200, 0x400, 0x800, 0xfff)
     cfg = ffi.new("struct ec_server_config *")
     assert (cfg.features, cfg.batch_nr, cfg.batch_wait_us, cfg.batch_after, cfg.mshot_budget, cfg.sqpoll_cpu,
             cfg.grow_start, cfg.grow_step, cfg.mshot_own_cap) == (0,) * 9
@@ -69,7 +71,9 @@ def _serve_directly(func, features, **fields):
 
 
 @pytest.mark.parametrize("features", [
-    2048,         # unknown bit
+    4096,         # unknown bit
+    0x800 | 0x1,  # sendring without bundle
+    0x800 | 0x1 | 0x2 | 0x40,  # sendring with zc
     0x2,          # bundle without mshot
     0x8 | 0x1,    # connbuf with mshot
     0x8 | 0x4,    # connbuf with inc
@@ -102,7 +106,7 @@ def test_epoll_refuses_any_feature(features):
 
 
 @pytest.mark.parametrize("features", [0x1, 0x1 | 0x2, 0x4, 0x1 | 0x4, 0x8, 0x10, 0x20, 0x40, 0x80, 0x100, 0x200,
-                                      0x1 | 0x2 | 0x10 | 0x20, 0x1 | 0x2 | 0x200])
+                                      0x1 | 0x2 | 0x10 | 0x20, 0x1 | 0x2 | 0x200, 0x1 | 0x2 | 0x800])
 def test_supported_combinations_start_and_stop(features):
     assert _serve_directly(lib.ec_uring_serve, features) in (0, -errno.EOPNOTSUPP)
 
@@ -112,6 +116,80 @@ def test_python_refuses_features_for_epoll():
         echo_core.Server("epoll+mshot", port=0)
     with pytest.raises(ValueError, match="conflicts with spec epoll"):
         echo_core.Server("epoll", port=0, features=1)
+
+
+SENDRING = "uring+mshot+bundle+sendring"
+
+
+def test_send_ring_sends_gathered_segments_whole(variant_server):
+    # 4 KiB buffers, 16 streams of 1 MiB: a recv bundle queues several segments, which go as send bundles.
+    srv = variant_server(SENDRING, buf_count=64, buf_size=4096)
+    socks = [connect(srv.port) for _ in range(16)]
+    payloads = [distinct_payload(i, 1 << 20) for i in range(16)]
+    assert echo_all(socks, payloads, timeout=60) == payloads
+    st = srv.stats()
+    assert 0 < st["ring_sends"] <= st["send_calls"], st
+    assert st["bytes_in"] == st["bytes_out"] == 16 << 20
+    for s in socks:
+        s.close()
+
+
+def test_send_ring_completes_sends_to_a_slow_reader(variant_server):
+    # A send bundle is sent whole: the kernel retries what a full socket buffer cut short, so
+    # every byte comes back in order although the reader takes its time.
+    srv = variant_server(SENDRING, buf_count=64, buf_size=4096)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    data = distinct_payload(5, 2 << 20)
+    writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+    writer.start()
+    got = bytearray()
+    s.settimeout(30)
+    while len(got) < len(data):
+        chunk = s.recv(1 << 16)
+        assert chunk, "EOF before every byte came back"
+        got += chunk
+        if len(got) < (1 << 19):
+            time.sleep(0.0005)
+    writer.join(10)
+    s.close()
+    assert bytes(got) == data
+    assert srv.stats()["ring_sends"] > 0
+
+
+def test_send_ring_slots_keep_bytes_after_resets(variant_server):
+    # Rounds of streams that read nothing through a 4 KiB window and are reset (RST) while the server's
+    # send bundles to them wait for room: a failed send may leave entries in the connection's send ring,
+    # and no later send may send them.  Each round's new connections reuse the slots and must get
+    # exactly their own bytes back.
+    srv = variant_server(SENDRING, buf_count=64, buf_size=4096)
+    block = os.urandom(1 << 16)
+    for rnd in range(6):
+        doomed = []
+        for _ in range(8):
+            d = socket.socket()
+            d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            d.connect(("127.0.0.1", srv.port))
+            d.setblocking(False)
+            doomed.append(d)
+        deadline = time.monotonic() + 0.1
+        while time.monotonic() < deadline:
+            for d in doomed:
+                try:
+                    d.send(block)
+                except BlockingIOError:
+                    pass
+        for d in doomed:
+            d.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            d.close()
+        socks = [connect(srv.port) for _ in range(8)]
+        payloads = [distinct_payload(rnd * 8 + i, 300_000) for i in range(8)]
+        assert echo_all(socks, payloads, timeout=60) == payloads, f"round {rnd}"
+        for s in socks:
+            s.close()
+    st = srv.stats()
+    assert st["ring_sends"] > 0 and st["conn_errors"] > 0 and st["ring_resets"] > 0, st
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -410,6 +410,8 @@ static int check_features(uint32_t f)
 		return -EINVAL;	/* the next recv would overwrite bytes the kernel may still send */
 	if ((f & (EC_FEAT_GROW | EC_FEAT_HUGE)) && (f & EC_FEAT_CONNBUF))
 		return -EINVAL;	/* no pool to grow or to put on huge pages */
+	if ((f & EC_FEAT_SENDRING) && (!(f & EC_FEAT_BUNDLE) || (f & EC_FEAT_ZC)))
+		return -EINVAL;	/* only bundles gather sends, and not with send_zc */
 	return 0;
 }
 

@@ -32,6 +32,7 @@
 #include "uring_core.h"
 #include "uring_echo.h"
 #include "uring_grow.h"
+#include "uring_sendring.h"
 #include "uring_zc.h"
 
 #define CF_RECV     0x001u	/* multishot recv armed (or to be armed: CF_W_RECV) */
@@ -45,6 +46,7 @@
 #define CF_W_RECV   0x100u
 #define CF_W_SEND   0x200u
 #define CF_W_CANCEL 0x400u
+#define CF_RINGSEND 0x800u	/* the send in flight is a send bundle from the connection's send ring */
 
 #define NONE UINT32_MAX
 #define GATHER_MAX 16	/* bundle: segments one gathered send takes at most */
@@ -52,6 +54,7 @@
 struct gather {
 	struct msghdr msg;
 	struct iovec iov[GATHER_MAX];
+	struct sendring send;	/* sendring: the same segments as ring entries */
 };
 
 struct seg {
@@ -234,15 +237,41 @@ static void arm_recv(struct server *s, uint32_t idx)
 }
 
 /*
+ * sendring: the connection's send ring, registered at its first gathered
+ * send and kept for the slot's next connection while it is clean; NULL if
+ * this send goes by sendmsg (no bgid left for the slot, or registration
+ * refused, e.g. by RLIMIT_MEMLOCK).
+ */
+static struct sendring *send_ring(struct server *s, uint32_t idx, struct gather *gt)
+{
+	struct sendring *r = &gt->send;
+	int bgid = sendring_bgid(idx);
+
+	if (!(s->features & EC_FEAT_SENDRING) || bgid < 0 || r->refused)
+		return NULL;
+	if (r->br && r->dirty) {
+		sendring_close(&s->ring, r);	/* entries an error left behind: start afresh */
+		s->stats->ring_resets++;
+	}
+	if (!r->br && sendring_open(&s->ring, r, (uint16_t)bgid)) {
+		r->refused = 1;
+		return NULL;
+	}
+	return r;
+}
+
+/*
  * bundle: send up to GATHER_MAX queued segments in one sendmsg (a send
- * bundle of our own: the kernel's needs the buffers in a per-connection
- * buffer ring).  The kernel copies msghdr and iovec when it takes the SQE,
- * and the connection's gather area is rewritten only for its next send.
+ * bundle of our own), or with sendring as the kernel's send bundle from the
+ * connection's send ring.  The kernel copies msghdr and iovec when it takes
+ * the SQE (a send ring's entries when it issues the send), and the
+ * connection's gather area is rewritten only for its next send.
  */
 static int prep_gather(struct server *s, struct io_uring_sqe *sqe, uint32_t idx)
 {
 	struct conn *c = &s->conns[idx];
 	struct gather *gt = s->gathers[idx];
+	struct sendring *r;
 	uint32_t i, n = 0;
 
 	if (!gt) {
@@ -250,18 +279,32 @@ static int prep_gather(struct server *s, struct io_uring_sqe *sqe, uint32_t idx)
 		if (!gt)
 			return -ENOMEM;
 	}
+	r = send_ring(s, idx, gt);
 	c->sent = 0;
 	for (i = c->qhead; i != NONE && n < GATHER_MAX; i = s->segs[i].next, n++) {
 		const struct seg *g = &s->segs[i];
+		unsigned char *p = seg_bytes(s, g) + g->sent;
+		uint32_t len = g->len - g->sent;
 
 		if (!g->spill)
 			BUFRING_SENDING(&s->br, g->bid, 1);
-
-		gt->iov[n].iov_base = seg_bytes(s, g) + g->sent;
-		gt->iov[n].iov_len = g->len - g->sent;
-		c->sent += g->len - g->sent;
+		if (r) {
+			sendring_add(r, p, len, n);
+		} else {
+			gt->iov[n].iov_base = p;
+			gt->iov[n].iov_len = len;
+		}
+		c->sent += len;
 	}
 	c->qsend = n;
+	if (r) {
+		sendring_publish(r, n);
+		sendring_prep(sqe, r, idx);
+		c->flags |= CF_RINGSEND;
+		s->stats->ring_sends++;
+		io_uring_sqe_set_data64(sqe, make_data(OP_SEND, idx));
+		return 0;
+	}
 	memset(&gt->msg, 0, sizeof(gt->msg));
 	gt->msg.msg_iov = gt->iov;
 	gt->msg.msg_iovlen = n;
@@ -333,7 +376,11 @@ static void maybe_close(struct server *s, uint32_t idx)
 		return;
 	if ((c->flags & CF_ERROR) || ((c->flags & CF_EOF) && !c->qlen)) {
 		drop_queue(s, c);
-		if (s->gathers) {
+		/* A clean send ring stays registered for the slot's next connection. */
+		if (s->gathers && s->gathers[idx] && !(s->gathers[idx]->send.br && !s->gathers[idx]->send.dirty)) {
+			if (s->gathers[idx]->send.br)
+				s->stats->ring_resets++;
+			sendring_close(&s->ring, &s->gathers[idx]->send);
 			free(s->gathers[idx]);
 			s->gathers[idx] = NULL;
 		}
@@ -450,17 +497,21 @@ static void on_recv(struct server *s, uint32_t idx, const struct io_uring_cqe *c
 static void on_send(struct server *s, uint32_t idx, const struct io_uring_cqe *cqe)
 {
 	struct conn *c = &s->conns[idx];
+	int res = cqe->res;
 	uint32_t done;
 
-	c->flags &= ~CF_SEND;
+	if ((c->flags & CF_RINGSEND) &&
+	    !sendring_done(&s->gathers[idx]->send, &res, !!(cqe->flags & IORING_CQE_F_MORE)))
+		return;		/* more of this send bundle follows */
+	c->flags &= ~(CF_SEND | CF_RINGSEND);
 	sent_off(s, c);
-	if (cqe->res < 0 || (c->flags & CF_ERROR)) {
-		if (cqe->res > 0)
-			s->stats->bytes_out += (uint64_t)cqe->res;
+	if (res < 0 || (c->flags & CF_ERROR)) {
+		if (res > 0)
+			s->stats->bytes_out += (uint64_t)res;
 		fail(s, idx);
 		return;
 	}
-	done = (uint32_t)cqe->res;
+	done = (uint32_t)res;
 	s->stats->bytes_out += done;
 	if (done < c->sent)
 		s->stats->short_sends++;
@@ -566,8 +617,11 @@ static void teardown(struct server *s)
 	free(s->segs);
 	s->segs = NULL;
 	if (s->gathers) {
-		for (i = 0; i < s->max_conns; i++)
+		for (i = 0; i < s->max_conns; i++) {
+			if (s->gathers[i])
+				sendring_close(NULL, &s->gathers[i]->send);	/* the ring is gone, and its groups */
 			free(s->gathers[i]);
+		}
 		free(s->gathers);
 		s->gathers = NULL;
 	}
