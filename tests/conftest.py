@@ -69,13 +69,17 @@ def raise_fd_limit():
 #: The io_uring variants (issue 10) every robustness test runs over, as server specs (echo_core.servers.specs):
 #: the recommended design, every strategy and buffer mode, and every feature at least once.  batch (how the loop waits), pollfirst
 #: (one recv flag) and napi (a registration that loopback never uses) change no buffer or connection
-#: handling: they run here in combination (uring+mshot+bundle+batch+pollfirst), each alone in
+#: handling: they run here in combination (uring+mshot+bundle+batch+pollfirst+sendring), each alone in
 #: test_uring_features.py and in the long-lived regime over every spec (test_lifetime.py) — CI time.
 #: The recommended design is mshot+bundle on a small pool (it spills, its budget is a quarter of the pool):
 #: it stands for uring+mshot+bundle here, which keeps its own tests and runs in the long-lived regime.
 #: The SQPOLL thread shares the server's CPU, so the machine's other CPU stays the load's.
-URING_VARIANTS = (RECOMMENDED, "uring+connbuf", "uring+inc", "uring+mshot", "uring+mshot+inc",
-                  "uring+mshot+bundle+batch+pollfirst", "uring+zc", "uring+mshot+zc", f"uring+sqpoll(cpu={SERVER_CPU})")
+#: Send rings (sendring) change who reads a queued buffer: they ride on the batch+pollfirst combination
+#: (the recommended design keeps the gathered sendmsg); plain mshot runs without the kernel's byte cap
+#: (own_cap=1, the path of kernels before 6.17; the recommended design has the cap).
+URING_VARIANTS = (RECOMMENDED, "uring+connbuf", "uring+inc", "uring+mshot(own_cap=1)", "uring+mshot+inc",
+                  "uring+mshot+bundle+batch+pollfirst+sendring", "uring+zc", "uring+mshot+zc",
+                  f"uring+sqpoll(cpu={SERVER_CPU})")
 #: ECHO_CORE_TEST_VARIANTS=0 runs the seed's two servers only (quick runs).  epoll(spin_us=N) changes
 #: only how the epoll loop waits: the long-lived regime (every spec in the catalogue) and its own tests
 #: take it, not every robustness test (CI time).

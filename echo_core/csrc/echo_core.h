@@ -162,8 +162,8 @@ struct ec_server_stats {
 					 grow what it has grown to; it never shrinks) */
 	uint64_t ring_sends;          /* io_uring sendring: sends that went as send bundles from a
 					 connection's send ring (in send_calls too) */
-	uint64_t ring_resets;         /* io_uring sendring: send rings unregistered because a send that
-					 failed may have left entries in them */
+	uint64_t ring_resets;         /* io_uring sendring: send rings registered afresh because a send
+					 that failed may have left entries in them */
 };
 
 /*

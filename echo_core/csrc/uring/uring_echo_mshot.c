@@ -238,9 +238,10 @@ static void arm_recv(struct server *s, uint32_t idx)
 
 /*
  * sendring: the connection's send ring, registered at its first gathered
- * send and kept for the slot's next connection while it is clean; NULL if
- * this send goes by sendmsg (no bgid left for the slot, or registration
- * refused, e.g. by RLIMIT_MEMLOCK).
+ * send and unregistered when it closes; NULL if this send goes by sendmsg
+ * (no bgid left for the slot, or registration refused, e.g. by
+ * RLIMIT_MEMLOCK).  A ring a failed send may have left entries in is
+ * registered afresh before the connection sends again.
  */
 static struct sendring *send_ring(struct server *s, uint32_t idx, struct gather *gt)
 {
@@ -376,10 +377,12 @@ static void maybe_close(struct server *s, uint32_t idx)
 		return;
 	if ((c->flags & CF_ERROR) || ((c->flags & CF_EOF) && !c->qlen)) {
 		drop_queue(s, c);
-		/* A clean send ring stays registered for the slot's next connection. */
-		if (s->gathers && s->gathers[idx] && !(s->gathers[idx]->send.br && !s->gathers[idx]->send.dirty)) {
-			if (s->gathers[idx]->send.br)
-				s->stats->ring_resets++;
+		/*
+		 * Only live connections hold a send ring: a long-lived server whose
+		 * connections pass through every slot would otherwise keep a
+		 * pinned page per slot it ever used.
+		 */
+		if (s->gathers && s->gathers[idx]) {
 			sendring_close(&s->ring, &s->gathers[idx]->send);
 			free(s->gathers[idx]);
 			s->gathers[idx] = NULL;

@@ -8,8 +8,9 @@
  * send are all the ring holds.  A send bundle is sent whole (the kernel adds
  * MSG_WAITALL and retries short sends itself), and the kernel consumes its
  * entries only when it completes; if a send ends any other way (an error),
- * entries may be left in the ring, which then is "dirty" and must be
- * unregistered before the connection slot sends again.
+ * entries may be left in the ring, which then is "dirty" and is registered
+ * afresh before the connection sends again.  A connection's ring lives
+ * from its first gathered send to its close.
  */
 #ifndef ECHO_CORE_URING_SENDRING_H
 #define ECHO_CORE_URING_SENDRING_H
