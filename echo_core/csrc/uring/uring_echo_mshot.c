@@ -622,7 +622,7 @@ static void teardown(struct server *s)
 	if (s->gathers) {
 		for (i = 0; i < s->max_conns; i++) {
 			if (s->gathers[i])
-				sendring_close(NULL, &s->gathers[i]->send);	/* the ring is gone, and its groups */
+				sendring_close(NULL, &s->gathers[i]->send);	/* the ring's fd is closed: unmap only */
 			free(s->gathers[i]);
 		}
 		free(s->gathers);

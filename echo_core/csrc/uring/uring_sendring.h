@@ -6,11 +6,14 @@
  *
  * One send in flight per connection, as with sendmsg, so the entries of a
  * send are all the ring holds.  A send bundle is sent whole (the kernel adds
- * MSG_WAITALL and retries short sends itself), and the kernel consumes its
- * entries only when it completes; if a send ends any other way (an error),
- * entries may be left in the ring, which then is "dirty" and is registered
- * afresh before the connection sends again.  A connection's ring lives
- * from its first gathered send to its close.
+ * MSG_WAITALL and retries short sends itself).  The kernel (6.10 to 6.18)
+ * takes a send's entries off the ring when it selects them, before it sends;
+ * a send that fails before selecting leaves them there.  The server cannot
+ * tell which happened, so a send that did not move every byte it queued
+ * marks the ring "dirty", and the ring is registered afresh before the
+ * connection sends again (in practice only after a send that failed part
+ * way, whose connection is failing anyway).  A connection's ring lives from
+ * its first gathered send to its close.
  */
 #ifndef ECHO_CORE_URING_SENDRING_H
 #define ECHO_CORE_URING_SENDRING_H
@@ -46,7 +49,7 @@ void sendring_prep(struct io_uring_sqe *sqe, const struct sendring *r, uint32_t 
  * completions with F_MORE say more follow (never seen: the send's entries
  * are all the ring holds), else 1 with *res the bytes the whole send moved,
  * or its -errno if none.  The ring is dirty unless every byte queued went,
- * the one case in which the kernel has consumed every entry.
+ * the one case in which the kernel has surely consumed every entry.
  */
 int sendring_done(struct sendring *r, int *res, int more);
 
