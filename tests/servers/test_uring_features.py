@@ -118,6 +118,28 @@ def test_python_refuses_features_for_epoll():
         echo_core.Server("epoll", port=0, features=1)
 
 
+def _echo_to_slow_reader(port, data, slow_bytes):
+    """Send data from a thread while reading the echo through a 4 KiB receive buffer, pausing after each
+    read until slow_bytes have come back: the server's sends meet a full socket buffer.  Returns the echo."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.connect(("127.0.0.1", port))
+    writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+    writer.start()
+    got = bytearray()
+    s.settimeout(30)
+    while len(got) < len(data):
+        chunk = s.recv(1 << 16)
+        assert chunk, "EOF before every byte came back"
+        got += chunk
+        if len(got) < slow_bytes:
+            time.sleep(0.0005)
+    writer.join(10)
+    s.close()
+    return bytes(got)
+
+
 SENDRING = "uring+mshot+bundle+sendring"
 
 
@@ -138,23 +160,8 @@ def test_send_ring_completes_sends_to_a_slow_reader(variant_server):
     # A send bundle is sent whole: the kernel retries what a full socket buffer cut short, so
     # every byte comes back in order although the reader takes its time.
     srv = variant_server(SENDRING, buf_count=64, buf_size=4096)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(("127.0.0.1", srv.port))
     data = distinct_payload(5, 2 << 20)
-    writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
-    writer.start()
-    got = bytearray()
-    s.settimeout(30)
-    while len(got) < len(data):
-        chunk = s.recv(1 << 16)
-        assert chunk, "EOF before every byte came back"
-        got += chunk
-        if len(got) < (1 << 19):
-            time.sleep(0.0005)
-    writer.join(10)
-    s.close()
-    assert bytes(got) == data
+    assert _echo_to_slow_reader(srv.port, data, slow_bytes=1 << 19) == data
     assert srv.stats()["ring_sends"] > 0
 
 
@@ -196,24 +203,8 @@ def test_send_ring_slots_keep_bytes_after_resets(variant_server):
 def test_short_sends_are_completed(variant_server, name):
     # A client with a tiny receive buffer that reads slowly: the server's sends come back short.
     srv = variant_server(name)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.connect(("127.0.0.1", srv.port))
     data = distinct_payload(3, 4 << 20)
-    writer = threading.Thread(target=s.sendall, args=(data,), daemon=True)
-    writer.start()
-    got = bytearray()
-    s.settimeout(30)
-    while len(got) < len(data):
-        chunk = s.recv(1 << 16)
-        assert chunk, "EOF before every byte came back"
-        got += chunk
-        if len(got) < (1 << 20):
-            time.sleep(0.0005)
-    writer.join(10)
-    s.close()
-    assert bytes(got) == data
+    assert _echo_to_slow_reader(srv.port, data, slow_bytes=1 << 20) == data
     assert srv.stats()["short_sends"] > 0
 
 
