@@ -119,7 +119,7 @@ struct ec_server_config {
 	uint32_t mshot_own_cap; /* mshot: 1 = only the server's own budget bounds a multishot recv, also
 				   where the kernel has its byte cap (6.17): the path of older kernels,
 				   to test and to measure it; 0 = the kernel's cap where it has one;
-				   ignored without MSHOT */
+				   ignored without MSHOT; -EINVAL above 1 */
 };
 
 /*
@@ -164,6 +164,8 @@ struct ec_server_stats {
 					 connection's send ring (in send_calls too) */
 	uint64_t ring_resets;         /* io_uring sendring: send rings registered afresh because a send
 					 that failed may have left entries in them */
+	uint64_t ring_refusals;       /* io_uring sendring: connections whose send ring the kernel refused
+					 to register (e.g. RLIMIT_MEMLOCK): they send with sendmsg */
 };
 
 /*

@@ -92,10 +92,10 @@ def test_stats_sum_adds_counters_takes_max_and_all_running():
         slots[i].pending_bytes_max = pending
         slots[i].recv_hist[3] = i + 1
         slots[i].pool_buffers = 7
-        slots[i].ring_resets = 2  # the last field
+        slots[i].ring_refusals = 2  # the last field
     out = ffi.new("struct ec_server_stats *")
     lib.ec_server_stats_sum(slots, 3, out)
-    assert (out.bytes_in, out.pending_bytes_max, out.recv_hist[3], out.pool_buffers, out.ring_resets) == \
+    assert (out.bytes_in, out.pending_bytes_max, out.recv_hist[3], out.pool_buffers, out.ring_refusals) == \
         (600, 70, 6, 21, 6)
     assert out.running == 0
     lib.ec_server_stats_sum(slots, 2, out)

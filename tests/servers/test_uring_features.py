@@ -3,10 +3,14 @@ epoll refusing features) and what each variant adds - back-pressure and fairness
 send queue, short sends, batched waits that never hold a lone request long, the counters."""
 
 import errno
+import json
 import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -87,6 +91,11 @@ def test_impossible_combinations_are_refused_with_einval(features):
     assert _serve_directly(lib.ec_uring_serve, features) == -errno.EINVAL
 
 
+def test_own_cap_is_zero_or_one():
+    assert _serve_directly(lib.ec_uring_serve, 0x1, mshot_own_cap=2) == -errno.EINVAL
+    assert _serve_directly(lib.ec_uring_serve, 0x1, mshot_own_cap=1) == 0
+
+
 def test_a_pool_cannot_start_above_its_ceiling():
     # buf_count=16 is the most the pool may grow to: starting at 32 is refused, at 16 it starts.
     assert _serve_directly(lib.ec_uring_serve, 0x200, grow_start=32) == -errno.EINVAL
@@ -150,7 +159,7 @@ def test_send_ring_sends_gathered_segments_whole(variant_server):
     payloads = [distinct_payload(i, 1 << 20) for i in range(16)]
     assert echo_all(socks, payloads, timeout=60) == payloads
     st = srv.stats()
-    assert 0 < st["ring_sends"] <= st["send_calls"], st
+    assert 0 < st["ring_sends"] <= st["send_calls"] and st["ring_refusals"] == 0, st
     assert st["bytes_in"] == st["bytes_out"] == 16 << 20
     for s in socks:
         s.close()
@@ -162,7 +171,61 @@ def test_send_ring_completes_sends_to_a_slow_reader(variant_server):
     srv = variant_server(SENDRING, buf_count=64, buf_size=4096)
     data = distinct_payload(5, 2 << 20)
     assert _echo_to_slow_reader(srv.port, data, slow_bytes=1 << 19) == data
-    assert srv.stats()["ring_sends"] > 0
+    st = srv.stats()
+    assert st["ring_sends"] > 0 and st["ring_refusals"] == 0, st
+
+
+# Run in a process of its own without CAP_IPC_LOCK, so that the kernel charges io_uring's pinned pages to
+# RLIMIT_MEMLOCK: the server starts under the lowest limit (in pages) it starts under, which leaves less
+# than a page, and so no room for any connection's send ring.
+_REFUSED_RING = r"""
+import json, resource, socket, sys, threading
+import echo_core
+from echo_core.servers import specs
+spec, cpu = sys.argv[1], int(sys.argv[2])
+specs.probe()  # once per process, under the full limit
+hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+for pages in range(1, 257):
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (pages * 4096, hard))
+    try:
+        srv = echo_core.Server(spec, port=0, cpu=cpu, max_conns=16).start()
+        break
+    except (OSError, RuntimeError):
+        continue
+else:
+    sys.exit("the server did not start under any limit up to 1 MiB")
+data = [bytes([i]) * 7 + bytes(range(256)) * 4096 for i in range(4)]
+socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in data]
+def send(s, d):
+    s.sendall(d)
+    s.shutdown(socket.SHUT_WR)
+threads = [threading.Thread(target=send, args=pair) for pair in zip(socks, data)]
+for t in threads:
+    t.start()
+back = []
+for s in socks:
+    chunks = []
+    while chunk := s.recv(1 << 16):
+        chunks.append(chunk)
+    back.append(b"".join(chunks))
+for t in threads:
+    t.join()
+print(json.dumps({"pages": pages, "exact": back == data, "stats": srv.stop()}))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to drop CAP_IPC_LOCK")
+def test_a_send_ring_the_kernel_refuses_falls_back_to_sendmsg():
+    if variant_refused(SENDRING):
+        pytest.skip(variant_refused(SENDRING))
+    out = subprocess.run(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", sys.executable, "-c",
+                          _REFUSED_RING, "uring(buf_count=64,buf_size=4096,ring_entries=64)+mshot+bundle+sendring",
+                          str(SERVER_CPU)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    st = res["stats"]
+    assert res["exact"], res
+    assert st["ring_sends"] == 0 and st["ring_refusals"] > 0 and st["send_calls"] > 0, res
 
 
 def test_send_ring_slots_keep_bytes_after_resets(variant_server):

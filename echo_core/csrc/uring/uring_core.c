@@ -429,6 +429,8 @@ static int check_config(const struct ec_server_config *cfg)
 		return ret;
 	if ((cfg->features & EC_FEAT_GROW) && cfg->grow_start > cfg->buf_count)
 		return -EINVAL;
+	if (cfg->mshot_own_cap > 1)
+		return -EINVAL;
 	/* The same bound as the epoll server's (and register_files_sparse's). */
 	if (cfg->max_conns > conns_limit())
 		return -EMFILE;
@@ -536,7 +538,7 @@ static void configure(struct server *s, const struct ec_server_config *cfg, cons
 	/* Not configured (0): the pool's size sets the budget and keeps setting it as the pool grows. */
 	s->mshot_budget = cfg->mshot_budget;
 	s->mshot_budget_auto = !cfg->mshot_budget;
-	s->mshot_own_cap = !!cfg->mshot_own_cap;
+	s->mshot_own_cap = (int)cfg->mshot_own_cap;
 	s->grow_step = cfg->grow_step ? cfg->grow_step : EC_DEFAULT_GROW_BLOCK;
 	s->pool_start = pool_start(cfg);
 	s->br.huge = !!(cfg->features & EC_FEAT_HUGE);

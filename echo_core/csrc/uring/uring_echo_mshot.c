@@ -240,8 +240,10 @@ static void arm_recv(struct server *s, uint32_t idx)
  * sendring: the connection's send ring, registered at its first gathered
  * send and unregistered when it closes; NULL if this send goes by sendmsg
  * (no bgid left for the slot, or registration refused, e.g. by
- * RLIMIT_MEMLOCK).  A ring a failed send may have left entries in is
- * registered afresh before the connection sends again.
+ * RLIMIT_MEMLOCK: counted, and tried again for the next connection, since
+ * the limit is the user's and frees as connections close).  A ring a failed
+ * send may have left entries in is registered afresh before the connection
+ * sends again.
  */
 static struct sendring *send_ring(struct server *s, uint32_t idx, struct gather *gt)
 {
@@ -256,6 +258,7 @@ static struct sendring *send_ring(struct server *s, uint32_t idx, struct gather 
 	}
 	if (!r->br && sendring_open(&s->ring, r, (uint16_t)bgid)) {
 		r->refused = 1;
+		s->stats->ring_refusals++;
 		return NULL;
 	}
 	return r;
