@@ -297,12 +297,18 @@ def test_never_reading_client_holds_at_most_its_budget(variant_server, name, own
     stats = srv.stats()
     assert stats["backpressure_pauses"] > 0
     if has_cap:
-        # The kernel's cap ends a multishot recv at the rest of the budget (2 x 4 KiB).  Measured: a hog's
-        # queue then held 8,192 B in most runs, 8,320 and 9,216 B in two (so not exactly the budget; why
-        # is not established), and without the cap the whole 64 KiB pool, as the kernel's retry loop fills
-        # buffers until the server sees a completion and cancels.  The line between them: a quarter of it.
+        # The kernel's cap ends a multishot recv once it has received the rest of the budget (2 x 4 KiB).
+        # A bundle's buffers are chosen within the cap's rest, so the queue holds at most the budget
+        # (8,192 B in 24 of 24 runs by hand); a single-buffer recv takes a whole buffer (or, with inc, a
+        # buffer's rest) whatever is left of the cap - the kernel (6.17, 6.18) clamps only the bundle's
+        # choice - so the last recv may overshoot by less than one buffer (up to 11,840 B in 48 runs).
+        # Without the cap, one hog holds the whole 64 KiB pool, as the kernel's retry loop fills buffers
+        # until the server sees a completion and cancels.
         held = stats["pending_bytes_max"]
-        assert held > 4 * 4096 if own_cap else held <= 4 * 4096, held
+        if own_cap:
+            assert held > 4 * 4096, held
+        else:
+            assert held <= (2 * 4096 if "bundle" in name else 3 * 4096 - 1), held
     for s in hogs + others:
         s.close()
 
