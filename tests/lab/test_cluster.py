@@ -246,9 +246,8 @@ def test_netns_scheduler_listens_on_the_bridge_only_and_speaks_tls_to_its_own_ce
             # A port number is free per address: the kernel may have given the scheduler a number another
             # process listens on at this address (fresh-clone CI, stop 27).  Reachable fails only if the
             # listener there belongs to the lab.
-            owners = [cmd for local, cmd in _listeners(None)
-                      if local.rsplit(":", 1) in ([f"[{addr}]" if family == socket.AF_INET6 else addr, str(port)],
-                                                  ["0.0.0.0", str(port)], ["*", str(port)], ["[::]", str(port)])]
+            here = (f"[{addr}]" if family == socket.AF_INET6 else addr,) + _WILDCARD_HOSTS
+            owners = [cmd for local, cmd in _listeners(None) if _host_port(local) in [(h, port) for h in here]]
             assert owners and not any("distributed.cli.dask_" in cmd for cmd in owners), \
                 f"scheduler reachable on {addr}:{port}: {owners}"
         # Every socket a lab process listens on, in the root namespace and in the hosts' (review item 1:
@@ -256,12 +255,22 @@ def test_netns_scheduler_listens_on_the_bridge_only_and_speaks_tls_to_its_own_ce
         listening = _dask_listeners(None) + [row for ns in hosts.description["netns"]["host_ns"]
                                              for row in _dask_listeners(ns)]
         assert len(listening) >= 2, listening  # the scheduler's TLS port and its HTTP routes at least
-        wildcard = [row for row in listening if row[0].rsplit(":", 1)[0] in ("0.0.0.0", "*", "[::]", "::")]
+        wildcard = [row for row in listening if _host_port(row[0])[0] in _WILDCARD_HOSTS]
         assert not wildcard, f"lab processes listening on a wildcard address: {wildcard}"
-        lab_net = [ipaddress.ip_address(row[0].rsplit(":", 1)[0].strip("[]")) in netns.BENCH_NET for row in listening]
+        lab_net = [ipaddress.ip_address(_host_port(row[0])[0].strip("[]")) in netns.BENCH_NET for row in listening]
         assert all(lab_net), listening
         index = hosts.description["netns"]["subnet"].split(".")[2]
     assert _lab_leftovers(index) == []
+
+
+# How ss writes a socket bound to every address.
+_WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
+
+
+def _host_port(local):
+    """("host", port) of an ss local address such as "198.18.3.1:4242" or "[::1]:80"."""
+    host, port = local.rsplit(":", 1)
+    return host, int(port)
 
 
 def _dask_listeners(ns):

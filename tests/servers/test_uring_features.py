@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+import echo_client
 import echo_core
 from conftest import IO_URING_REFUSED, SERVER_CPU, variant_refused
 from echo_client import connect, distinct_payload, echo_all, echo_on_new_connections, recv_exact
@@ -180,9 +181,11 @@ def test_send_ring_completes_sends_to_a_slow_reader(variant_server):
 # send ring.  (Searching for the lowest limit the server starts under was not deterministic: the kernel
 # frees a failed attempt's ring, and its charge, asynchronously.)
 _REFUSED_RING = r"""
-import json, resource, socket, sys, threading
+import json, resource, sys
 import echo_core
 spec, cpu = sys.argv[1], int(sys.argv[2])
+sys.path.insert(0, sys.argv[3])
+from echo_client import connect, distinct_payload, echo_all
 hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
 try:
@@ -190,22 +193,8 @@ try:
 except (OSError, RuntimeError) as e:
     sys.exit(f"SKIP RLIMIT_MEMLOCK {hard} B is too low to start the server: {e}")
 resource.prlimit(srv.proc.pid, resource.RLIMIT_MEMLOCK, (0, 0))
-data = [bytes([i]) * 7 + bytes(range(256)) * 4096 for i in range(4)]
-socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in data]
-def send(s, d):
-    s.sendall(d)
-    s.shutdown(socket.SHUT_WR)
-threads = [threading.Thread(target=send, args=pair) for pair in zip(socks, data)]
-for t in threads:
-    t.start()
-back = []
-for s in socks:
-    chunks = []
-    while chunk := s.recv(1 << 16):
-        chunks.append(chunk)
-    back.append(b"".join(chunks))
-for t in threads:
-    t.join()
+data = [distinct_payload(i, 1 << 20) for i in range(4)]
+back = echo_all([connect(srv.port) for _ in data], data, timeout=60)
 print(json.dumps({"exact": back == data, "stats": srv.stop()}))
 """
 
@@ -216,7 +205,8 @@ def test_a_send_ring_the_kernel_refuses_falls_back_to_sendmsg():
         pytest.skip(variant_refused(SENDRING))
     out = subprocess.run(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", sys.executable, "-c",
                           _REFUSED_RING, "uring(buf_count=64,buf_size=4096,ring_entries=64)+mshot+bundle+sendring",
-                          str(SERVER_CPU)], capture_output=True, text=True, timeout=120)
+                          str(SERVER_CPU), os.path.dirname(echo_client.__file__)],
+                         capture_output=True, text=True, timeout=120)
     if out.stderr.startswith("SKIP "):
         pytest.skip(out.stderr[5:].strip())
     assert out.returncode == 0, out.stderr
